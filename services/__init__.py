@@ -1,0 +1,1 @@
+"""Headrace's services: one subpackage per service plus the shared runtime."""

@@ -1,0 +1,1 @@
+"""The auth service: signing keys, token verification."""

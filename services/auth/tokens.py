@@ -1,0 +1,147 @@
+"""Issuing and verifying JWTs.
+
+Verification trusts nothing in the token header but the kid, and only to pick
+one of our own keys: the algorithm is fixed (ES256), so `none` and HS/RS
+confusion cannot apply; iss, aud, exp, nbf, iat and sub are required.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import jwt
+from headrace.services.auth.keys import ALGORITHM, KeyStore, SigningKey
+from headrace.services.auth.settings import TokenSettings
+from headrace.services.runtime.errors import InvalidArgument, Unauthenticated
+
+REQUIRED_CLAIMS = ["exp", "iat", "nbf", "sub", "iss", "aud"]
+# Reload the key directory at most this often when a token names an unknown kid
+# (a key created by `headrace token issue` or a rotation after we started).
+RELOAD_INTERVAL_S = 5.0
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A verified caller."""
+
+    subject: str
+    scopes: tuple[str, ...] = ()
+    tier: str = "free"
+
+
+def issue_token(
+    store: KeyStore,
+    settings: TokenSettings,
+    subject: str,
+    *,
+    ttl_seconds: int | None = None,
+    scopes: list[str] | None = None,
+    tier: str = "free",
+    now: float | None = None,
+) -> str:
+    """A signed token for `subject`, valid for ttl_seconds."""
+    if not subject or len(subject) > 256:
+        raise InvalidArgument("subject must be 1 to 256 characters")
+    ttl = settings.default_ttl_seconds if ttl_seconds is None else ttl_seconds
+    if not 0 < ttl <= settings.max_ttl_seconds:
+        raise InvalidArgument(f"ttl must be between 1 and {settings.max_ttl_seconds} seconds")
+    active, keys = store.load()
+    key = keys[active]
+    issued = int(now if now is not None else time.time())
+    claims = {
+        "iss": settings.issuer,
+        "aud": settings.audience,
+        "sub": subject,
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + ttl,
+        "jti": uuid.uuid4().hex,
+        "scope": " ".join(scopes or ["generate"]),
+        "tier": tier,
+    }
+    return jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid})
+
+
+@dataclass
+class TokenVerifier:
+    """Verifies tokens against the keys in a KeyStore, cached in memory."""
+
+    store: KeyStore
+    settings: TokenSettings
+    _keys: dict[str, SigningKey] = field(default_factory=dict)
+    _loaded_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the key directory again."""
+        _, self._keys = self.store.load()
+        self._loaded_at = time.monotonic()
+
+    def jwks(self) -> dict[str, list[dict[str, str]]]:
+        """Public keys as a JWKS document."""
+        return {"keys": [key.jwk() for key in self._keys.values()]}
+
+    def _key_for(self, kid: str) -> SigningKey:
+        key = self._keys.get(kid)
+        if key is None and time.monotonic() - self._loaded_at > RELOAD_INTERVAL_S:
+            self.reload()
+            key = self._keys.get(kid)
+        if key is None:
+            raise Unauthenticated("token was not signed by a key of this gateway")
+        return key
+
+    def verify(self, token: str) -> Principal:
+        """The principal a token names, or Unauthenticated with a plain reason."""
+        if not token:
+            raise Unauthenticated(
+                "missing credential: send metadata 'authorization: Bearer <token>' "
+                "(get one with `headrace token issue --subject NAME`)"
+            )
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError:
+            raise Unauthenticated("malformed token: not a JWT") from None
+        if header.get("alg") != ALGORITHM:
+            raise Unauthenticated(f"token algorithm not accepted: only {ALGORITHM} is")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise Unauthenticated("token has no key id (kid)")
+        key = self._key_for(kid)
+        try:
+            claims = jwt.decode(
+                token,
+                key=key.public_key,
+                algorithms=[ALGORITHM],
+                audience=self.settings.audience,
+                issuer=self.settings.issuer,
+                leeway=self.settings.leeway_seconds,
+                options={"require": REQUIRED_CLAIMS},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("token expired: issue a new one") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthenticated("token not valid yet (nbf/iat in the future)") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthenticated("token audience is not this gateway") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthenticated("token issuer is not this gateway") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise Unauthenticated(f"token lacks the required '{exc.claim}' claim") from None
+        except jwt.InvalidSignatureError:
+            raise Unauthenticated("token signature does not verify") from None
+        except jwt.InvalidTokenError:
+            raise Unauthenticated("malformed token") from None
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject:
+            raise Unauthenticated("token subject (sub) is empty")
+        scope = claims.get("scope", "")
+        tier = claims.get("tier", "free")
+        return Principal(
+            subject=subject,
+            scopes=tuple(scope.split()) if isinstance(scope, str) else (),
+            tier=tier if isinstance(tier, str) else "free",
+        )

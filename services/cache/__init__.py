@@ -1,0 +1,1 @@
+"""The cache service: complete responses keyed by request, replayed as streams."""

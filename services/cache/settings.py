@@ -1,0 +1,21 @@
+"""Cache settings (`HEADRACE_*`, `[cache]` in headrace.toml)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from headrace.services.runtime.settings import ServiceSettings
+
+
+class CacheSettings(ServiceSettings):
+    """Where and how long responses are kept."""
+
+    section: ClassVar[str] = "cache"
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_timeout_seconds: float = 0.1
+    """A Redis call slower than this counts as a miss (fail-open)."""
+    cache_ttl_seconds: int = 3600
+    cache_max_entry_bytes: int = 1024 * 1024
+    memory_cache_entries: int = 10_000
+    """Size of the in-process LRU used when no Redis answers at start."""

@@ -1,0 +1,1 @@
+"""The inference service: llama.cpp models that stream tokens as they decode."""

@@ -1,0 +1,55 @@
+"""Inference metrics, named after vLLM's and TGI's so their dashboards translate."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+TIME_TO_FIRST_TOKEN = Histogram(
+    "headrace_inference_time_to_first_token_seconds",
+    "From admission of a request to its first decoded token.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+INTER_TOKEN_LATENCY = Histogram(
+    "headrace_inference_inter_token_latency_seconds",
+    "Time between consecutive decoded tokens of one sequence.",
+    ["model"],
+    buckets=(0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1),
+)
+E2E_LATENCY = Histogram(
+    "headrace_inference_e2e_request_latency_seconds",
+    "From arrival of a request to its last token, queueing included.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+QUEUE_TIME = Histogram(
+    "headrace_inference_queue_time_seconds",
+    "Time a request waited for a slot.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+PROMPT_TOKENS = Counter(
+    "headrace_inference_prompt_tokens_total", "Prompt tokens processed.", ["model"]
+)
+GENERATION_TOKENS = Counter(
+    "headrace_inference_generation_tokens_total", "Tokens generated.", ["model"]
+)
+REQUESTS = Counter(
+    "headrace_inference_requests_total",
+    "Finished generations by finish reason (stop, length, cancelled, error).",
+    ["model", "finish_reason"],
+)
+REJECTED = Counter(
+    "headrace_inference_rejected_total",
+    "Requests refused at admission because the queue was full.",
+    ["model"],
+)
+CANCELLATIONS = Counter(
+    "headrace_inference_cancellations_total",
+    "Generations stopped because the client cancelled or its deadline passed.",
+    ["model"],
+)
+QUEUE_DEPTH = Gauge("headrace_inference_queue_depth", "Requests waiting for a slot.", ["model"])
+BUSY_SLOTS = Gauge("headrace_inference_busy_slots", "Slots decoding a sequence.", ["model"])

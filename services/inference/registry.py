@@ -1,0 +1,63 @@
+"""The model registry: resolves specs to GGUF files and loads each model once."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from headrace.services.inference.engine import LlamaEngine
+from headrace.services.inference.settings import PACKAGED_MODELS, ModelSpec
+from headrace.services.runtime.errors import NotFound
+from headrace.services.runtime.logs import get_logger
+
+log = get_logger(__name__)
+
+
+def resolve_path(spec: ModelSpec, home: Path) -> Path:
+    """The GGUF file of a spec, assembling a packaged model if needed."""
+    if spec.path is not None:
+        if not spec.path.is_file():
+            raise FileNotFoundError(f"model {spec.name!r}: no GGUF file at {spec.path}")
+        return spec.path
+    assert spec.packaged is not None
+    module_name, file_name = PACKAGED_MODELS[spec.packaged]
+    target = home / "models" / file_name
+    if not target.is_file():
+        module = importlib.import_module(module_name)
+        log.info("assembling_packaged_model", model=spec.name, target=str(target))
+        module.assemble(target)
+    return target
+
+
+@dataclass
+class ModelRegistry:
+    """Loaded engines by name."""
+
+    engines: dict[str, LlamaEngine]
+    default: str
+
+    @classmethod
+    def load(
+        cls, specs: list[ModelSpec], default: str, home: Path, queue_size: int
+    ) -> ModelRegistry:
+        engines: dict[str, LlamaEngine] = {}
+        for spec in specs:
+            if spec.name in engines:
+                raise ValueError(f"model {spec.name!r} is declared twice")
+            engines[spec.name] = LlamaEngine(spec, resolve_path(spec, home), queue_size)
+        default = default or specs[0].name
+        if default not in engines:
+            raise ValueError(f"default model {default!r} is not in the registry")
+        return cls(engines, default)
+
+    def get(self, name: str) -> LlamaEngine:
+        """The engine for a name ("" is the default)."""
+        engine = self.engines.get(name or self.default)
+        if engine is None:
+            raise NotFound(f"unknown model {name!r}; available: {', '.join(sorted(self.engines))}")
+        return engine
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.close()

@@ -1,0 +1,81 @@
+"""InferenceService RPCs ↔ the model registry and engines."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from headrace.inference.v1 import inference_pb2, inference_pb2_grpc
+from headrace.services.inference.engine import FinishReason, Sampling
+from headrace.services.inference.registry import ModelRegistry
+from headrace.services.runtime.params import validate_params
+from headrace.types.v1 import types_pb2
+
+_FINISH = {
+    FinishReason.STOP: types_pb2.FINISH_REASON_STOP,
+    FinishReason.LENGTH: types_pb2.FINISH_REASON_LENGTH,
+    FinishReason.CANCELLED: types_pb2.FINISH_REASON_CANCELLED,
+}
+
+
+def sampling_from_proto(params: types_pb2.SamplingParams, default_max_tokens: int) -> Sampling:
+    """Proto params → Sampling, unset fields taking the engine defaults."""
+    defaults = Sampling(max_tokens=default_max_tokens)
+    return Sampling(
+        max_tokens=params.max_tokens if params.HasField("max_tokens") else defaults.max_tokens,
+        temperature=params.temperature if params.HasField("temperature") else defaults.temperature,
+        top_p=params.top_p if params.HasField("top_p") else defaults.top_p,
+        top_k=params.top_k if params.HasField("top_k") else defaults.top_k,
+        repeat_penalty=params.repeat_penalty
+        if params.HasField("repeat_penalty")
+        else defaults.repeat_penalty,
+        seed=params.seed if params.HasField("seed") else None,
+        stop=tuple(params.stop),
+    )
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    """Streams generations from the registry's engines."""
+
+    def __init__(self, registry: ModelRegistry, max_tokens_limit: int) -> None:
+        self._registry = registry
+        self._max_tokens_limit = max_tokens_limit
+
+    async def Generate(
+        self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inference_pb2.GenerateResponse]:
+        engine = self._registry.get(request.model)
+        validate_params(request.params, self._max_tokens_limit)
+        sampling = sampling_from_proto(request.params, engine.spec.default_max_tokens)
+        async for delta in engine.generate(request.prompt, sampling):
+            if delta.finish_reason is None:
+                yield inference_pb2.GenerateResponse(text=delta.text, model=engine.name)
+                continue
+            yield inference_pb2.GenerateResponse(
+                text=delta.text,
+                model=engine.name,
+                finish_reason=_FINISH[delta.finish_reason],
+                usage=types_pb2.Usage(
+                    prompt_tokens=delta.prompt_tokens,
+                    completion_tokens=delta.completion_tokens,
+                    total_tokens=delta.prompt_tokens + delta.completion_tokens,
+                ),
+            )
+
+    async def ListModels(
+        self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.ListModelsResponse:
+        models = sorted(
+            self._registry.engines.values(), key=lambda e: e.name != self._registry.default
+        )
+        return inference_pb2.ListModelsResponse(
+            models=[
+                inference_pb2.ModelInfo(
+                    name=e.name,
+                    context_size=e.context_size,
+                    is_default=e.name == self._registry.default,
+                    gpu_layers=e.gpu_layers,
+                )
+                for e in models
+            ]
+        )

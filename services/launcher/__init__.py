@@ -1,0 +1,1 @@
+"""`headrace up`: start, watch and stop every service and Envoy."""

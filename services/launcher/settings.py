@@ -1,0 +1,32 @@
+"""Launcher settings (`HEADRACE_*`, `[launcher]` in headrace.toml)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from headrace.services.runtime.settings import HeadraceSettings
+from pydantic import Field
+
+
+class LauncherSettings(HeadraceSettings):
+    """Ports and supervision knobs. Every service port is `service_port_base + offset`."""
+
+    section: ClassVar[str] = "launcher"
+
+    host: str = "127.0.0.1"
+    public_port: int = 8080
+    internal_port: int = 8081
+    admin_port: int = 9901
+    service_port_base: int = 50051
+    """router +0, auth +1, sanitizer +2, cache +3, inference replicas +4, +5, …"""
+    metrics_port_base: int = 9460
+    """/metrics ports, with the same offsets as the service ports."""
+    inference_replicas: int = Field(default=1, ge=1, le=16)
+    ready_timeout_seconds: float = 300.0
+    """How long `up` waits for every service to report SERVING."""
+    restart_backoff_seconds: float = 0.5
+    restart_backoff_max_seconds: float = 30.0
+    stop_timeout_seconds: float = 15.0
+    """After SIGTERM, a process gets this long before SIGKILL."""
+    envoy_concurrency: int = Field(default=1, ge=1)
+    envoy_log_level: str = "warning"

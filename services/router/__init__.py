@@ -1,0 +1,1 @@
+"""The router: the public API and the orchestration of one request."""

@@ -1,0 +1,34 @@
+"""`python -m headrace.services.router`: run the router (the public API)."""
+
+from __future__ import annotations
+
+import grpc
+from headrace.router.v1 import router_pb2, router_pb2_grpc
+from headrace.services.router.audit import AuditLog
+from headrace.services.router.orchestrator import Backends, Orchestrator
+from headrace.services.router.servicer import RouterServicer
+from headrace.services.router.settings import RouterSettings
+from headrace.services.runtime.channels import internal_channel
+from headrace.services.runtime.server import Service, run
+
+
+def make_service() -> Service:
+    settings = RouterSettings()
+    audit = AuditLog(settings.home / "audit", settings.audit_queue_size)
+    channel = internal_channel(settings.internal_target)
+
+    async def register(server: grpc.aio.Server) -> list[str]:
+        audit.start()
+        orchestrator = Orchestrator(Backends.over(channel), settings, audit)
+        router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(orchestrator), server)
+        return [router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name]
+
+    async def close() -> None:
+        await audit.close()
+        await channel.close()
+
+    return Service("router", settings, register, close=close)
+
+
+if __name__ == "__main__":
+    run(make_service, "router")

@@ -1,0 +1,319 @@
+"""One request's way through the suite (ARCHITECTURE §3):
+
+auth.Authorize and sanitizer.CheckPrompt concurrently → cache.Lookup (a hit is
+replayed) → inference.Generate streamed through sanitizer.FilterStream to the
+client token by token, while cache.Store receives the same text → one audit
+line, whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from headrace.auth.v1 import auth_pb2, auth_pb2_grpc
+from headrace.cache.v1 import cache_pb2, cache_pb2_grpc
+from headrace.inference.v1 import inference_pb2, inference_pb2_grpc
+from headrace.router.v1 import router_pb2
+from headrace.sanitizer.v1 import sanitizer_pb2, sanitizer_pb2_grpc
+from headrace.services.router.audit import AuditLog, now_iso
+from headrace.services.router.settings import RouterSettings
+from headrace.services.runtime.errors import HeadraceError, NotFound, Unavailable
+from headrace.services.runtime.interceptors import outgoing_metadata
+from headrace.services.runtime.logs import get_logger, request_id_var
+from headrace.services.runtime.params import validate_params
+from headrace.types.v1 import types_pb2
+
+log = get_logger(__name__)
+
+SUMMARY_CHARS = 120
+
+
+@dataclass
+class Backends:
+    """Stubs of the internal services, all on one channel to Envoy's internal listener."""
+
+    auth: auth_pb2_grpc.AuthServiceStub
+    sanitizer: sanitizer_pb2_grpc.SanitizerServiceStub
+    cache: cache_pb2_grpc.CacheServiceStub
+    inference: inference_pb2_grpc.InferenceServiceStub
+
+    @classmethod
+    def over(cls, channel: grpc.aio.Channel) -> Backends:
+        return cls(
+            auth_pb2_grpc.AuthServiceStub(channel),
+            sanitizer_pb2_grpc.SanitizerServiceStub(channel),
+            cache_pb2_grpc.CacheServiceStub(channel),
+            inference_pb2_grpc.InferenceServiceStub(channel),
+        )
+
+
+def upstream_error(service: str, exc: grpc.aio.AioRpcError) -> BaseException:
+    """A failed internal call as the client should see it."""
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        return Unavailable(
+            f"the {service} service is unavailable ({exc.details()}); retry in a few seconds"
+        )
+    return exc
+
+
+class ModelCatalog:
+    """The models inference serves, refreshed at most every `ttl` seconds."""
+
+    def __init__(self, inference: inference_pb2_grpc.InferenceServiceStub, ttl: float) -> None:
+        self._inference = inference
+        self._ttl = ttl
+        self._models: list[inference_pb2.ModelInfo] = []
+        self._fetched = 0.0
+        self._lock = asyncio.Lock()
+
+    async def models(self, timeout: float) -> list[inference_pb2.ModelInfo]:
+        async with self._lock:
+            if not self._models or time.monotonic() - self._fetched > self._ttl:
+                try:
+                    reply = await self._inference.ListModels(
+                        inference_pb2.ListModelsRequest(),
+                        timeout=timeout,
+                        metadata=outgoing_metadata(),
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    raise upstream_error("inference", exc) from None
+                self._models = list(reply.models)
+                self._fetched = time.monotonic()
+        return self._models
+
+    async def resolve(self, name: str, timeout: float) -> str:
+        """The served model a request names ("" is the default), or NotFound."""
+        models = await self.models(timeout)
+        for model in models:
+            if (name and model.name == name) or (not name and model.is_default):
+                return model.name
+        raise NotFound(f"unknown model {name!r}; available: {', '.join(m.name for m in models)}")
+
+
+def _summary(text: str) -> str:
+    return text if len(text) <= SUMMARY_CHARS else text[:SUMMARY_CHARS] + "…"
+
+
+class Orchestrator:
+    """Serves Generate by calling the internal services in order."""
+
+    def __init__(self, backends: Backends, settings: RouterSettings, audit: AuditLog) -> None:
+        self._b = backends
+        self._settings = settings
+        self._audit = audit
+        self.catalog = ModelCatalog(backends.inference, settings.models_refresh_seconds)
+
+    def _timeout(self, remaining: float | None) -> float:
+        limit = self._settings.upstream_timeout_seconds
+        return limit if remaining is None else max(min(limit, remaining), 0.001)
+
+    def fill_params(self, params: types_pb2.SamplingParams) -> types_pb2.SamplingParams:
+        """The request's params with every unset field set to its default."""
+        filled = types_pb2.SamplingParams()
+        filled.CopyFrom(params)
+        for name, value in self._settings.defaults.model_dump().items():
+            if not filled.HasField(name):
+                setattr(filled, name, value)
+        return filled
+
+    async def _admit(
+        self, request: router_pb2.GenerateRequest, credential: str, remaining: float | None
+    ) -> tuple[auth_pb2.AuthorizeResponse, sanitizer_pb2.CheckPromptResponse]:
+        """Authorize and check the prompt concurrently; the auth verdict comes first."""
+        metadata = outgoing_metadata()
+        timeout = self._timeout(remaining)
+        auth = asyncio.ensure_future(
+            self._b.auth.Authorize(
+                auth_pb2.AuthorizeRequest(credential=credential, model=request.model),
+                timeout=timeout,
+                metadata=metadata,
+            )
+        )
+        check = asyncio.ensure_future(
+            self._b.sanitizer.CheckPrompt(
+                sanitizer_pb2.CheckPromptRequest(prompt=request.prompt),
+                timeout=timeout,
+                metadata=metadata,
+            )
+        )
+        try:
+            try:
+                principal = await auth
+            except grpc.aio.AioRpcError as exc:
+                raise upstream_error("auth", exc) from None
+            try:
+                checked = await check
+            except grpc.aio.AioRpcError as exc:
+                raise upstream_error("sanitizer", exc) from None
+        finally:
+            for task in (auth, check):
+                task.cancel()
+        return principal, checked
+
+    async def generate(
+        self, request: router_pb2.GenerateRequest, credential: str, remaining: float | None
+    ) -> AsyncIterator[router_pb2.GenerateResponse]:
+        """The Generate stream, and its audit line."""
+        started = time.perf_counter()
+        audit: dict[str, Any] = {
+            "time": now_iso(),
+            "request_id": request_id_var.get(),
+            "subject": None,
+            "model": request.model,
+            "task": request.task,
+            "status": "OK",
+            "cached": False,
+        }
+        response_text: list[str] = []
+        try:
+            validate_params(request.params, self._settings.max_tokens_limit)
+            principal, checked = await self._admit(request, credential, remaining)
+            audit["subject"] = principal.subject
+            audit["prompt_summary"] = _summary(checked.prompt)
+            audit["redactions"] = list(checked.redactions)
+            model = await self.catalog.resolve(request.model, self._timeout(remaining))
+            audit["model"] = model
+            key = cache_pb2.CacheKey(
+                model=model, prompt=checked.prompt, params=self.fill_params(request.params)
+            )
+            stream = self._stream(key, request.bypass_cache, remaining)
+            async for response in stream:
+                response.request_id = audit["request_id"]
+                response_text.append(response.text)
+                if response.cached:
+                    audit["cached"] = True
+                if response.finish_reason:
+                    audit["finish_reason"] = types_pb2.FinishReason.Name(response.finish_reason)
+                    audit["prompt_tokens"] = response.usage.prompt_tokens
+                    audit["completion_tokens"] = response.usage.completion_tokens
+                yield response
+        except HeadraceError as exc:
+            audit["status"] = exc.code.name
+            raise
+        except grpc.aio.AioRpcError as exc:
+            audit["status"] = exc.code().name
+            raise
+        except asyncio.CancelledError:
+            audit["status"] = "CANCELLED"
+            raise
+        except Exception:
+            audit["status"] = "INTERNAL"
+            raise
+        finally:
+            audit["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
+            if audit["subject"] is not None:
+                # Only text that passed the sanitizer's filter is ever summarised.
+                audit["response_summary"] = _summary("".join(response_text))
+            self._audit.record(audit)
+
+    async def _stream(
+        self, key: cache_pb2.CacheKey, bypass_cache: bool, remaining: float | None
+    ) -> AsyncIterator[router_pb2.GenerateResponse]:
+        if not bypass_cache:
+            replayed = False
+            async for response in self._replay(key, remaining):
+                replayed = True
+                yield response
+            if replayed:
+                return
+        async for response in self._generate(key, bypass_cache, remaining):
+            yield response
+
+    async def _replay(
+        self, key: cache_pb2.CacheKey, remaining: float | None
+    ) -> AsyncIterator[router_pb2.GenerateResponse]:
+        """A cache hit as a stream; nothing on a miss or a cache failure (fail-open)."""
+        call = self._b.cache.Lookup(
+            cache_pb2.LookupRequest(key=key),
+            timeout=self._timeout(remaining),
+            metadata=outgoing_metadata(),
+        )
+        started = False
+        try:
+            async for chunk in call:
+                if not chunk.hit:
+                    return
+                started = True
+                response = router_pb2.GenerateResponse(
+                    text=chunk.text, cached=True, model=key.model
+                )
+                if chunk.finish_reason:
+                    response.finish_reason = chunk.finish_reason
+                    response.usage.CopyFrom(chunk.usage)
+                yield response
+        except grpc.aio.AioRpcError as exc:
+            if started:
+                raise upstream_error("cache", exc) from None
+            log.warning("cache_lookup_failed", code=exc.code().name, details=exc.details())
+        finally:
+            call.cancel()
+
+    async def _generate(
+        self, key: cache_pb2.CacheKey, bypass_cache: bool, remaining: float | None
+    ) -> AsyncIterator[router_pb2.GenerateResponse]:
+        """Inference → output filter → client, teeing the filtered text into the cache."""
+        metadata = outgoing_metadata()
+        generation = self._b.inference.Generate(
+            inference_pb2.GenerateRequest(prompt=key.prompt, model=key.model, params=key.params),
+            timeout=remaining,
+            metadata=metadata,
+        )
+        output_filter = self._b.sanitizer.FilterStream(timeout=remaining, metadata=metadata)
+        store = None if bypass_cache else self._b.cache.Store(metadata=metadata)
+        try:
+            if store is not None:
+                await store.write(cache_pb2.StoreRequest(key=key))
+            final: inference_pb2.GenerateResponse | None = None
+            blocked = False
+            try:
+                async for piece in generation:
+                    end = piece.finish_reason != types_pb2.FINISH_REASON_UNSPECIFIED
+                    await output_filter.write(
+                        sanitizer_pb2.FilterStreamRequest(text=piece.text, end=end)
+                    )
+                    verdict = await output_filter.read()
+                    if verdict is grpc.aio.EOF:
+                        raise Unavailable("the output filter ended early; retry the request")
+                    if verdict.text:
+                        if store is not None:
+                            await store.write(cache_pb2.StoreRequest(text=verdict.text))
+                        yield router_pb2.GenerateResponse(text=verdict.text, model=key.model)
+                    if verdict.blocked:
+                        blocked = True
+                        break
+                    if end:
+                        final = piece
+                        break
+            except grpc.aio.AioRpcError as exc:
+                raise upstream_error("inference", exc) from None
+            last = router_pb2.GenerateResponse(model=key.model)
+            if blocked:
+                last.finish_reason = types_pb2.FINISH_REASON_CONTENT_FILTER
+            elif final is not None:
+                last.finish_reason = final.finish_reason
+                last.usage.CopyFrom(final.usage)
+            else:
+                raise Unavailable("inference ended without a final message; retry the request")
+            if store is not None and not blocked:
+                await store.write(
+                    cache_pb2.StoreRequest(
+                        complete=True, finish_reason=last.finish_reason, usage=last.usage
+                    )
+                )
+                await store.done_writing()
+            yield last
+            if store is not None and not blocked:
+                try:
+                    await asyncio.wait_for(store, self._settings.upstream_timeout_seconds)
+                except (grpc.aio.AioRpcError, TimeoutError) as exc:
+                    log.warning("cache_store_failed", error=str(exc))
+        finally:
+            generation.cancel()
+            output_filter.cancel()
+            if store is not None and not store.done():
+                store.cancel()

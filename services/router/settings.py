@@ -1,0 +1,33 @@
+"""Router settings (`HEADRACE_*`, `[router]` in headrace.toml)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from headrace.services.runtime.settings import ServiceSettings
+from pydantic import BaseModel, Field
+
+
+class DefaultParams(BaseModel):
+    """Sampling defaults for fields a request leaves unset (llama.cpp's own defaults)."""
+
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    repeat_penalty: float = 1.0
+    max_tokens: int = 256
+
+
+class RouterSettings(ServiceSettings):
+    """Orchestration knobs."""
+
+    section: ClassVar[str] = "router"
+
+    defaults: DefaultParams = DefaultParams()
+    max_tokens_limit: int = Field(default=4096, ge=1)
+    models_refresh_seconds: float = 30.0
+    """How long the list of served models is cached."""
+    audit_queue_size: int = 10_000
+    """Audit lines waiting to be written; beyond that they are dropped and counted."""
+    upstream_timeout_seconds: float = 10.0
+    """Deadline for auth, sanitizer and cache calls."""

@@ -1,0 +1,1 @@
+"""The shared service runtime: settings, server bootstrap, interceptors, metrics, health, logs."""

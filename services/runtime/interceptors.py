@@ -1,0 +1,190 @@
+"""One server interceptor for the cross-cutting concerns of every RPC.
+
+For each call it: binds the request id (from `x-request-id` metadata, or a new
+one) to the logging context; counts the call, its latency, in-flight and status
+in Prometheus; and maps typed domain errors (runtime.errors) and upstream gRPC
+errors to a status code with a message a person can act on. Servicers stay
+thin: they translate protobuf to domain calls and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+from headrace.services.runtime import metrics
+from headrace.services.runtime.errors import HeadraceError
+from headrace.services.runtime.logs import (
+    REQUEST_ID_HEADER,
+    get_logger,
+    new_request_id,
+    request_id_var,
+)
+
+log = get_logger(__name__)
+
+# Upstream statuses whose details are our own services' messages and can be
+# passed on as they are. Anything else becomes INTERNAL with a generic message.
+_PASS_THROUGH = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def _split(method: str) -> tuple[str, str]:
+    service, _, name = method.lstrip("/").partition("/")
+    return service, name
+
+
+class _Call:
+    """Bookkeeping for one RPC: request id, metrics, final status."""
+
+    def __init__(self, method: str, kind: str, metadata: Any) -> None:
+        self.service, self.method = _split(method)
+        self.kind = kind
+        rid = ""
+        for key, value in metadata or ():
+            if key == REQUEST_ID_HEADER and value:
+                rid = str(value)[:128]
+        self.request_id = rid or new_request_id()
+        self.code = grpc.StatusCode.OK
+        self.started = 0.0
+
+    def begin(self) -> None:
+        request_id_var.set(self.request_id)
+        structlog.contextvars.bind_contextvars(rpc=f"{self.service}/{self.method}")
+        labels = (self.service, self.method, self.kind)
+        metrics.RPC_STARTED.labels(*labels).inc()
+        metrics.RPC_IN_FLIGHT.labels(*labels).inc()
+        self.started = time.perf_counter()
+
+    def end(self, context: grpc.aio.ServicerContext) -> None:
+        labels = (self.service, self.method, self.kind)
+        metrics.RPC_IN_FLIGHT.labels(*labels).dec()
+        metrics.RPC_LATENCY.labels(*labels).observe(time.perf_counter() - self.started)
+        code = self.code
+        try:
+            ctx_code = context.code()
+        except Exception:  # not every grpc version exposes code()
+            ctx_code = None
+        if code == grpc.StatusCode.OK and isinstance(ctx_code, grpc.StatusCode):
+            code = ctx_code
+        metrics.RPC_HANDLED.labels(*labels, code.name).inc()
+
+    async def fail(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+        """Turn an exception into a status on the call (context.abort raises)."""
+        if isinstance(exc, HeadraceError):
+            self.code = exc.code
+            if exc.trailers:
+                context.set_trailing_metadata(tuple(exc.trailers.items()))
+            await context.abort(exc.code, exc.message)
+        if isinstance(exc, grpc.aio.AioRpcError):
+            code = exc.code()
+            if code in _PASS_THROUGH:
+                self.code = code
+                trailers = tuple(
+                    (k, v)
+                    for k, v in (exc.trailing_metadata() or ())
+                    if k in ("retry-after", "x-ratelimit-reset")
+                )
+                if trailers:
+                    context.set_trailing_metadata(trailers)
+                await context.abort(code, exc.details() or code.name)
+        self.code = grpc.StatusCode.INTERNAL
+        log.error("rpc_failed", exc_info=exc)
+        await context.abort(
+            grpc.StatusCode.INTERNAL,
+            f"internal error; quote request id {self.request_id} when reporting it",
+        )
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Request id, metrics and error mapping for every RPC of a server."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        metadata = handler_call_details.invocation_metadata
+
+        if handler.unary_unary or handler.stream_unary:
+            behavior = handler.unary_unary or handler.stream_unary
+            kind = "unary" if handler.unary_unary else "client_stream"
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                call = _Call(method, kind, metadata)
+                call.begin()
+                try:
+                    return await behavior(request, context)
+                except asyncio.CancelledError:
+                    call.code = grpc.StatusCode.CANCELLED
+                    raise
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:  # mapped to a status, never swallowed
+                    await call.fail(context, exc)
+                finally:
+                    call.end(context)
+
+            factory = (
+                grpc.unary_unary_rpc_method_handler
+                if handler.unary_unary
+                else grpc.stream_unary_rpc_method_handler
+            )
+            return factory(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
+        behavior_s = handler.unary_stream or handler.stream_stream
+        kind = "server_stream" if handler.unary_stream else "bidi_stream"
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            call = _Call(method, kind, metadata)
+            call.begin()
+            try:
+                async for response in behavior_s(request, context):
+                    yield response
+            except asyncio.CancelledError:
+                call.code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await call.fail(context, exc)
+            finally:
+                call.end(context)
+
+        factory_s = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream
+            else grpc.stream_stream_rpc_method_handler
+        )
+        return factory_s(
+            streaming,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def outgoing_metadata(*extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+    """Metadata for a call to another service: carries the current request id."""
+    rid = request_id_var.get()
+    return ((REQUEST_ID_HEADER, rid), *extra) if rid else tuple(extra)

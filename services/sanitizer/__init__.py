@@ -1,0 +1,1 @@
+"""The sanitizer service: prompt checks and redaction, output filtering."""
