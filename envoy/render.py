@@ -30,7 +30,7 @@ class EnvoyLayout:
     admin_port: int = 9901
     host: str = "127.0.0.1"
     clusters: list[Cluster] = field(default_factory=list)
-    health_interval_ms: int = 1000
+    health_interval_s: float = 1.0
 
 
 def render(layout: EnvoyLayout) -> str:
@@ -45,7 +45,7 @@ def render(layout: EnvoyLayout) -> str:
         internal_port=layout.internal_port,
         admin_port=layout.admin_port,
         clusters=layout.clusters,
-        health_interval_ms=layout.health_interval_ms,
+        health_interval_s=layout.health_interval_s,
     )
 
 

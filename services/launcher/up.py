@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from headrace.envoy.render import Cluster, EnvoyLayout, envoy_binary, render
+from headrace.envoy.render import Cluster, EnvoyLayout, envoy_binary, render, validate
 from headrace.services.launcher.settings import LauncherSettings
 from headrace.services.launcher.supervisor import Child
 from headrace.services.runtime.logs import get_logger
@@ -111,6 +111,9 @@ class Suite:
         self.run_dir.mkdir(exist_ok=True)
         config = self.home / "envoy.yaml"
         config.write_text(render(envoy_layout(self.settings, self.eps)))
+        checked = validate(config)
+        if checked.returncode != 0:
+            raise RuntimeError(f"Envoy rejects {config}: {checked.stderr.strip()[-2000:]}")
         return config
 
     def _child(self, name: str, argv: list[str], extra_env: dict[str, str]) -> Child:
