@@ -47,7 +47,6 @@ gen: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/buf generate
 	find clients/python/headrace -path '*/v1' -type d -exec touch {}/__init__.py \; \
 	  -exec sh -c 'touch "$$(dirname {})/__init__.py"' \;
-	find clients/python/headrace -name '*_pb2_grpc.py' -size -2k -delete
 
 gen-check: install
 	$(BIN)/python -m pytest -q tests/test_generated_code.py

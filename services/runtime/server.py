@@ -81,10 +81,11 @@ async def serve(service: Service, stop: asyncio.Event | None = None) -> None:
         services=names,
     )
 
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
     log.info("stopping", grace_seconds=settings.grace_seconds)

@@ -62,8 +62,9 @@ class SanitizerServiceServicer:
 
     def FilterStream(self, request_iterator, context):
         """FilterStream takes generated text piece by piece and returns the part that
-        may be shown. Text that might still turn into a match is held back until
-        it cannot, so a term split across pieces is still caught.
+        may be shown, exactly one response per request (its text may be empty).
+        Text that might still turn into a match is held back until it cannot, so a
+        term split across pieces is still caught.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,163 @@
+"""Start the whole suite (`python -m headrace.services.launcher`) on free ports.
+
+Used by the end-to-end tests: real service processes, real Envoy, a tiny model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.support.ports import free_port_block
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class RunningSuite:
+    """A started suite and where to reach it."""
+
+    home: Path
+    env: dict[str, str]
+    public: str
+    admin: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    service_ports: dict[str, int] = field(default_factory=dict)
+
+    def pid(self, name: str) -> int:
+        return int((self.home / "run" / f"{name}.pid").read_text())
+
+    def pids(self) -> dict[str, int]:
+        return {p.stem: int(p.read_text()) for p in (self.home / "run").glob("*.pid")}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def token(self, subject: str = "tester", *extra: str) -> str:
+        out = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "headrace"),
+                "token",
+                "issue",
+                "--subject",
+                subject,
+                *extra,
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        return out.stdout.strip().splitlines()[-1]
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is gone for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def serving(target: str, timeout: float = 1.0) -> bool:
+    with grpc.insecure_channel(target) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def start_suite(
+    home: Path,
+    model_path: Path,
+    *,
+    replicas: int = 1,
+    extra_env: dict[str, str] | None = None,
+    ready_timeout: float = 120.0,
+) -> RunningSuite:
+    """Start the launcher and wait for its 'suite_ready' log line."""
+    base = free_port_block(8 + replicas)
+    metrics = free_port_block(5 + replicas)
+    public, internal, admin = base, base + 1, base + 2
+    env = {
+        **os.environ,
+        "HEADRACE_HOME": str(home),
+        "HEADRACE_CONFIG": str(home / "no-such-headrace.toml"),
+        "HEADRACE_PUBLIC_PORT": str(public),
+        "HEADRACE_INTERNAL_PORT": str(internal),
+        "HEADRACE_ADMIN_PORT": str(admin),
+        "HEADRACE_SERVICE_PORT_BASE": str(base + 3),
+        "HEADRACE_METRICS_PORT_BASE": str(metrics),
+        "HEADRACE_INFERENCE_REPLICAS": str(replicas),
+        "HEADRACE_MODELS": json.dumps(
+            [{"name": "tiny", "path": str(model_path), "context_size": 512}]
+        ),
+        "HEADRACE_REDIS_URL": os.environ.get("HEADRACE_TEST_REDIS_URL", "redis://127.0.0.1:6379/9"),
+        "HEADRACE_RESTART_BACKOFF_SECONDS": "0.2",
+        "HEADRACE_GRACE_SECONDS": "3",
+        "HEADRACE_STOP_TIMEOUT_SECONDS": "10",
+        **(extra_env or {}),
+    }
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "suite.log"
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "headrace.services.launcher"],
+        cwd=REPO,
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    suite = RunningSuite(
+        home=home,
+        env=env,
+        public=f"127.0.0.1:{public}",
+        admin=f"127.0.0.1:{admin}",
+        process=process,
+        log_path=log_path,
+        service_ports={
+            "router": base + 3,
+            "auth": base + 4,
+            "sanitizer": base + 5,
+            "cache": base + 6,
+        },
+    )
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"launcher exited with {process.returncode}:\n{suite.log()[-4000:]}")
+        if '"suite_ready"' in suite.log():
+            return suite
+        time.sleep(0.2)
+    suite.stop()
+    raise TimeoutError(f"suite not ready in {ready_timeout}s:\n{suite.log()[-4000:]}")
