@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from headrace.auth.v1 import auth_pb2, auth_pb2_grpc
 from headrace.services.auth.keys import KeyStore
 from headrace.services.auth.servicer import AuthServicer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import grpc
+
 from headrace.auth.v1 import auth_pb2, auth_pb2_grpc
 from headrace.services.auth.tokens import TokenVerifier
 

@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import jwt
+
 from headrace.services.auth.keys import ALGORITHM, KeyStore, SigningKey
 from headrace.services.auth.settings import TokenSettings
 from headrace.services.runtime.errors import InvalidArgument, Unauthenticated

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from headrace.cache.v1 import cache_pb2, cache_pb2_grpc
 from headrace.services.cache.responses import open_store
 from headrace.services.cache.servicer import CacheServicer

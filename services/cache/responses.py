@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import redis.asyncio as redis
-from headrace.services.runtime.logs import get_logger
 from redis.exceptions import RedisError
+
+from headrace.services.runtime.logs import get_logger
 
 log = get_logger(__name__)
 

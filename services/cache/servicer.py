@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf import json_format
+
 from headrace.cache.v1 import cache_pb2, cache_pb2_grpc
 from headrace.services.cache.responses import Entry, ResponseStore, cache_key, is_cacheable
 from headrace.services.runtime.errors import InvalidArgument

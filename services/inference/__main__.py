@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+
 from headrace.inference.v1 import inference_pb2, inference_pb2_grpc
 from headrace.services.inference.registry import ModelRegistry
 from headrace.services.inference.servicer import InferenceServicer

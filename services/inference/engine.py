@@ -24,6 +24,7 @@ from enum import StrEnum
 from pathlib import Path
 
 import llama_cpp
+
 from headrace.services.inference import metrics
 from headrace.services.inference.settings import ModelSpec
 from headrace.services.runtime.errors import InvalidArgument, ResourceExhausted

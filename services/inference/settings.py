@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from headrace.services.runtime.settings import ServiceSettings
 from pydantic import BaseModel, Field, model_validator
+
+from headrace.services.runtime.settings import ServiceSettings
 
 PACKAGED_MODELS = {
     # name of the packaged model → (import name, file name under <home>/models)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from headrace.services.runtime.settings import HeadraceSettings
 from pydantic import Field
+
+from headrace.services.runtime.settings import HeadraceSettings
 
 
 class LauncherSettings(HeadraceSettings):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from headrace.envoy.render import Cluster, EnvoyLayout, envoy_binary, render, validate
 from headrace.services.launcher.settings import LauncherSettings
 from headrace.services.launcher.supervisor import Child

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from headrace.router.v1 import router_pb2, router_pb2_grpc
 from headrace.services.router.audit import AuditLog
 from headrace.services.router.orchestrator import Backends, Orchestrator

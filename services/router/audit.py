@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from headrace.services.runtime.logs import get_logger
 from prometheus_client import Counter
+
+from headrace.services.runtime.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+
 from headrace.auth.v1 import auth_pb2, auth_pb2_grpc
 from headrace.cache.v1 import cache_pb2, cache_pb2_grpc
 from headrace.inference.v1 import inference_pb2, inference_pb2_grpc

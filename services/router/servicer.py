@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
+
 from headrace.router.v1 import router_pb2, router_pb2_grpc
 from headrace.services.router.orchestrator import Orchestrator
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from headrace.services.runtime.settings import ServiceSettings
 from pydantic import BaseModel, Field
+
+from headrace.services.runtime.settings import ServiceSettings
 
 
 class DefaultParams(BaseModel):

@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import structlog
+
 from headrace.services.runtime import metrics
 from headrace.services.runtime.errors import HeadraceError
 from headrace.services.runtime.logs import (

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from headrace.services.runtime.interceptors import ServiceInterceptor
 from headrace.services.runtime.logs import configure_logging, get_logger
 from headrace.services.runtime.metrics import start_metrics_server

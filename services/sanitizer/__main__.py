@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from headrace.sanitizer.v1 import sanitizer_pb2, sanitizer_pb2_grpc
 from headrace.services.runtime.server import Service, run
 from headrace.services.sanitizer.policy import PromptPolicy

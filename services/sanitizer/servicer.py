@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
+
 from headrace.sanitizer.v1 import sanitizer_pb2, sanitizer_pb2_grpc
 from headrace.services.sanitizer.policy import PromptPolicy, StreamFilter
 
