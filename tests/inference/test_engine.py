@@ -1,0 +1,103 @@
+"""LlamaEngine on a tiny real GGUF: streaming, stop strings, seeds, cancellation, admission."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from headrace.services.inference.engine import Delta, FinishReason, LlamaEngine, Sampling
+from headrace.services.inference.settings import ModelSpec
+from headrace.services.runtime.errors import InvalidArgument, ResourceExhausted
+
+PROMPT = "Hello world"
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model: Path) -> LlamaEngine:
+    spec = ModelSpec(name="tiny-engine", path=tiny_model, context_size=512)
+    return LlamaEngine(spec, tiny_model, queue_size=1)
+
+
+async def collect(engine: LlamaEngine, prompt: str, sampling: Sampling) -> list[Delta]:
+    return [d async for d in engine.generate(prompt, sampling)]
+
+
+def text_of(deltas: list[Delta]) -> str:
+    return "".join(d.text for d in deltas)
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_tokens_stream_as_separate_deltas_with_usage_on_the_last(engine: LlamaEngine) -> None:
+    deltas = await collect(engine, PROMPT, Sampling(max_tokens=16, temperature=0.0))
+    assert sum(1 for d in deltas if d.text) >= 3
+    assert all(d.finish_reason is None for d in deltas[:-1])
+    last = deltas[-1]
+    assert last.finish_reason is FinishReason.LENGTH
+    assert last.completion_tokens == 16
+    assert last.prompt_tokens == len(engine.tokenize(PROMPT))
+
+
+async def test_greedy_decoding_repeats(engine: LlamaEngine) -> None:
+    a = text_of(await collect(engine, PROMPT, Sampling(max_tokens=24, temperature=0.0)))
+    b = text_of(await collect(engine, PROMPT, Sampling(max_tokens=24, temperature=0.0)))
+    assert a == b and a
+
+
+async def test_same_seed_same_sample(engine: LlamaEngine) -> None:
+    sampling = Sampling(max_tokens=24, temperature=1.0, seed=1234)
+    a = text_of(await collect(engine, PROMPT, sampling))
+    b = text_of(await collect(engine, PROMPT, sampling))
+    assert a == b
+
+
+async def test_stop_string_ends_the_stream_and_is_not_echoed(engine: LlamaEngine) -> None:
+    full = text_of(await collect(engine, PROMPT, Sampling(max_tokens=48, temperature=0.0)))
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    assert stop.strip(), f"test needs a visible stop string, got {stop!r} from {full!r}"
+    deltas = await collect(engine, PROMPT, Sampling(max_tokens=48, temperature=0.0, stop=(stop,)))
+    text = text_of(deltas)
+    assert stop not in text
+    assert text == full[: full.index(stop)]
+    assert deltas[-1].finish_reason is FinishReason.STOP
+
+
+async def test_prompt_longer_than_context_is_invalid_argument(engine: LlamaEngine) -> None:
+    with pytest.raises(InvalidArgument, match="context"):
+        await collect(engine, "word " * 2000, Sampling(max_tokens=4))
+
+
+async def test_cancelled_stream_frees_its_slot_and_is_counted(engine: LlamaEngine) -> None:
+    before = metric("headrace_inference_cancellations_total", model=engine.name)
+    stream = engine.generate(PROMPT, Sampling(max_tokens=400, temperature=0.0))
+    got = [await anext(stream) for _ in range(3)]
+    assert all(d.finish_reason is None for d in got)
+    started = time.perf_counter()
+    await stream.aclose()  # what a client cancel does to the servicer's generator
+    deltas = await collect(engine, PROMPT, Sampling(max_tokens=2, temperature=0.0))
+    assert deltas[-1].finish_reason is FinishReason.LENGTH
+    assert time.perf_counter() - started < 2.0, "the next request started at once"
+    assert metric("headrace_inference_cancellations_total", model=engine.name) == before + 1
+    assert metric("headrace_inference_busy_slots", model=engine.name) == 0
+
+
+async def test_requests_beyond_slot_and_queue_are_refused_at_once(engine: LlamaEngine) -> None:
+    # queue_size=1: one decoding, one waiting, the third is refused immediately.
+    long = Sampling(max_tokens=300, temperature=0.0)
+    running = engine.generate(PROMPT, long)
+    await anext(running)
+    waiting = asyncio.create_task(collect(engine, PROMPT, Sampling(max_tokens=2)))
+    await asyncio.sleep(0.05)
+    started = time.perf_counter()
+    with pytest.raises(ResourceExhausted) as info:
+        await collect(engine, PROMPT, Sampling(max_tokens=2))
+    assert time.perf_counter() - started < 0.5
+    assert info.value.retry_after_s
+    await running.aclose()
+    assert (await waiting)[-1].finish_reason is FinishReason.LENGTH
