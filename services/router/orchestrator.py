@@ -122,6 +122,19 @@ class Orchestrator:
                 setattr(filled, name, value)
         return filled
 
+    async def authorize(
+        self, credential: str, remaining: float | None
+    ) -> auth_pb2.AuthorizeResponse:
+        """Who the credential names, or the auth service's UNAUTHENTICATED."""
+        try:
+            return await self._b.auth.Authorize(
+                auth_pb2.AuthorizeRequest(credential=credential),
+                timeout=self._timeout(remaining),
+                metadata=outgoing_metadata(),
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise upstream_error("auth", exc) from None
+
     async def _admit(
         self, request: router_pb2.GenerateRequest, credential: str, remaining: float | None
     ) -> tuple[auth_pb2.AuthorizeResponse, sanitizer_pb2.CheckPromptResponse]:

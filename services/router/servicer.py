@@ -40,6 +40,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def ListModels(
         self, request: router_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.ListModelsResponse:
+        await self._orchestrator.authorize(credential_from(context), context.time_remaining())
         models = await self._orchestrator.catalog.models(timeout=10.0)
         return router_pb2.ListModelsResponse(
             models=[

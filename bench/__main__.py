@@ -1,0 +1,165 @@
+"""Gateway vs in-process llama-cpp-python, side by side in one run.
+
+Starts the whole suite (Envoy → router → auth/sanitizer/cache → inference) on free
+ports with the default model, loads the same GGUF in this process with
+llama-cpp-python, and alternates pairs of identical greedy requests (cache bypassed),
+so machine noise hits both sides alike. Prints decode tokens/s for both and their
+ratio, time to first token and the gateway's overhead, and aggregate tokens/s through
+the gateway at 1, 4 and 8 concurrent streams.
+
+    make bench                      # or: .venv/bin/python -m bench --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import llama_cpp
+
+from headrace.router.v1 import router_pb2, router_pb2_grpc
+from headrace.services.inference.registry import resolve_path
+from headrace.services.inference.settings import DEFAULT_MODEL
+from headrace.types.v1 import types_pb2
+from tests.support.suite import start_suite
+
+PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+
+
+@dataclass
+class Run:
+    ttft_s: float
+    decode_tps: float
+    tokens: int
+
+
+def _decode_tps(first: float, last: float, tokens: int) -> float:
+    return (tokens - 1) / (last - first) if tokens > 1 and last > first else 0.0
+
+
+def in_process(llm: llama_cpp.Llama, max_tokens: int) -> Run:
+    started = time.perf_counter()
+    first = last = 0.0
+    tokens = 0
+    for _chunk in llm.create_completion(
+        PROMPT, max_tokens=max_tokens, temperature=0.0, stream=True
+    ):
+        now = time.perf_counter()
+        first = first or now
+        last = now
+        tokens += 1
+    return Run(first - started, _decode_tps(first, last, tokens), tokens)
+
+
+def gateway(stub: router_pb2_grpc.RouterServiceStub, token: str, max_tokens: int) -> Run:
+    request = router_pb2.GenerateRequest(
+        prompt=PROMPT,
+        bypass_cache=True,
+        params=types_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.0),
+    )
+    started = time.perf_counter()
+    first = last = 0.0
+    pieces = 0
+    usage = 0
+    for message in stub.Generate(request, metadata=(("authorization", f"Bearer {token}"),)):
+        now = time.perf_counter()
+        if message.text:
+            first = first or now
+            last = now
+            pieces += 1
+        if message.finish_reason:
+            usage = message.usage.completion_tokens
+    # Decode rate over the tokens between the first and the last text message.
+    return Run(first - started, _decode_tps(first, last, pieces), usage)
+
+
+def concurrent(target: str, token: str, streams: int, max_tokens: int) -> float:
+    """Aggregate generated tokens/s with `streams` requests in flight at once."""
+    totals: list[int] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        with grpc.insecure_channel(target) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            run = gateway(stub, token, max_tokens)
+        with lock:
+            totals.append(run.tokens)
+
+    threads = [threading.Thread(target=one) for _ in range(streams)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(totals) / (time.perf_counter() - started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="alternating pairs")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="headrace-bench-"))
+    model = resolve_path(DEFAULT_MODEL, Path(".headrace").resolve())
+    threads = os.cpu_count() or 1
+    print(f"model {model.name}, {threads} threads, {args.rounds} rounds, {args.max_tokens} tokens")
+    llm = llama_cpp.Llama(
+        model_path=str(model),
+        n_ctx=2048,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
+    suite = start_suite(
+        home, model, extra_env={"HEADRACE_MODELS": f'[{{"name":"bench","path":"{model}"}}]'}
+    )
+    try:
+        token = suite.token("bench")
+        with grpc.insecure_channel(suite.public) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            gateway(stub, token, 8)  # warm both sides
+            in_process(llm, 8)
+            local: list[Run] = []
+            remote: list[Run] = []
+            for i in range(args.rounds):
+                pair = [
+                    lambda: local.append(in_process(llm, args.max_tokens)),
+                    lambda: remote.append(gateway(stub, token, args.max_tokens)),
+                ]
+                for step in pair if i % 2 == 0 else reversed(pair):
+                    step()
+        llm.close()  # free the cores' caches for the concurrency runs
+        aggregate = {n: concurrent(suite.public, token, n, args.max_tokens) for n in (1, 4, 8)}
+    finally:
+        suite.stop()
+
+    med = statistics.median
+    l_tps, r_tps = med(r.decode_tps for r in local), med(r.decode_tps for r in remote)
+    l_ttft, r_ttft = med(r.ttft_s for r in local), med(r.ttft_s for r in remote)
+    print()
+    print("| measure | in-process | gateway | gateway / in-process |")
+    print("|---|---|---|---|")
+    print(f"| decode tokens/s (median) | {l_tps:.1f} | {r_tps:.1f} | {r_tps / l_tps:.3f} |")
+    print(
+        f"| time to first token, ms (median) | {l_ttft * 1000:.1f} | {r_ttft * 1000:.1f} "
+        f"| +{(r_ttft - l_ttft) * 1000:.1f} ms |"
+    )
+    print()
+    print("| concurrent streams (gateway) | aggregate tokens/s | vs 1 stream |")
+    print("|---|---|---|")
+    for n, tps in aggregate.items():
+        print(f"| {n} | {tps:.1f} | {tps / aggregate[1]:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
