@@ -9,8 +9,11 @@ import grpc
 from headrace.inference.v1 import inference_pb2, inference_pb2_grpc
 from headrace.services.inference.engine import FinishReason, Sampling
 from headrace.services.inference.registry import ModelRegistry
+from headrace.services.runtime.logs import get_logger
 from headrace.services.runtime.params import validate_params
 from headrace.types.v1 import types_pb2
+
+log = get_logger(__name__)
 
 _FINISH = {
     FinishReason.STOP: types_pb2.FINISH_REASON_STOP,
@@ -52,6 +55,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             if delta.finish_reason is None:
                 yield inference_pb2.GenerateResponse(text=delta.text, model=engine.name)
                 continue
+            log.info(
+                "generation_finished",
+                model=engine.name,
+                finish_reason=delta.finish_reason.value,
+                prompt_tokens=delta.prompt_tokens,
+                completion_tokens=delta.completion_tokens,
+            )
             yield inference_pb2.GenerateResponse(
                 text=delta.text,
                 model=engine.name,

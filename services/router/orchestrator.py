@@ -224,6 +224,14 @@ class Orchestrator:
                 # Only text that passed the sanitizer's filter is ever summarised.
                 audit["response_summary"] = _summary("".join(response_text))
             self._audit.record(audit)
+            log.info(
+                "request_finished",
+                status=audit["status"],
+                subject=audit["subject"],
+                model=audit["model"],
+                cached=audit["cached"],
+                latency_ms=audit["latency_ms"],
+            )
 
     async def _stream(
         self, key: cache_pb2.CacheKey, bypass_cache: bool, remaining: float | None

@@ -108,6 +108,27 @@ def test_bad_requests_get_clear_status_codes(
     assert info.value.details()
 
 
+def test_request_id_flows_through_metadata_into_every_services_logs(
+    suite: RunningSuite, stub: router_pb2_grpc.RouterServiceStub
+) -> None:
+    rid = "e2e-trace-0001"
+    messages = list(
+        stub.Generate(
+            request("trace me"),
+            metadata=(*bearer(suite.token()), ("x-request-id", rid)),
+            timeout=30,
+        )
+    )
+    assert messages[-1].request_id == rid
+    time.sleep(0.3)
+    services = {
+        line["service"]
+        for line in map(json.loads, (ln for ln in suite.log().splitlines() if ln.startswith("{")))
+        if line.get("request_id") == rid
+    }
+    assert {"router", "inference"} <= services
+
+
 def test_reflection_lists_router_service(suite: RunningSuite) -> None:
     with grpc.insecure_channel(suite.public) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
