@@ -21,6 +21,7 @@ async def make_service() -> Service:
         settings.models,
         settings.default_model,
         settings.home,
+        settings.slots,
         settings.queue_size,
     )
 

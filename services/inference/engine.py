@@ -1,32 +1,40 @@
-"""A llama.cpp model that streams text as it is decoded.
+"""A llama.cpp model serving several sequences at once by continuous batching.
 
-Decoding runs on the model's own worker thread; each piece of text crosses to
-the event loop through an asyncio queue as soon as its token is sampled. Text
-leaves only as whole UTF-8 characters, and stop strings are never echoed: the
-engine holds back only as many characters as the longest stop string could
-still need. A cancelled consumer sets an event that the worker checks after
-every token, so a cancelled sequence stops within one decode step.
+One context holds `slots` sequences (llama.cpp's n_seq_max), each with its own
+sampler chain and KV cells, as llama-server's slots do. A decode thread owns the
+context and loops: admit waiting requests into free slots, build one batch with
+the next token of every decoding sequence plus as much pending prompt as fits,
+call llama_decode once, sample every sequence that produced logits, and hand
+each piece of text to its request's asyncio queue at once. A request that joins
+or leaves never stalls the others.
+
+A finished sequence's KV cells stay in its slot; a new request is placed in the
+free slot whose cached tokens share the longest prefix with its prompt, and
+only the rest of the prompt is evaluated (a shared system prompt is computed
+once per slot). A cancelled request is dropped within one decode step and its
+slot is free for the next one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import ctypes
 import os
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 import llama_cpp
+from llama_cpp import _internals as internals
 
 from headrace.services.inference import metrics
 from headrace.services.inference.settings import ModelSpec
+from headrace.services.inference.text import TextAssembler
 from headrace.services.runtime.errors import InvalidArgument, ResourceExhausted
 from headrace.services.runtime.logs import get_logger
 
@@ -62,105 +70,130 @@ class Delta:
     completion_tokens: int = 0
 
 
-@dataclass
-class _Sequence:
-    """Per-request state shared between the event loop and the worker thread."""
-
-    emit: Callable[[Delta | BaseException], None]
-    cancel: threading.Event = field(default_factory=threading.Event)
-
-
 def default_gpu_layers() -> int:
     """All layers when llama.cpp was built with GPU support, else none."""
     return -1 if llama_cpp.llama_supports_gpu_offload() else 0
 
 
-class LlamaEngine:
-    """One loaded model, decoding one sequence at a time with a bounded wait queue."""
+@dataclass(eq=False)
+class _Request:
+    """One generation, shared between the event loop and the decode thread."""
 
-    def __init__(self, spec: ModelSpec, path: Path, queue_size: int) -> None:
+    tokens: list[int]
+    sampling: Sampling
+    emit: Callable[[Delta | BaseException], None]
+    cancel: threading.Event = field(default_factory=threading.Event)
+    # decode-thread state
+    sampler: llama_cpp.llama_sampler_p | None = None
+    pending: list[int] = field(default_factory=list)
+    next_token: int | None = None
+    generated: int = 0
+    budget: int = 0
+    text: TextAssembler | None = None
+
+
+@dataclass(eq=False)
+class _Slot:
+    """A sequence id in the context and the tokens whose KV cells it holds."""
+
+    seq_id: int
+    cached: list[int] = field(default_factory=list)
+    request: _Request | None = None
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class LlamaEngine:
+    """One loaded model decoding up to `slots` sequences together, with a bounded queue."""
+
+    def __init__(self, spec: ModelSpec, path: Path, slots: int, queue_size: int) -> None:
         self.spec = spec
         self.name = spec.name
+        self.slots = slots
+        self.queue_size = queue_size
         threads = spec.threads or os.cpu_count() or 1
         self.gpu_layers = default_gpu_layers() if spec.gpu_layers is None else spec.gpu_layers
         started = time.perf_counter()
-        self.llm = llama_cpp.Llama(
-            model_path=str(path),
-            n_ctx=spec.context_size,
-            n_batch=spec.batch_size,
-            n_threads=threads,
-            n_threads_batch=threads,
-            n_gpu_layers=self.gpu_layers,
-            verbose=False,
-        )
-        self.context_size = self.llm.n_ctx()
-        self._vocab = self.llm._model.vocab
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{spec.name}")
-        # One llama context decodes one sequence at a time here.
-        self._slot = asyncio.Lock()
-        self._queue_size = queue_size
-        self._waiting = 0
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = 0x7FFFFFFF if self.gpu_layers < 0 else self.gpu_layers
+        self._model = internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
+        self._vocab = self._model.vocab
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self.context_size = min(spec.context_size, self._model.n_ctx_train())
+        ctx_params = llama_cpp.llama_context_default_params()
+        # Every slot may fill a whole context window; the KV cache is shared.
+        ctx_params.n_ctx = self.context_size * slots
+        ctx_params.n_batch = spec.batch_size
+        ctx_params.n_ubatch = min(spec.batch_size, 512)
+        ctx_params.n_seq_max = slots
+        ctx_params.kv_unified = True
+        ctx_params.n_threads = threads
+        ctx_params.n_threads_batch = threads
+        ctx_params.no_perf = True
+        self._ctx = internals.LlamaContext(model=self._model, params=ctx_params, verbose=False)
+        self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
+        self._batch = llama_cpp.llama_batch_init(spec.batch_size, 0, 1)
+        self._slots = [_Slot(i) for i in range(slots)]
+        self._waiting: deque[_Request] = deque()
+        self._active = 0
+        self._wake = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name=f"decode-{spec.name}", daemon=True)
+        self._thread.start()
         log.info(
             "model_loaded",
             model=spec.name,
             path=str(path),
             context_size=self.context_size,
+            slots=slots,
             gpu_layers=self.gpu_layers,
             threads=threads,
             seconds=round(time.perf_counter() - started, 3),
         )
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
-        self.llm.close()
-
-    def _piece(self, token: int) -> bytes:
-        buf = ctypes.create_string_buffer(64)
-        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-        return buf.raw[:n]
+    # ---- event-loop side -------------------------------------------------
 
     def tokenize(self, text: str) -> list[int]:
-        return self.llm.tokenize(text.encode(), add_bos=True)
+        return self._model.tokenize(text.encode(), add_bos=True, special=False)
 
     async def generate(self, prompt: str, sampling: Sampling) -> AsyncIterator[Delta]:
         """Stream deltas for one prompt. Raises ResourceExhausted when the queue is full."""
         arrived = time.perf_counter()
-        if self._slot.locked() and self._waiting >= self._queue_size:
-            metrics.REJECTED.labels(self.name).inc()
-            raise ResourceExhausted(
-                f"model {self.name!r} is busy ({self._waiting} requests waiting); retry shortly",
-                retry_after_s=1.0,
+        tokens = self.tokenize(prompt)
+        if len(tokens) >= self.context_size:
+            raise InvalidArgument(
+                f"prompt is {len(tokens)} tokens; model {self.name!r} has a context of "
+                f"{self.context_size}: shorten it"
             )
-        self._waiting += 1
-        metrics.QUEUE_DEPTH.labels(self.name).inc()
-        try:
-            await self._slot.acquire()
-        finally:
-            self._waiting -= 1
-            metrics.QUEUE_DEPTH.labels(self.name).dec()
-        metrics.QUEUE_TIME.labels(self.name).observe(time.perf_counter() - arrived)
-        metrics.BUSY_SLOTS.labels(self.name).inc()
-        try:
-            async for delta in self._stream(prompt, sampling, arrived):
-                yield delta
-        finally:
-            metrics.BUSY_SLOTS.labels(self.name).dec()
-            self._slot.release()
-
-    async def _stream(
-        self, prompt: str, sampling: Sampling, arrived: float
-    ) -> AsyncIterator[Delta]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
-        seq = _Sequence(emit=lambda item: loop.call_soon_threadsafe(queue.put_nowait, item))
-        worker = loop.run_in_executor(self._executor, self._decode, prompt, sampling, seq)
+        request = _Request(
+            tokens=tokens,
+            sampling=sampling,
+            emit=lambda item: loop.call_soon_threadsafe(queue.put_nowait, item),
+        )
+        with self._wake:
+            if self._active + len(self._waiting) >= self.slots + self.queue_size:
+                metrics.REJECTED.labels(self.name).inc()
+                raise ResourceExhausted(
+                    f"model {self.name!r} is busy ({self.slots} decoding, "
+                    f"{len(self._waiting)} waiting); retry shortly",
+                    retry_after_s=1.0,
+                )
+            self._waiting.append(request)
+            metrics.QUEUE_DEPTH.labels(self.name).set(len(self._waiting))
+            self._wake.notify()
         first = last = 0.0
         finished: FinishReason | None = None
         try:
-            while True:
+            while finished is None:
                 item = await queue.get()
                 if isinstance(item, BaseException):
                     raise item
@@ -177,82 +210,194 @@ class LlamaEngine:
                     metrics.PROMPT_TOKENS.labels(self.name).inc(item.prompt_tokens)
                     metrics.GENERATION_TOKENS.labels(self.name).inc(item.completion_tokens)
                     metrics.E2E_LATENCY.labels(self.name).observe(now - arrived)
+                    metrics.REQUESTS.labels(self.name, finished.value).inc()
                 yield item
-                if finished is not None:
-                    break
         finally:
             if finished is None:
-                seq.cancel.set()
+                # Cancelled, disconnected or past its deadline: the decode thread
+                # drops it at its next step and frees the slot.
+                request.cancel.set()
                 metrics.CANCELLATIONS.labels(self.name).inc()
-            # The slot is free only once the worker has let go of the context.
-            try:
-                await asyncio.shield(worker)
-            except Exception:
-                pass
-            metrics.REQUESTS.labels(
-                self.name, finished.value if finished else FinishReason.CANCELLED.value
-            ).inc()
+                metrics.REQUESTS.labels(self.name, FinishReason.CANCELLED.value).inc()
+                with self._wake:
+                    self._wake.notify()
 
-    def _decode(self, prompt: str, sampling: Sampling, seq: _Sequence) -> None:
-        """Worker thread: decode until stop, length or cancel, emitting deltas."""
-        try:
-            self._decode_tokens(prompt, sampling, seq)
-        except BaseException as exc:  # handed to the event loop, never lost
-            seq.emit(exc)
+    def close(self) -> None:
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join(timeout=30)
+        llama_cpp.llama_batch_free(self._batch)
+        self._ctx.close()
+        self._model.close()
 
-    def _decode_tokens(self, prompt: str, sampling: Sampling, seq: _Sequence) -> None:
-        tokens = self.tokenize(prompt)
-        n_prompt = len(tokens)
-        if n_prompt >= self.context_size:
-            raise InvalidArgument(
-                f"prompt is {n_prompt} tokens; model {self.name!r} has a context of "
-                f"{self.context_size}: shorten it"
+    # ---- decode thread ---------------------------------------------------
+
+    def _piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:n]
+
+    def _sampler(self, s: Sampling) -> llama_cpp.llama_sampler_p:
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = llama_cpp.llama_sampler_chain_add
+        if s.repeat_penalty != 1.0:
+            add(
+                chain,
+                llama_cpp.llama_sampler_init_penalties(
+                    self._n_vocab, 64, s.repeat_penalty, 0.0, 0.0
+                ),
             )
-        budget = min(sampling.max_tokens, self.context_size - n_prompt)
-        self.llm.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(31))
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        hold = max((len(s) for s in sampling.stop), default=1) - 1
-        pending = ""
-        generated = 0
-        finish = FinishReason.LENGTH
-        stopped_by_string = False
-        generator = self.llm.generate(
-            tokens,
-            top_k=sampling.top_k,
-            top_p=sampling.top_p,
-            min_p=0.0,
-            temp=sampling.temperature,
-            repeat_penalty=sampling.repeat_penalty,
-        )
-        try:
-            for token in generator:
-                if seq.cancel.is_set():
-                    finish = FinishReason.CANCELLED
-                    break
-                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                    finish = FinishReason.STOP
-                    break
-                generated += 1
-                text = pending + decoder.decode(self._piece(token))
-                if sampling.stop:
-                    cut = min((i for s in sampling.stop if (i := text.find(s)) >= 0), default=-1)
-                    if cut >= 0:
-                        pending = text[:cut]
-                        finish = FinishReason.STOP
-                        stopped_by_string = True
-                        break
-                    keep = min(hold, len(text))
-                    release, pending = text[: len(text) - keep], text[len(text) - keep :]
-                else:
-                    release, pending = text, ""
-                if release:
-                    seq.emit(Delta(release))
-                if generated >= budget:
-                    break
-        finally:
-            generator.close()
-        if finish is not FinishReason.CANCELLED:
-            tail = pending if stopped_by_string else pending + decoder.decode(b"", final=True)
-            seq.emit(Delta(tail, finish, n_prompt, generated))
-        else:
-            seq.emit(Delta("", finish, n_prompt, generated))
+        if s.temperature <= 0.0:
+            add(chain, llama_cpp.llama_sampler_init_greedy())
+            return chain
+        if s.top_k > 0:
+            add(chain, llama_cpp.llama_sampler_init_top_k(s.top_k))
+        add(chain, llama_cpp.llama_sampler_init_top_p(s.top_p, 1))
+        add(chain, llama_cpp.llama_sampler_init_temp(s.temperature))
+        seed = s.seed if s.seed is not None else random.getrandbits(32)
+        add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    def _admit(self) -> None:
+        """Move waiting requests into free slots, reusing the longest cached prefix."""
+        while self._waiting:
+            free = [s for s in self._slots if s.request is None]
+            if not free:
+                return
+            request = self._waiting.popleft()
+            if request.cancel.is_set():
+                continue
+            slot = max(free, key=lambda s: _common_prefix(s.cached, request.tokens))
+            # Keep the shared prefix's KV cells, but always evaluate at least
+            # the last prompt token: its logits give the first sampled token.
+            keep = min(_common_prefix(slot.cached, request.tokens), len(request.tokens) - 1)
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1)
+            metrics.PREFIX_REUSED_TOKENS.labels(self.name).inc(keep)
+            del slot.cached[keep:]
+            request.pending = request.tokens[keep:]
+            request.budget = min(
+                request.sampling.max_tokens, self.context_size - len(request.tokens)
+            )
+            request.sampler = self._sampler(request.sampling)
+            request.text = TextAssembler(request.sampling.stop)
+            slot.request = request
+            self._active += 1
+
+    def _release(self, slot: _Slot) -> None:
+        request = slot.request
+        if request is not None and request.sampler is not None:
+            llama_cpp.llama_sampler_free(request.sampler)
+            request.sampler = None
+        slot.request = None
+        with self._wake:
+            self._active -= 1
+            metrics.BUSY_SLOTS.labels(self.name).set(self._active)
+
+    def _finish(self, slot: _Slot, reason: FinishReason, tail: str = "") -> None:
+        request = slot.request
+        assert request is not None
+        # Free the slot before the last delta leaves, so a client that sends its
+        # next request on receipt always finds the slot free.
+        self._release(slot)
+        request.emit(Delta(tail, reason, len(request.tokens), request.generated))
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closing and not self._waiting and self._active == 0:
+                    self._wake.wait()
+                if self._closing:
+                    for slot in self._slots:
+                        if slot.request is not None:
+                            slot.request.emit(
+                                ResourceExhausted("model is shutting down", retry_after_s=1.0)
+                            )
+                            self._release(slot)
+                    return
+                self._admit()
+                metrics.QUEUE_DEPTH.labels(self.name).set(len(self._waiting))
+                metrics.BUSY_SLOTS.labels(self.name).set(self._active)
+            try:
+                self._step()
+            except Exception as exc:  # a failed decode fails its requests, not the thread
+                log.exception("decode_failed", model=self.name)
+                for slot in self._slots:
+                    if slot.request is not None:
+                        slot.request.emit(exc)
+                        llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+                        slot.cached.clear()
+                        self._release(slot)
+
+    def _step(self) -> None:
+        """One llama_decode over every active sequence."""
+        batch = self._batch
+        capacity = self.spec.batch_size
+        n = 0
+        sample_at: list[tuple[_Slot, int]] = []
+        for slot in self._slots:
+            request = slot.request
+            if request is None:
+                continue
+            if request.cancel.is_set():
+                self._release(slot)
+                continue
+            if request.next_token is not None and n < capacity:
+                self._put(slot, request.next_token, n, logits=True)
+                sample_at.append((slot, n))
+                request.next_token = None
+                n += 1
+        for slot in self._slots:
+            request = slot.request
+            if request is None or not request.pending or n >= capacity:
+                continue
+            chunk = request.pending[: capacity - n]
+            del request.pending[: len(chunk)]
+            for i, token in enumerate(chunk):
+                last = not request.pending and i == len(chunk) - 1
+                self._put(slot, token, n, logits=last)
+                if last:
+                    sample_at.append((slot, n))
+                n += 1
+        if n == 0:
+            return
+        batch.n_tokens = n
+        metrics.BATCH_SIZE.labels(self.name).observe(len(sample_at))
+        status = llama_cpp.llama_decode(self._ctx.ctx, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode returned {status}")
+        for slot, index in sample_at:
+            request = slot.request
+            if request is None:
+                continue
+            if request.cancel.is_set():
+                self._release(slot)
+                continue
+            assert request.sampler is not None and request.text is not None
+            token = llama_cpp.llama_sampler_sample(request.sampler, self._ctx.ctx, index)
+            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                self._finish(slot, FinishReason.STOP, request.text.finish())
+                continue
+            request.generated += 1
+            text = request.text.feed(self._piece(token))
+            if request.text.stopped:
+                self._finish(slot, FinishReason.STOP, text)
+                continue
+            if request.generated >= request.budget:
+                self._finish(slot, FinishReason.LENGTH, text + request.text.finish())
+                continue
+            if text:
+                request.emit(Delta(text))
+            request.next_token = token
+
+    def _put(self, slot: _Slot, token: int, i: int, *, logits: bool) -> None:
+        batch = self._batch
+        batch.token[i] = token
+        batch.pos[i] = len(slot.cached)
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = slot.seq_id
+        batch.logits[i] = logits
+        slot.cached.append(token)

@@ -53,3 +53,14 @@ CANCELLATIONS = Counter(
 )
 QUEUE_DEPTH = Gauge("headrace_inference_queue_depth", "Requests waiting for a slot.", ["model"])
 BUSY_SLOTS = Gauge("headrace_inference_busy_slots", "Slots decoding a sequence.", ["model"])
+BATCH_SIZE = Histogram(
+    "headrace_inference_batch_size",
+    "Sequences sampled per llama_decode call.",
+    ["model"],
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
+)
+PREFIX_REUSED_TOKENS = Counter(
+    "headrace_inference_prefix_reused_tokens_total",
+    "Prompt tokens whose KV cells were reused from a slot's cache instead of evaluated.",
+    ["model"],
+)

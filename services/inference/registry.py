@@ -39,13 +39,13 @@ class ModelRegistry:
 
     @classmethod
     def load(
-        cls, specs: list[ModelSpec], default: str, home: Path, queue_size: int
+        cls, specs: list[ModelSpec], default: str, home: Path, slots: int, queue_size: int
     ) -> ModelRegistry:
         engines: dict[str, LlamaEngine] = {}
         for spec in specs:
             if spec.name in engines:
                 raise ValueError(f"model {spec.name!r} is declared twice")
-            engines[spec.name] = LlamaEngine(spec, resolve_path(spec, home), queue_size)
+            engines[spec.name] = LlamaEngine(spec, resolve_path(spec, home), slots, queue_size)
         default = default or specs[0].name
         if default not in engines:
             raise ValueError(f"default model {default!r} is not in the registry")

@@ -59,6 +59,8 @@ class InferenceSettings(ServiceSettings):
     models: list[ModelSpec] = [DEFAULT_MODEL]
     default_model: str = ""
     """Model used when a request names none; default: the first in `models`."""
+    slots: int = Field(default=4, ge=1, le=64)
+    """Sequences decoded together per model (continuous batching)."""
     queue_size: int = Field(default=16, ge=0)
     """Requests that may wait for a slot; beyond that RESOURCE_EXHAUSTED at once."""
     max_tokens_limit: int = Field(default=4096, ge=1)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,9 +45,14 @@ def bearer(token: str) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {token}"),)
 
 
-def request(prompt: str = "Hello world", **params: object) -> router_pb2.GenerateRequest:
+def request(
+    prompt: str = "Hello world", *, cache: bool = False, **params: object
+) -> router_pb2.GenerateRequest:
+    """A greedy request; the cache is bypassed unless a test is about the cache
+    (Redis outlives test runs, so a cached answer would change what is measured)."""
     return router_pb2.GenerateRequest(
         prompt=prompt,
+        bypass_cache=not cache,
         params=types_pb2.SamplingParams(**{"max_tokens": 16, "temperature": 0.0, **params}),
     )
 
@@ -151,7 +157,8 @@ def test_health_check_is_serving_on_public_port(suite: RunningSuite) -> None:
 def test_envoy_stats_show_upstream_requests_on_every_cluster(
     suite: RunningSuite, stub: router_pb2_grpc.RouterServiceStub
 ) -> None:
-    list(stub.Generate(request("Stats please"), metadata=bearer(suite.token()), timeout=30))
+    req = request(f"Stats please {uuid.uuid4().hex[:8]}", cache=True)
+    list(stub.Generate(req, metadata=bearer(suite.token()), timeout=30))
     with urllib.request.urlopen(f"http://{suite.admin}/stats?filter=upstream_rq_total$") as reply:
         stats = dict(
             line.split(": ") for line in reply.read().decode().splitlines() if ": " in line
@@ -168,7 +175,7 @@ def test_identical_deterministic_request_is_served_from_cache(
     suite: RunningSuite, stub: router_pb2_grpc.RouterServiceStub
 ) -> None:
     token = suite.token()
-    req = request("Tell me a story", max_tokens=12)
+    req = request(f"Tell me a story {uuid.uuid4().hex[:8]}", cache=True, max_tokens=12)
     first = list(stub.Generate(req, metadata=bearer(token), timeout=30))
     second = list(stub.Generate(req, metadata=bearer(token), timeout=30))
     assert "".join(m.text for m in first) == "".join(m.text for m in second)

@@ -19,7 +19,7 @@ PROMPT = "Hello world"
 @pytest.fixture(scope="module")
 def engine(tiny_model: Path) -> LlamaEngine:
     spec = ModelSpec(name="tiny-engine", path=tiny_model, context_size=512)
-    return LlamaEngine(spec, tiny_model, queue_size=1)
+    return LlamaEngine(spec, tiny_model, slots=1, queue_size=1)
 
 
 async def collect(engine: LlamaEngine, prompt: str, sampling: Sampling) -> list[Delta]:
