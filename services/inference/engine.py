@@ -90,6 +90,7 @@ class _Request:
     generated: int = 0
     budget: int = 0
     text: TextAssembler | None = None
+    admitted: float = 0.0
 
 
 @dataclass(eq=False)
@@ -285,6 +286,7 @@ class LlamaEngine:
             request.sampler = self._sampler(request.sampling)
             request.text = TextAssembler(request.sampling.stop)
             slot.request = request
+            request.admitted = time.perf_counter()
             self._active += 1
 
     def _release(self, slot: _Slot) -> None:
