@@ -90,7 +90,7 @@ class _Request:
     generated: int = 0
     budget: int = 0
     text: TextAssembler | None = None
-    admitted: float = 0.0
+    arrived: float = field(default_factory=time.perf_counter)
 
 
 @dataclass(eq=False)
@@ -176,6 +176,7 @@ class LlamaEngine:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
         request = _Request(
+            arrived=arrived,
             tokens=tokens,
             sampling=sampling,
             emit=lambda item: loop.call_soon_threadsafe(queue.put_nowait, item),
@@ -286,7 +287,7 @@ class LlamaEngine:
             request.sampler = self._sampler(request.sampling)
             request.text = TextAssembler(request.sampling.stop)
             slot.request = request
-            request.admitted = time.perf_counter()
+            metrics.QUEUE_TIME.labels(self.name).observe(time.perf_counter() - request.arrived)
             self._active += 1
 
     def _release(self, slot: _Slot) -> None:

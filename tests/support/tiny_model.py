@@ -36,6 +36,7 @@ How the weights are shaped, so that tests are exact and cover the awkward paths:
 
 from __future__ import annotations
 
+import itertools
 import string
 import sys
 from pathlib import Path
@@ -156,7 +157,7 @@ def write_tiny_model(path: Path) -> Path:
     output[leads, bias_dim] = 0.0
     # ...except a continuation byte right after the byte before it.
     for chain in chains:
-        for prev, nxt in zip(chain, chain[1:]):
+        for prev, nxt in itertools.pairwise(chain):
             output[nxt, marks[prev]] = FOLLOW_GAIN
 
     def into_residual(rows: int, cols: int) -> np.ndarray:
