@@ -135,6 +135,26 @@ def test_request_id_flows_through_metadata_into_every_services_logs(
     assert {"router", "inference"} <= services
 
 
+def test_cancelled_stream_frees_its_slot_at_once_and_is_counted(
+    suite: RunningSuite, stub: router_pb2_grpc.RouterServiceStub
+) -> None:
+    name = "headrace_inference_cancellations_total"
+    before = suite.metric("inference-0", name, model="tiny")
+    call = stub.Generate(
+        request("a very long story", max_tokens=4000), metadata=bearer(suite.token()), timeout=60
+    )
+    assert all(next(call).text for _ in range(3))
+    call.cancel()
+    started = time.perf_counter()
+    after = list(stub.Generate(request("next", max_tokens=2), metadata=bearer(suite.token())))
+    assert after[-1].finish_reason == types_pb2.FINISH_REASON_LENGTH
+    assert time.perf_counter() - started < 2.0
+    deadline = time.monotonic() + 5
+    while suite.metric("inference-0", name, model="tiny") < before + 1:
+        assert time.monotonic() < deadline, "the cancel was not counted"
+        time.sleep(0.1)
+
+
 def test_reflection_lists_router_service(suite: RunningSuite) -> None:
     with grpc.insecure_channel(suite.public) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)

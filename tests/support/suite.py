@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,22 @@ class RunningSuite:
     process: subprocess.Popen[bytes]
     log_path: Path
     service_ports: dict[str, int] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+
+    def metric(self, service: str, name: str, **labels: str) -> float:
+        """One sample from a service's /metrics (0 when absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = f"http://127.0.0.1:{self.metrics_ports[service]}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            text = reply.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    return sample.value
+        return 0.0
 
     def pid(self, name: str) -> int:
         return int((self.home / "run" / f"{name}.pid").read_text())
@@ -119,7 +136,7 @@ def start_suite(
         "HEADRACE_METRICS_PORT_BASE": str(metrics),
         "HEADRACE_INFERENCE_REPLICAS": str(replicas),
         "HEADRACE_MODELS": json.dumps(
-            [{"name": "tiny", "path": str(model_path), "context_size": 512}]
+            [{"name": "tiny", "path": str(model_path), "context_size": 4096}]
         ),
         "HEADRACE_REDIS_URL": os.environ.get("HEADRACE_TEST_REDIS_URL", "redis://127.0.0.1:6379/9"),
         "HEADRACE_RESTART_BACKOFF_SECONDS": "0.2",
@@ -150,6 +167,18 @@ def start_suite(
             "auth": base + 4,
             "sanitizer": base + 5,
             "cache": base + 6,
+        },
+        metrics_ports={
+            name: metrics + i
+            for i, name in enumerate(
+                [
+                    "router",
+                    "auth",
+                    "sanitizer",
+                    "cache",
+                    *(f"inference-{r}" for r in range(replicas)),
+                ]
+            )
         },
     )
     deadline = time.monotonic() + ready_timeout

@@ -6,7 +6,7 @@ second on a CPU. The weights are random but seeded, so the file - and its
 greedy output - is byte-for-byte the same on every run. Nothing is downloaded.
 
 Model: architecture "llama", 2 layers, n_embd 64, 4 heads (4 KV heads), n_ff
-128, training context 512, every tensor F32.
+128, training context 4096, every tensor F32.
 
 Tokenizer: SentencePiece style (`tokenizer.ggml.model = "llama"`): <unk> (0),
 <s> (1, BOS, added to prompts), </s> (2, EOS), the 256 byte-fallback tokens
@@ -48,7 +48,7 @@ N_EMBD = 64
 N_LAYER = 2
 N_HEAD = 4
 N_FF = 128
-N_CTX_TRAIN = 512
+N_CTX_TRAIN = 4096
 SEED = 23
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
