@@ -38,7 +38,7 @@ model: install
 	print('model:', resolve_path(DEFAULT_MODEL, InferenceSettings().home))"
 
 up: model
-	$(BIN)/headrace up
+	HEADRACE_STOP_WITH_PARENT=true exec $(BIN)/headrace up
 
 test: install
 	$(BIN)/python -m pytest -q

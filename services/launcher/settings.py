@@ -31,3 +31,6 @@ class LauncherSettings(HeadraceSettings):
     """After SIGTERM, a process gets this long before SIGKILL."""
     envoy_concurrency: int = Field(default=1, ge=1)
     envoy_log_level: str = "warning"
+    stop_with_parent: bool = False
+    """Stop (as on SIGTERM) when the parent process dies; `make up` sets it, so a
+    SIGTERM sent to make stops the suite too."""

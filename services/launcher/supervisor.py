@@ -30,7 +30,8 @@ _PR_SET_PDEATHSIG = 1
 STABLE_AFTER_S = 30.0
 
 
-def _die_with_parent() -> None:
+def stop_with_parent() -> None:
+    """Ask the kernel to send this process SIGTERM when its parent dies."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -60,7 +61,7 @@ class Child:
             env=self.env,
             stdin=asyncio.subprocess.DEVNULL,
             process_group=0,
-            preexec_fn=_die_with_parent,
+            preexec_fn=stop_with_parent,
         )
         (self.pid_dir / f"{self.name}.pid").write_text(f"{process.pid}\n")
         log.info("process_started", process=self.name, pid=process.pid, restarts=self.restarts)

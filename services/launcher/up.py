@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from headrace.envoy.render import Cluster, EnvoyLayout, envoy_binary, render, validate
 from headrace.services.launcher.settings import LauncherSettings
-from headrace.services.launcher.supervisor import Child
+from headrace.services.launcher.supervisor import Child, stop_with_parent
 from headrace.services.runtime.logs import get_logger
 
 log = get_logger(__name__)
@@ -209,6 +209,8 @@ class Suite:
 
 async def run_up(settings: LauncherSettings) -> int:
     """Run the suite until SIGINT/SIGTERM; the exit code for the process."""
+    if settings.stop_with_parent:
+        stop_with_parent()
     suite = Suite(settings)
     config = suite.prepare()
     stop = asyncio.Event()
