@@ -119,6 +119,15 @@ class KeyStore:
         # Only the first creator becomes active; a loser's key stays as a spare.
         self._write_atomically(self.directory / "active", key.kid.encode(), exclusive=True)
 
+    def remove(self, kid: str) -> None:
+        """Delete a retired key: tokens it signed stop verifying (the active key cannot go)."""
+        active, keys = self.load()
+        if kid == active:
+            raise ValueError(f"{kid} is the active key; rotate first (`headrace keys rotate`)")
+        if kid not in keys:
+            raise KeyError(f"no key {kid!r} in {self.directory}")
+        (self.directory / f"{kid}.pem").unlink()
+
     def load(self) -> tuple[str, dict[str, SigningKey]]:
         """The active kid and every key on disk."""
         self.ensure()

@@ -23,6 +23,10 @@ REQUIRED_CLAIMS = ["exp", "iat", "nbf", "sub", "iss", "aud"]
 RELOAD_INTERVAL_S = 5.0
 
 
+ADMIN_SCOPE = "admin"
+GENERATE_SCOPE = "generate"
+
+
 @dataclass(frozen=True)
 class Principal:
     """A verified caller."""
@@ -30,6 +34,16 @@ class Principal:
     subject: str
     scopes: tuple[str, ...] = ()
     tier: str = "free"
+
+    def may_use(self, model: str) -> bool:
+        """`generate` or `admin` allow every model; `model:NAME` allows one."""
+        if ADMIN_SCOPE in self.scopes or GENERATE_SCOPE in self.scopes:
+            return True
+        return not model or f"model:{model}" in self.scopes
+
+    @property
+    def is_admin(self) -> bool:
+        return ADMIN_SCOPE in self.scopes
 
 
 def issue_token(
@@ -73,14 +87,28 @@ class TokenVerifier:
     settings: TokenSettings
     _keys: dict[str, SigningKey] = field(default_factory=dict)
     _loaded_at: float = 0.0
+    _signature: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         self.reload()
 
+    def _dir_signature(self) -> tuple[tuple[str, int], ...]:
+        return tuple(
+            sorted((p.name, p.stat().st_mtime_ns) for p in self.store.directory.glob("*.pem"))
+        )
+
     def reload(self) -> None:
         """Read the key directory again."""
         _, self._keys = self.store.load()
+        self._signature = self._dir_signature()
         self._loaded_at = time.monotonic()
+
+    def reload_if_changed(self) -> bool:
+        """Reload when a key was added or removed (a rotation); True when it was."""
+        if self._dir_signature() == self._signature:
+            return False
+        self.reload()
+        return True
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         """Public keys as a JWKS document."""

@@ -108,6 +108,7 @@ class Orchestrator:
         self._settings = settings
         self._audit = audit
         self.catalog = ModelCatalog(backends.inference, settings.models_refresh_seconds)
+        self._background: set[asyncio.Task[None]] = set()
 
     def _timeout(self, remaining: float | None) -> float:
         limit = self._settings.upstream_timeout_seconds
@@ -141,9 +142,16 @@ class Orchestrator:
         """Authorize and check the prompt concurrently; the auth verdict comes first."""
         metadata = outgoing_metadata()
         timeout = self._timeout(remaining)
+        # Reserve the worst case from the token quotas: the prompt (estimated at
+        # 4 bytes a token, as the sanitizer does) plus everything max_tokens allows.
+        reserve = (
+            len(request.prompt.encode()) // 4 + 1 + self.fill_params(request.params).max_tokens
+        )
         auth = asyncio.ensure_future(
             self._b.auth.Authorize(
-                auth_pb2.AuthorizeRequest(credential=credential, model=request.model),
+                auth_pb2.AuthorizeRequest(
+                    credential=credential, model=request.model, reserve_tokens=reserve
+                ),
                 timeout=timeout,
                 metadata=metadata,
             )
@@ -184,6 +192,7 @@ class Orchestrator:
             "cached": False,
         }
         response_text: list[str] = []
+        principal: auth_pb2.AuthorizeResponse | None = None
         try:
             validate_params(request.params, self._settings.max_tokens_limit)
             principal, checked = await self._admit(request, credential, remaining)
@@ -219,6 +228,13 @@ class Orchestrator:
             audit["status"] = "INTERNAL"
             raise
         finally:
+            if principal is not None and principal.reserved_tokens:
+                used = (
+                    0
+                    if audit["cached"] or audit["status"] != "OK"
+                    else (audit.get("prompt_tokens", 0) + audit.get("completion_tokens", 0))
+                )
+                self._settle(principal, used)
             audit["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
             if audit["subject"] is not None:
                 # Only text that passed the sanitizer's filter is ever summarised.
@@ -232,6 +248,28 @@ class Orchestrator:
                 cached=audit["cached"],
                 latency_ms=audit["latency_ms"],
             )
+
+    def _settle(self, principal: auth_pb2.AuthorizeResponse, used: int) -> None:
+        """Replace the quota reservation by the tokens really used, off the request path."""
+
+        async def settle() -> None:
+            try:
+                await self._b.auth.RecordUsage(
+                    auth_pb2.RecordUsageRequest(
+                        subject=principal.subject,
+                        tier=principal.tier,
+                        reserved_tokens=principal.reserved_tokens,
+                        used_tokens=used,
+                    ),
+                    timeout=self._settings.upstream_timeout_seconds,
+                    metadata=outgoing_metadata(),
+                )
+            except grpc.aio.AioRpcError as exc:
+                log.error("usage_not_recorded", subject=principal.subject, error=exc.details())
+
+        task = asyncio.create_task(settle())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _stream(
         self, key: cache_pb2.CacheKey, bypass_cache: bool, remaining: float | None

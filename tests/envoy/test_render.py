@@ -60,7 +60,10 @@ def test_internal_listener_routes_each_service_by_path() -> None:
         assert f'prefix: "/{service}/"' in internal
         assert f"cluster: {cluster}" in internal
     public = text[text.index("- name: public") : text.index("- name: internal")]
-    assert "cluster: auth" not in public, "internal services must not be public"
+    for internal_only in ("Authorize", "RecordUsage", "GetJwks"):
+        assert f"AuthService/{internal_only}" not in public
+    for internal_service in ("SanitizerService", "CacheService", "InferenceService"):
+        assert internal_service not in public, "internal services must not be public"
 
 
 def test_a_broken_config_is_rejected_by_validate(tmp_path: Path) -> None:

@@ -15,6 +15,10 @@ import typer
 app = typer.Typer(help="Headrace: a self-hosted LLM gateway.", no_args_is_help=True)
 token_app = typer.Typer(help="JSON Web Tokens for the gateway.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+keys_app = typer.Typer(help="Signing keys under HEADRACE_HOME/keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+apikey_app = typer.Typer(help="API keys (needs the running suite).", no_args_is_help=True)
+app.add_typer(apikey_app, name="apikey")
 
 TargetOption = Annotated[
     str, typer.Option("--target", envvar="HEADRACE_TARGET", help="Envoy's public address.")
@@ -49,6 +53,26 @@ def _mint(subject: str, ttl: int | None, scopes: list[str] | None, tier: str) ->
     )
 
 
+def _admin_call(target: str, token: str | None, method: str, request: object) -> object:
+    """Call an admin RPC of the auth service through Envoy's public listener."""
+    from headrace.auth.v1 import auth_pb2_grpc
+
+    bearer = token or _mint(f"cli-admin:{getpass.getuser()}", 300, ["admin"], "unlimited")
+
+    async def run() -> object:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = auth_pb2_grpc.AuthServiceStub(channel)
+            try:
+                return await getattr(stub, method)(
+                    request, metadata=(("authorization", f"Bearer {bearer}"),), timeout=10
+                )
+            except grpc.aio.AioRpcError as exc:
+                _fail(exc)
+                raise
+
+    return asyncio.run(run())
+
+
 def _fail(exc: grpc.aio.AioRpcError) -> None:
     typer.secho(f"error: {exc.code().name}: {exc.details()}", fg="red", err=True)
     raise typer.Exit(2)
@@ -78,6 +102,110 @@ def token_issue(
         typer.secho(f"error: {exc.message}", fg="red", err=True)
         raise typer.Exit(2) from None
     typer.echo(token)
+
+
+@keys_app.command("rotate")
+def keys_rotate() -> None:
+    """Make a new signing key; new tokens use it, tokens of older keys verify until they expire."""
+    from headrace.services.auth.keys import KeyStore
+    from headrace.services.auth.settings import TokenSettings
+
+    key = KeyStore(TokenSettings().home / "keys").create_key(activate=True)
+    typer.echo(f"active key: {key.kid}")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List signing keys; the active one is marked."""
+    from headrace.services.auth.keys import KeyStore
+    from headrace.services.auth.settings import TokenSettings
+
+    active, keys = KeyStore(TokenSettings().home / "keys").load()
+    for kid in keys:
+        typer.echo(f"{kid}{'  (active)' if kid == active else ''}")
+
+
+@keys_app.command("remove")
+def keys_remove(kid: Annotated[str, typer.Argument(help="Key id from `keys list`.")]) -> None:
+    """Delete a retired key: tokens it signed stop verifying."""
+    from headrace.services.auth.keys import KeyStore
+    from headrace.services.auth.settings import TokenSettings
+
+    try:
+        KeyStore(TokenSettings().home / "keys").remove(kid)
+    except (KeyError, ValueError) as exc:
+        typer.secho(f"error: {exc.args[0]}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"removed {kid}")
+
+
+@apikey_app.command("create")
+def apikey_create(
+    subject: Annotated[str, typer.Option("--subject", "-s", help="Who the key acts as.")],
+    scopes: Annotated[list[str] | None, typer.Option("--scope", help="Granted scope.")] = None,
+    tier: Annotated[str, typer.Option(help="Quota tier.")] = "free",
+    name: Annotated[str, typer.Option(help="A label for people.")] = "",
+    target: TargetOption = "127.0.0.1:8080",
+    token: TokenOption = None,
+) -> None:
+    """Create an API key; it is printed once (last line) and stored only as a hash."""
+    from headrace.auth.v1 import auth_pb2
+
+    reply = _admin_call(
+        target,
+        token,
+        "CreateApiKey",
+        auth_pb2.CreateApiKeyRequest(subject=subject, scopes=scopes or [], tier=tier, name=name),
+    )
+    typer.secho("Store this key now; it cannot be shown again:", err=True, fg="yellow")
+    typer.echo(reply.api_key)  # type: ignore[attr-defined]
+
+
+@apikey_app.command("list")
+def apikey_list(target: TargetOption = "127.0.0.1:8080", token: TokenOption = None) -> None:
+    """List API keys (ids, subjects, scopes; never secrets)."""
+    from headrace.auth.v1 import auth_pb2
+
+    reply = _admin_call(target, token, "ListApiKeys", auth_pb2.ListApiKeysRequest())
+    for key in reply.keys:  # type: ignore[attr-defined]
+        state = "revoked" if key.revoked else "active"
+        typer.echo(
+            f"{key.key_id}\t{key.subject}\t{' '.join(key.scopes)}\t{key.tier}\t{state}\t{key.name}"
+        )
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id (hr_xxxxxxxx).")],
+    target: TargetOption = "127.0.0.1:8080",
+    token: TokenOption = None,
+) -> None:
+    """Revoke an API key at once."""
+    from headrace.auth.v1 import auth_pb2
+
+    _admin_call(target, token, "RevokeApiKey", auth_pb2.RevokeApiKeyRequest(key_id=key_id))
+    typer.echo(f"revoked {key_id}")
+
+
+@app.command()
+def usage(
+    subject: Annotated[str, typer.Argument(help="The subject.")],
+    target: TargetOption = "127.0.0.1:8080",
+    token: TokenOption = None,
+) -> None:
+    """Show a subject's token use and limits."""
+    from headrace.auth.v1 import auth_pb2
+
+    reply = _admin_call(target, token, "GetUsage", auth_pb2.GetUsageRequest(subject=subject))
+
+    def limit(value: int) -> str:
+        return str(value) if value else "unlimited"
+
+    typer.echo(f"subject:            {reply.subject}")  # type: ignore[attr-defined]
+    typer.echo(f"tier:               {reply.tier}")  # type: ignore[attr-defined]
+    typer.echo(f"requests/minute:    {limit(reply.requests_per_minute)}")  # type: ignore[attr-defined]
+    typer.echo(f"tokens today:       {reply.tokens_today} / {limit(reply.tokens_per_day)}")  # type: ignore[attr-defined]
+    typer.echo(f"tokens this month:  {reply.tokens_this_month} / {limit(reply.tokens_per_month)}")  # type: ignore[attr-defined]
 
 
 @app.command()

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class AuthServiceStub:
-    """AuthService verifies credentials and owns the signing keys.
+    """AuthService verifies credentials, owns the signing keys and API keys, and
+    enforces per-subject rate limits and token quotas.
     """
 
     def __init__(self, channel):
@@ -40,21 +41,56 @@ class AuthServiceStub:
                 request_serializer=headrace_dot_auth_dot_v1_dot_auth__pb2.AuthorizeRequest.SerializeToString,
                 response_deserializer=headrace_dot_auth_dot_v1_dot_auth__pb2.AuthorizeResponse.FromString,
                 _registered_method=True)
+        self.RecordUsage = channel.unary_unary(
+                '/headrace.auth.v1.AuthService/RecordUsage',
+                request_serializer=headrace_dot_auth_dot_v1_dot_auth__pb2.RecordUsageRequest.SerializeToString,
+                response_deserializer=headrace_dot_auth_dot_v1_dot_auth__pb2.RecordUsageResponse.FromString,
+                _registered_method=True)
         self.GetJwks = channel.unary_unary(
                 '/headrace.auth.v1.AuthService/GetJwks',
                 request_serializer=headrace_dot_auth_dot_v1_dot_auth__pb2.GetJwksRequest.SerializeToString,
                 response_deserializer=headrace_dot_auth_dot_v1_dot_auth__pb2.GetJwksResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/headrace.auth.v1.AuthService/GetUsage',
+                request_serializer=headrace_dot_auth_dot_v1_dot_auth__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=headrace_dot_auth_dot_v1_dot_auth__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/headrace.auth.v1.AuthService/CreateApiKey',
+                request_serializer=headrace_dot_auth_dot_v1_dot_auth__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=headrace_dot_auth_dot_v1_dot_auth__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/headrace.auth.v1.AuthService/ListApiKeys',
+                request_serializer=headrace_dot_auth_dot_v1_dot_auth__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=headrace_dot_auth_dot_v1_dot_auth__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/headrace.auth.v1.AuthService/RevokeApiKey',
+                request_serializer=headrace_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=headrace_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
-    """AuthService verifies credentials and owns the signing keys.
+    """AuthService verifies credentials, owns the signing keys and API keys, and
+    enforces per-subject rate limits and token quotas.
     """
 
     def Authorize(self, request, context):
-        """Authorize verifies a bearer credential and returns who it names.
-        Errors: UNAUTHENTICATED with a plain reason when the credential is
-        missing, malformed, expired, not yet valid or not signed by our keys.
+        """Authorize verifies a bearer credential (JWT or API key), checks the model
+        scope, takes one request from the subject's rate limit and reserves
+        `reserve_tokens` from its token quotas.
+        Errors: UNAUTHENTICATED (credential), PERMISSION_DENIED (scope),
+        RESOURCE_EXHAUSTED (rate limit or quota; `retry-after` trailer in seconds).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordUsage(self, request, context):
+        """RecordUsage settles a reservation with the tokens a response really used.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -62,6 +98,34 @@ class AuthServiceServicer:
 
     def GetJwks(self, request, context):
         """GetJwks returns the public signing keys as a JSON Web Key Set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsage(self, request, context):
+        """GetUsage reports a subject's usage against its limits (admin, or the subject itself).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateApiKey(self, request, context):
+        """CreateApiKey makes an API key; its secret is returned once and stored hashed (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """ListApiKeys lists API keys without their secrets (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """RevokeApiKey revokes an API key at once (admin).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,10 +139,35 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     request_deserializer=headrace_dot_auth_dot_v1_dot_auth__pb2.AuthorizeRequest.FromString,
                     response_serializer=headrace_dot_auth_dot_v1_dot_auth__pb2.AuthorizeResponse.SerializeToString,
             ),
+            'RecordUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordUsage,
+                    request_deserializer=headrace_dot_auth_dot_v1_dot_auth__pb2.RecordUsageRequest.FromString,
+                    response_serializer=headrace_dot_auth_dot_v1_dot_auth__pb2.RecordUsageResponse.SerializeToString,
+            ),
             'GetJwks': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJwks,
                     request_deserializer=headrace_dot_auth_dot_v1_dot_auth__pb2.GetJwksRequest.FromString,
                     response_serializer=headrace_dot_auth_dot_v1_dot_auth__pb2.GetJwksResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=headrace_dot_auth_dot_v1_dot_auth__pb2.GetUsageRequest.FromString,
+                    response_serializer=headrace_dot_auth_dot_v1_dot_auth__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=headrace_dot_auth_dot_v1_dot_auth__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=headrace_dot_auth_dot_v1_dot_auth__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=headrace_dot_auth_dot_v1_dot_auth__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=headrace_dot_auth_dot_v1_dot_auth__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=headrace_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=headrace_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,7 +178,8 @@ def add_AuthServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AuthService:
-    """AuthService verifies credentials and owns the signing keys.
+    """AuthService verifies credentials, owns the signing keys and API keys, and
+    enforces per-subject rate limits and token quotas.
     """
 
     @staticmethod
@@ -120,6 +210,33 @@ class AuthService:
             _registered_method=True)
 
     @staticmethod
+    def RecordUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headrace.auth.v1.AuthService/RecordUsage',
+            headrace_dot_auth_dot_v1_dot_auth__pb2.RecordUsageRequest.SerializeToString,
+            headrace_dot_auth_dot_v1_dot_auth__pb2.RecordUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetJwks(request,
             target,
             options=(),
@@ -136,6 +253,114 @@ class AuthService:
             '/headrace.auth.v1.AuthService/GetJwks',
             headrace_dot_auth_dot_v1_dot_auth__pb2.GetJwksRequest.SerializeToString,
             headrace_dot_auth_dot_v1_dot_auth__pb2.GetJwksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headrace.auth.v1.AuthService/GetUsage',
+            headrace_dot_auth_dot_v1_dot_auth__pb2.GetUsageRequest.SerializeToString,
+            headrace_dot_auth_dot_v1_dot_auth__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headrace.auth.v1.AuthService/CreateApiKey',
+            headrace_dot_auth_dot_v1_dot_auth__pb2.CreateApiKeyRequest.SerializeToString,
+            headrace_dot_auth_dot_v1_dot_auth__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headrace.auth.v1.AuthService/ListApiKeys',
+            headrace_dot_auth_dot_v1_dot_auth__pb2.ListApiKeysRequest.SerializeToString,
+            headrace_dot_auth_dot_v1_dot_auth__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headrace.auth.v1.AuthService/RevokeApiKey',
+            headrace_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.SerializeToString,
+            headrace_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

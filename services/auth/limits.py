@@ -1,0 +1,321 @@
+"""Per-subject rate limits and token quotas.
+
+Rate limits use GCRA (the generic cell rate algorithm): a subject with a limit
+of N requests per minute may send N at once, then one every 60/N seconds.
+Token quotas count prompt + completion tokens per UTC day and month. A request
+reserves its worst case (prompt estimate + max_tokens) at admission, so the
+request that would exceed a quota is the one refused; the reservation is
+settled with the real count when the response ends.
+
+Both run as Lua scripts in Redis, so they are atomic and every auth replica
+(and every gateway sharing the Redis) sees the same counts; the scripts read
+Redis's clock, so replicas need not agree on time. With no Redis at start, an
+in-process store does the same (logged). Redis failing later: the call falls
+back to the in-process store, with one warning per outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import redis.asyncio as redis
+from prometheus_client import Counter
+from redis.exceptions import RedisError
+
+from headrace.services.auth.settings import TierLimits
+from headrace.services.runtime.errors import ResourceExhausted
+from headrace.services.runtime.logs import get_logger
+
+log = get_logger(__name__)
+
+QUOTA_REJECTIONS = Counter(
+    "headrace_auth_quota_rejections_total",
+    "Requests refused by a limit, by kind (rate, tokens_day, tokens_month).",
+    ["kind", "tier"],
+)
+
+KEY_PREFIX = "headrace:limits:v1:"
+
+# GCRA. KEYS[1]: the subject's theoretical arrival time (ms). ARGV: emission
+# interval (ms), burst tolerance (ms). Returns {allowed, retry_after_ms}.
+GCRA_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+if now < tat - tolerance then
+  return {0, tat - tolerance - now}
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now + interval)
+return {1, 0}
+"""
+
+# Reserve tokens in the day and month counters if both stay within limits.
+# KEYS: day, month, tier. ARGV: tokens, day limit, month limit (0 = none), day
+# ttl, month ttl (s), tier name. Returns {allowed, which_limit (1 day, 2 month)}.
+RESERVE_LUA = """
+redis.call('SET', KEYS[3], ARGV[6], 'EX', ARGV[5])
+local want = tonumber(ARGV[1])
+local day = tonumber(redis.call('GET', KEYS[1]) or '0')
+local month = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[2]) > 0 and day + want > tonumber(ARGV[2]) then return {0, 1} end
+if tonumber(ARGV[3]) > 0 and month + want > tonumber(ARGV[3]) then return {0, 2} end
+redis.call('INCRBY', KEYS[1], want)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('INCRBY', KEYS[2], want)
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return {1, 0}
+"""
+
+SETTLE_LUA = """
+for i = 1, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBY', KEYS[i], ARGV[1]) end
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Periods:
+    """The current UTC day and month, and the seconds until each ends."""
+
+    day: str
+    month: str
+    day_left_s: float
+    month_left_s: float
+
+    @classmethod
+    def now(cls, when: dt.datetime | None = None) -> Periods:
+        when = when or dt.datetime.now(dt.UTC)
+        tomorrow = (when + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        first = when.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        next_month = (first + dt.timedelta(days=32)).replace(day=1)
+        return cls(
+            day=f"{when:%Y-%m-%d}",
+            month=f"{when:%Y-%m}",
+            day_left_s=(tomorrow - when).total_seconds(),
+            month_left_s=(next_month - when).total_seconds(),
+        )
+
+
+class LimitStore(Protocol):
+    """Where counters live."""
+
+    async def take_request(self, subject: str, rpm: int) -> float:
+        """0 when allowed, else seconds until the next request is allowed."""
+
+    async def reserve(
+        self, subject: str, tier: str, tokens: int, limits: TierLimits, periods: Periods
+    ) -> int:
+        """0 when reserved, 1 when the day's quota, 2 when the month's would be exceeded."""
+
+    async def settle(self, subject: str, delta: int, periods: Periods) -> None: ...
+
+    async def used(self, subject: str, periods: Periods) -> tuple[int, int, str]:
+        """Tokens used today, this month, and the tier of the subject's last request."""
+
+
+def _gcra_params(rpm: int) -> tuple[float, float]:
+    interval_ms = 60_000.0 / rpm
+    return interval_ms, interval_ms * (rpm - 1)
+
+
+@dataclass
+class MemoryLimitStore:
+    """Counters in this process, for when no Redis answers."""
+
+    _tat: dict[str, float] = field(default_factory=dict)
+    _tokens: dict[str, int] = field(default_factory=dict)
+    _tiers: dict[str, str] = field(default_factory=dict)
+
+    async def take_request(self, subject: str, rpm: int) -> float:
+        interval, tolerance = _gcra_params(rpm)
+        now = time.monotonic() * 1000
+        tat = max(self._tat.get(subject, now), now)
+        if now < tat - tolerance:
+            return (tat - tolerance - now) / 1000
+        self._tat[subject] = tat + interval
+        return 0.0
+
+    async def reserve(
+        self, subject: str, tier: str, tokens: int, limits: TierLimits, periods: Periods
+    ) -> int:
+        self._tiers[subject] = tier
+        day_key, month_key = f"{subject}:d:{periods.day}", f"{subject}:m:{periods.month}"
+        day, month = self._tokens.get(day_key, 0), self._tokens.get(month_key, 0)
+        if limits.tokens_per_day and day + tokens > limits.tokens_per_day:
+            return 1
+        if limits.tokens_per_month and month + tokens > limits.tokens_per_month:
+            return 2
+        self._tokens[day_key] = day + tokens
+        self._tokens[month_key] = month + tokens
+        return 0
+
+    async def settle(self, subject: str, delta: int, periods: Periods) -> None:
+        for key in (f"{subject}:d:{periods.day}", f"{subject}:m:{periods.month}"):
+            if key in self._tokens:
+                self._tokens[key] += delta
+
+    async def used(self, subject: str, periods: Periods) -> tuple[int, int, str]:
+        return (
+            self._tokens.get(f"{subject}:d:{periods.day}", 0),
+            self._tokens.get(f"{subject}:m:{periods.month}", 0),
+            self._tiers.get(subject, ""),
+        )
+
+
+class RedisLimitStore:
+    """Counters in Redis, updated by Lua scripts (atomic across replicas)."""
+
+    def __init__(self, client: redis.Redis, timeout_s: float) -> None:
+        self._client = client
+        self._timeout = timeout_s
+        self._gcra = client.register_script(GCRA_LUA)
+        self._reserve = client.register_script(RESERVE_LUA)
+        self._settle = client.register_script(SETTLE_LUA)
+
+    @staticmethod
+    def _keys(subject: str, periods: Periods) -> list[str]:
+        return [
+            f"{KEY_PREFIX}tokens:{subject}:d:{periods.day}",
+            f"{KEY_PREFIX}tokens:{subject}:m:{periods.month}",
+            f"{KEY_PREFIX}tier:{subject}",
+        ]
+
+    async def take_request(self, subject: str, rpm: int) -> float:
+        interval, tolerance = _gcra_params(rpm)
+        allowed, wait_ms = await asyncio.wait_for(
+            self._gcra(keys=[f"{KEY_PREFIX}rate:{subject}"], args=[interval, tolerance]),
+            self._timeout,
+        )
+        return 0.0 if allowed else float(wait_ms) / 1000
+
+    async def reserve(
+        self, subject: str, tier: str, tokens: int, limits: TierLimits, periods: Periods
+    ) -> int:
+        _allowed, which = await asyncio.wait_for(
+            self._reserve(
+                keys=self._keys(subject, periods),
+                args=[
+                    tokens,
+                    limits.tokens_per_day,
+                    limits.tokens_per_month,
+                    math.ceil(periods.day_left_s) + 3600,
+                    math.ceil(periods.month_left_s) + 3600,
+                    tier,
+                ],
+            ),
+            self._timeout,
+        )
+        return int(which)
+
+    async def settle(self, subject: str, delta: int, periods: Periods) -> None:
+        await asyncio.wait_for(
+            self._settle(keys=self._keys(subject, periods)[:2], args=[delta]), self._timeout
+        )
+
+    async def used(self, subject: str, periods: Periods) -> tuple[int, int, str]:
+        day, month, tier = await asyncio.wait_for(
+            self._client.mget(self._keys(subject, periods)), self._timeout
+        )
+        return int(day or 0), int(month or 0), (tier or b"").decode()
+
+
+class Limits:
+    """Rate limits and token quotas by tier, on Redis with an in-process fallback."""
+
+    def __init__(self, tiers: dict[str, TierLimits], store: LimitStore) -> None:
+        self.tiers = tiers
+        self._store = store
+        self._fallback = MemoryLimitStore()
+        self._failing = False
+
+    def tier(self, name: str) -> TierLimits:
+        """A tier's limits; an unknown tier gets the strictest one configured."""
+        if name in self.tiers:
+            return self.tiers[name]
+        return self.tiers.get("free", TierLimits())
+
+    async def _call(self, op: str, *args: object) -> object:
+        if self._store is not self._fallback:
+            try:
+                result = await getattr(self._store, op)(*args)
+            except (RedisError, OSError, TimeoutError) as exc:
+                if not self._failing:
+                    log.warning(
+                        "redis_unavailable_limits_in_process", error=str(exc) or type(exc).__name__
+                    )
+                self._failing = True
+            else:
+                if self._failing:
+                    log.info("redis_recovered_limits")
+                self._failing = False
+                return result
+        return await getattr(self._fallback, op)(*args)
+
+    async def admit(self, subject: str, tier: str, reserve_tokens: int) -> int:
+        """Take one request and reserve tokens; ResourceExhausted (with retry-after) if over."""
+        limits = self.tier(tier)
+        if limits.requests_per_minute:
+            wait = await self._call("take_request", subject, limits.requests_per_minute)
+            if wait:
+                QUOTA_REJECTIONS.labels("rate", tier).inc()
+                raise ResourceExhausted(
+                    f"rate limit: {limits.requests_per_minute} requests per minute for tier "
+                    f"{tier!r}; retry in {wait:.1f} s",
+                    retry_after_s=float(wait),  # type: ignore[arg-type]
+                )
+        reserve = max(int(reserve_tokens), 0)
+        if reserve and (limits.tokens_per_day or limits.tokens_per_month):
+            periods = Periods.now()
+            which = await self._call("reserve", subject, tier, reserve, limits, periods)
+            if which:
+                kind, limit, left = (
+                    ("tokens_day", limits.tokens_per_day, periods.day_left_s)
+                    if which == 1
+                    else ("tokens_month", limits.tokens_per_month, periods.month_left_s)
+                )
+                QUOTA_REJECTIONS.labels(kind, tier).inc()
+                per = "day" if which == 1 else "month"
+                raise ResourceExhausted(
+                    f"token quota: this request could use {reserve} tokens, which would pass "
+                    f"the {limit} tokens per {per} of tier {tier!r}; lower max_tokens or wait "
+                    f"for the quota to reset",
+                    retry_after_s=left,
+                )
+            return reserve
+        return 0
+
+    async def settle(self, subject: str, reserved: int, used: int) -> None:
+        """Replace a reservation by what was really used."""
+        if reserved != used:
+            await self._call("settle", subject, int(used) - int(reserved), Periods.now())
+
+    async def used(self, subject: str) -> tuple[int, int, str]:
+        """Tokens used today, this month, and the subject's last tier ("" if unknown)."""
+        return await self._call("used", subject, Periods.now())  # type: ignore[return-value]
+
+
+async def open_limits(
+    tiers: dict[str, TierLimits], url: str, timeout_s: float
+) -> tuple[Limits, redis.Redis | None]:
+    """Limits on Redis when it answers a PING now, otherwise in-process (logged)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1.0)
+    try:
+        await asyncio.wait_for(client.ping(), 1.0)
+    except (RedisError, OSError, TimeoutError) as exc:
+        await client.aclose()
+        log.warning(
+            "redis_unreachable_limits_in_process", url=url, error=str(exc) or type(exc).__name__
+        )
+        return Limits(tiers, MemoryLimitStore()), None
+    log.info("limits_backend_redis", url=url)
+    return Limits(tiers, RedisLimitStore(client, timeout_s)), client
