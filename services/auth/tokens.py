@@ -132,8 +132,8 @@ class TokenVerifier:
             )
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
-            raise Unauthenticated("malformed token: not a JWT") from None
+        except jwt.InvalidTokenError:  # DecodeError, and bad kid/crit header parameters
+            raise Unauthenticated("malformed token: not a JWT we accept") from None
         if header.get("alg") != ALGORITHM:
             raise Unauthenticated(f"token algorithm not accepted: only {ALGORITHM} is")
         kid = header.get("kid")
