@@ -102,6 +102,25 @@ def concurrent(target: str, token: str, streams: int, max_tokens: int) -> float:
     return sum(totals) / (time.perf_counter() - started)
 
 
+def authorize_latency(internal: str, token: str, calls: int = 300) -> tuple[float, float]:
+    """p50 and p99 (ms) of auth.Authorize through Envoy's internal listener: what
+    the router pays per request for the token check, rate limit and quota."""
+    from headrace.auth.v1 import auth_pb2, auth_pb2_grpc
+
+    samples = []
+    with grpc.insecure_channel(internal) as channel:
+        stub = auth_pb2_grpc.AuthServiceStub(channel)
+        request = auth_pb2.AuthorizeRequest(credential=token, reserve_tokens=10)
+        for _ in range(20):
+            stub.Authorize(request)
+        for _ in range(calls):
+            started = time.perf_counter()
+            stub.Authorize(request)
+            samples.append((time.perf_counter() - started) * 1000)
+    samples.sort()
+    return samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="alternating pairs")
@@ -120,10 +139,15 @@ def main() -> int:
         verbose=False,
     )
     suite = start_suite(
-        home, model, extra_env={"HEADRACE_MODELS": f'[{{"name":"bench","path":"{model}"}}]'}
+        home,
+        model,
+        extra_env={
+            "HEADRACE_MODELS": f'[{{"name":"bench","path":"{model}"}}]',
+            "HEADRACE_TIERS": '{"bench": {"requests_per_minute": 1000000, "tokens_per_day": 1000000000}}',
+        },
     )
     try:
-        token = suite.token("bench")
+        token = suite.token("bench", "--tier", "bench")
         with grpc.insecure_channel(suite.public) as channel:
             stub = router_pb2_grpc.RouterServiceStub(channel)
             gateway(stub, token, 8)  # warm both sides
@@ -139,6 +163,8 @@ def main() -> int:
                     step()
         llm.close()  # free the cores' caches for the concurrency runs
         aggregate = {n: concurrent(suite.public, token, n, args.max_tokens) for n in (1, 4, 8)}
+        host, port = suite.public.rsplit(":", 1)
+        auth_p50, auth_p99 = authorize_latency(f"{host}:{int(port) + 1}", token)
     finally:
         suite.stop()
 
@@ -158,6 +184,10 @@ def main() -> int:
     print("|---|---|---|")
     for n, tps in aggregate.items():
         print(f"| {n} | {tps:.1f} | {tps / aggregate[1]:.2f}x |")
+    print()
+    print("| auth check (Authorize via Envoy: JWT, rate limit, quota) | p50 ms | p99 ms |")
+    print("|---|---|---|")
+    print(f"| per request | {auth_p50:.2f} | {auth_p99:.2f} |")
     return 0
 
 

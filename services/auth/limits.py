@@ -41,38 +41,43 @@ QUOTA_REJECTIONS = Counter(
 
 KEY_PREFIX = "headrace:limits:v1:"
 
-# GCRA. KEYS[1]: the subject's theoretical arrival time (ms). ARGV: emission
-# interval (ms), burst tolerance (ms). Returns {allowed, retry_after_ms}.
-GCRA_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+# One round trip per request. KEYS: rate (GCRA theoretical arrival time, µs),
+# tokens today, tokens this month, tier. ARGV: emission interval µs (0: no
+# rate limit), burst tolerance µs, tokens to reserve, day limit, month limit
+# (0: none), day ttl s, month ttl s, tier name.
+# Returns {0, 0} admitted, {1, wait_us} rate limited, {2, 0} day quota, {3, 0}
+# month quota. Nothing is taken unless everything passes. Times come from
+# Redis's clock; stored as integers (string.format) so no precision is lost.
+ADMIT_LUA = """
 local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-if now < tat - tolerance then
-  return {0, tat - tolerance - now}
+local new_tat = nil
+local new_tat_ttl_ms = 0
+if interval > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+  if tat < now then tat = now end
+  local allow_at = tat - tonumber(ARGV[2])
+  if now < allow_at then return {1, allow_at - now} end
+  new_tat = tat + interval
+  new_tat_ttl_ms = math.ceil((new_tat - now) / 1000) + 1000
 end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now + interval)
-return {1, 0}
-"""
-
-# Reserve tokens in the day and month counters if both stay within limits.
-# KEYS: day, month, tier. ARGV: tokens, day limit, month limit (0 = none), day
-# ttl, month ttl (s), tier name. Returns {allowed, which_limit (1 day, 2 month)}.
-RESERVE_LUA = """
-redis.call('SET', KEYS[3], ARGV[6], 'EX', ARGV[5])
-local want = tonumber(ARGV[1])
-local day = tonumber(redis.call('GET', KEYS[1]) or '0')
-local month = tonumber(redis.call('GET', KEYS[2]) or '0')
-if tonumber(ARGV[2]) > 0 and day + want > tonumber(ARGV[2]) then return {0, 1} end
-if tonumber(ARGV[3]) > 0 and month + want > tonumber(ARGV[3]) then return {0, 2} end
-redis.call('INCRBY', KEYS[1], want)
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('INCRBY', KEYS[2], want)
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-return {1, 0}
+local want = tonumber(ARGV[3])
+if want > 0 then
+  local day = tonumber(redis.call('GET', KEYS[2]) or '0')
+  local month = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if tonumber(ARGV[4]) > 0 and day + want > tonumber(ARGV[4]) then return {2, 0} end
+  if tonumber(ARGV[5]) > 0 and month + want > tonumber(ARGV[5]) then return {3, 0} end
+  redis.call('INCRBY', KEYS[2], want)
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+  redis.call('INCRBY', KEYS[3], want)
+  redis.call('EXPIRE', KEYS[3], ARGV[7])
+end
+if new_tat then
+  redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', string.format('%d', new_tat_ttl_ms))
+end
+redis.call('SET', KEYS[4], ARGV[8], 'EX', ARGV[7])
+return {0, 0}
 """
 
 SETTLE_LUA = """
@@ -81,6 +86,8 @@ for i = 1, 2 do
 end
 return 1
 """
+
+ADMITTED, RATE_LIMITED, DAY_QUOTA, MONTH_QUOTA = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -109,13 +116,10 @@ class Periods:
 class LimitStore(Protocol):
     """Where counters live."""
 
-    async def take_request(self, subject: str, rpm: int) -> float:
-        """0 when allowed, else seconds until the next request is allowed."""
-
-    async def reserve(
+    async def admit(
         self, subject: str, tier: str, tokens: int, limits: TierLimits, periods: Periods
-    ) -> int:
-        """0 when reserved, 1 when the day's quota, 2 when the month's would be exceeded."""
+    ) -> tuple[int, float]:
+        """Take one request and reserve tokens, all or nothing: (outcome, wait seconds)."""
 
     async def settle(self, subject: str, delta: int, periods: Periods) -> None: ...
 
@@ -123,41 +127,46 @@ class LimitStore(Protocol):
         """Tokens used today, this month, and the tier of the subject's last request."""
 
 
-def _gcra_params(rpm: int) -> tuple[float, float]:
-    interval_ms = 60_000.0 / rpm
-    return interval_ms, interval_ms * (rpm - 1)
+def _gcra_us(rpm: int) -> tuple[int, int]:
+    """Emission interval and burst tolerance in microseconds (0, 0: no limit)."""
+    if not rpm:
+        return 0, 0
+    interval = 60_000_000 // rpm
+    return interval, interval * (rpm - 1)
 
 
 @dataclass
 class MemoryLimitStore:
     """Counters in this process, for when no Redis answers."""
 
-    _tat: dict[str, float] = field(default_factory=dict)
+    _tat: dict[str, int] = field(default_factory=dict)
     _tokens: dict[str, int] = field(default_factory=dict)
     _tiers: dict[str, str] = field(default_factory=dict)
 
-    async def take_request(self, subject: str, rpm: int) -> float:
-        interval, tolerance = _gcra_params(rpm)
-        now = time.monotonic() * 1000
-        tat = max(self._tat.get(subject, now), now)
-        if now < tat - tolerance:
-            return (tat - tolerance - now) / 1000
-        self._tat[subject] = tat + interval
-        return 0.0
-
-    async def reserve(
+    async def admit(
         self, subject: str, tier: str, tokens: int, limits: TierLimits, periods: Periods
-    ) -> int:
-        self._tiers[subject] = tier
+    ) -> tuple[int, float]:
+        interval, tolerance = _gcra_us(limits.requests_per_minute)
+        new_tat = None
+        if interval:
+            now = time.monotonic_ns() // 1000
+            tat = max(self._tat.get(subject, now), now)
+            if now < tat - tolerance:
+                return RATE_LIMITED, (tat - tolerance - now) / 1e6
+            new_tat = tat + interval
         day_key, month_key = f"{subject}:d:{periods.day}", f"{subject}:m:{periods.month}"
-        day, month = self._tokens.get(day_key, 0), self._tokens.get(month_key, 0)
-        if limits.tokens_per_day and day + tokens > limits.tokens_per_day:
-            return 1
-        if limits.tokens_per_month and month + tokens > limits.tokens_per_month:
-            return 2
-        self._tokens[day_key] = day + tokens
-        self._tokens[month_key] = month + tokens
-        return 0
+        if tokens:
+            day, month = self._tokens.get(day_key, 0), self._tokens.get(month_key, 0)
+            if limits.tokens_per_day and day + tokens > limits.tokens_per_day:
+                return DAY_QUOTA, 0.0
+            if limits.tokens_per_month and month + tokens > limits.tokens_per_month:
+                return MONTH_QUOTA, 0.0
+            self._tokens[day_key] = day + tokens
+            self._tokens[month_key] = month + tokens
+        if new_tat is not None:
+            self._tat[subject] = new_tat
+        self._tiers[subject] = tier
+        return ADMITTED, 0.0
 
     async def settle(self, subject: str, delta: int, periods: Periods) -> None:
         for key in (f"{subject}:d:{periods.day}", f"{subject}:m:{periods.month}"):
@@ -178,33 +187,28 @@ class RedisLimitStore:
     def __init__(self, client: redis.Redis, timeout_s: float) -> None:
         self._client = client
         self._timeout = timeout_s
-        self._gcra = client.register_script(GCRA_LUA)
-        self._reserve = client.register_script(RESERVE_LUA)
+        self._admit = client.register_script(ADMIT_LUA)
         self._settle = client.register_script(SETTLE_LUA)
 
     @staticmethod
     def _keys(subject: str, periods: Periods) -> list[str]:
         return [
+            f"{KEY_PREFIX}rate:{subject}",
             f"{KEY_PREFIX}tokens:{subject}:d:{periods.day}",
             f"{KEY_PREFIX}tokens:{subject}:m:{periods.month}",
             f"{KEY_PREFIX}tier:{subject}",
         ]
 
-    async def take_request(self, subject: str, rpm: int) -> float:
-        interval, tolerance = _gcra_params(rpm)
-        allowed, wait_ms = await asyncio.wait_for(
-            self._gcra(keys=[f"{KEY_PREFIX}rate:{subject}"], args=[interval, tolerance]),
-            self._timeout,
-        )
-        return 0.0 if allowed else float(wait_ms) / 1000
-
-    async def reserve(
+    async def admit(
         self, subject: str, tier: str, tokens: int, limits: TierLimits, periods: Periods
-    ) -> int:
-        _allowed, which = await asyncio.wait_for(
-            self._reserve(
+    ) -> tuple[int, float]:
+        interval, tolerance = _gcra_us(limits.requests_per_minute)
+        outcome, wait_us = await asyncio.wait_for(
+            self._admit(
                 keys=self._keys(subject, periods),
                 args=[
+                    interval,
+                    tolerance,
                     tokens,
                     limits.tokens_per_day,
                     limits.tokens_per_month,
@@ -215,16 +219,16 @@ class RedisLimitStore:
             ),
             self._timeout,
         )
-        return int(which)
+        return int(outcome), int(wait_us) / 1e6
 
     async def settle(self, subject: str, delta: int, periods: Periods) -> None:
         await asyncio.wait_for(
-            self._settle(keys=self._keys(subject, periods)[:2], args=[delta]), self._timeout
+            self._settle(keys=self._keys(subject, periods)[1:3], args=[delta]), self._timeout
         )
 
     async def used(self, subject: str, periods: Periods) -> tuple[int, int, str]:
         day, month, tier = await asyncio.wait_for(
-            self._client.mget(self._keys(subject, periods)), self._timeout
+            self._client.mget(self._keys(subject, periods)[1:]), self._timeout
         )
         return int(day or 0), int(month or 0), (tier or b"").decode()
 
@@ -262,37 +266,37 @@ class Limits:
         return await getattr(self._fallback, op)(*args)
 
     async def admit(self, subject: str, tier: str, reserve_tokens: int) -> int:
-        """Take one request and reserve tokens; ResourceExhausted (with retry-after) if over."""
+        """Take one request and reserve tokens (returned); ResourceExhausted with
+        retry-after when a limit would be passed. Nothing is taken on refusal."""
         limits = self.tier(tier)
-        if limits.requests_per_minute:
-            wait = await self._call("take_request", subject, limits.requests_per_minute)
-            if wait:
-                QUOTA_REJECTIONS.labels("rate", tier).inc()
-                raise ResourceExhausted(
-                    f"rate limit: {limits.requests_per_minute} requests per minute for tier "
-                    f"{tier!r}; retry in {wait:.1f} s",
-                    retry_after_s=float(wait),  # type: ignore[arg-type]
-                )
         reserve = max(int(reserve_tokens), 0)
-        if reserve and (limits.tokens_per_day or limits.tokens_per_month):
-            periods = Periods.now()
-            which = await self._call("reserve", subject, tier, reserve, limits, periods)
-            if which:
-                kind, limit, left = (
-                    ("tokens_day", limits.tokens_per_day, periods.day_left_s)
-                    if which == 1
-                    else ("tokens_month", limits.tokens_per_month, periods.month_left_s)
-                )
-                QUOTA_REJECTIONS.labels(kind, tier).inc()
-                per = "day" if which == 1 else "month"
-                raise ResourceExhausted(
-                    f"token quota: this request could use {reserve} tokens, which would pass "
-                    f"the {limit} tokens per {per} of tier {tier!r}; lower max_tokens or wait "
-                    f"for the quota to reset",
-                    retry_after_s=left,
-                )
+        if not (limits.tokens_per_day or limits.tokens_per_month):
+            reserve = 0
+        if not limits.requests_per_minute and not reserve:
+            return 0
+        periods = Periods.now()
+        outcome, wait = await self._call("admit", subject, tier, reserve, limits, periods)  # type: ignore[misc]
+        if outcome == ADMITTED:
             return reserve
-        return 0
+        if outcome == RATE_LIMITED:
+            QUOTA_REJECTIONS.labels("rate", tier).inc()
+            raise ResourceExhausted(
+                f"rate limit: {limits.requests_per_minute} requests per minute for tier "
+                f"{tier!r}; retry in {wait:.1f} s",
+                retry_after_s=wait,
+            )
+        per, limit, left = (
+            ("day", limits.tokens_per_day, periods.day_left_s)
+            if outcome == DAY_QUOTA
+            else ("month", limits.tokens_per_month, periods.month_left_s)
+        )
+        QUOTA_REJECTIONS.labels(f"tokens_{per}", tier).inc()
+        raise ResourceExhausted(
+            f"token quota: this request could use {reserve} tokens, which would pass the "
+            f"{limit} tokens per {per} of tier {tier!r}; lower max_tokens or wait for the "
+            f"quota to reset",
+            retry_after_s=left,
+        )
 
     async def settle(self, subject: str, reserved: int, used: int) -> None:
         """Replace a reservation by what was really used."""

@@ -124,3 +124,31 @@ def test_periods_end_at_utc_midnight_and_month_start() -> None:
     assert (periods.day, periods.month) == ("2026-12-31", "2026-12")
     assert periods.day_left_s == 3600
     assert periods.month_left_s == 3600
+
+
+async def test_a_high_rate_limit_keeps_microsecond_precision_in_redis(
+    redis_client: redis.Redis | None,
+) -> None:
+    if redis_client is None:
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    store = RedisLimitStore(redis_client, timeout_s=1.0)
+    limits = Limits({"fast": TierLimits(requests_per_minute=1_000_000)}, store)
+    who = subject()
+    for _ in range(100):
+        await limits.admit(who, "fast", 0)
+    raw = await redis_client.get(f"{KEY_PREFIX}rate:{who}")
+    assert raw is not None and raw.isdigit(), raw
+
+
+async def test_a_request_refused_by_the_quota_does_not_use_up_the_rate_limit(
+    limits: Limits,
+) -> None:
+    mixed = Limits(
+        {"both": TierLimits(requests_per_minute=2, tokens_per_day=10)},
+        limits._store,  # the backend of the parametrised fixture
+    )
+    who = subject()
+    with pytest.raises(ResourceExhausted, match="token quota"):
+        await mixed.admit(who, "both", 50)
+    await mixed.admit(who, "both", 5)
+    await mixed.admit(who, "both", 5)

@@ -373,7 +373,7 @@ def test_token_with_an_invalid_header_parameter_is_rejected_as_unauthenticated(
 ) -> None:
     token = f"{_json_b64(header)}.{_json_b64(_claims())}.{_b64url(b'x' * 64)}"
 
-    _assert_rejected(verifier, token, "token")
+    _assert_rejected(verifier, token, "malformed token")
 
 
 # --- tokens.py: key reload and JWKS ------------------------------------------------
