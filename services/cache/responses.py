@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 import zlib
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -69,20 +70,29 @@ class ResponseStore(Protocol):
 
 @dataclass
 class MemoryStore:
-    """An in-process LRU, used when Redis is not reachable at start."""
+    """An in-process LRU with the same TTL and size cap, used when Redis is not
+    reachable at start."""
 
     max_entries: int
-    _entries: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
+    max_entry_bytes: int = 1024 * 1024
+    _entries: OrderedDict[str, tuple[float, bytes]] = field(default_factory=OrderedDict)
 
     async def get(self, key: str) -> Entry | None:
-        blob = self._entries.get(key)
-        if blob is None:
+        item = self._entries.get(key)
+        if item is None:
+            return None
+        expires, blob = item
+        if time.monotonic() >= expires:
+            del self._entries[key]
             return None
         self._entries.move_to_end(key)
         return Entry.decode(blob)
 
     async def put(self, key: str, entry: Entry, ttl_seconds: int) -> bool:
-        self._entries[key] = entry.encode()
+        blob = entry.encode()
+        if len(blob) > self.max_entry_bytes:
+            return False
+        self._entries[key] = (time.monotonic() + ttl_seconds, blob)
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
@@ -118,7 +128,14 @@ class RedisStore:
             self._failed("get", exc)
             return None
         self._recovered()
-        return Entry.decode(blob) if blob else None
+        if not blob:
+            return None
+        try:
+            return Entry.decode(blob)
+        except (zlib.error, ValueError, TypeError) as exc:
+            # A corrupt or foreign value is a miss, never an error for the client.
+            log.warning("cache_entry_unreadable", key=key, error=str(exc))
+            return None
 
     async def put(self, key: str, entry: Entry, ttl_seconds: int) -> bool:
         blob = entry.encode()
@@ -150,6 +167,6 @@ async def open_store(
         log.warning(
             "redis_unreachable_using_memory_cache", url=url, error=str(exc) or type(exc).__name__
         )
-        return MemoryStore(memory_entries)
+        return MemoryStore(memory_entries, max_entry_bytes)
     log.info("cache_backend_redis", url=url)
     return RedisStore(client, timeout_s, max_entry_bytes)

@@ -44,8 +44,19 @@ def _luhn_ok(digits: str) -> bool:
 
 
 def _card(match: re.Match[str]) -> str | None:
-    digits = re.sub(r"\D", "", match.group(0))
-    return "[CARD]" if 13 <= len(digits) <= 19 and _luhn_ok(digits) else None
+    """[CARD] for the longest Luhn-valid run of 13-19 digits that starts the match.
+
+    The pattern is greedy, so a card number followed by another digit group (a
+    CVV, an expiry) arrives as one candidate; shorter prefixes that end at a
+    separator are tried too, and what follows the card is kept.
+    """
+    text = match.group(0)
+    ends = [m.start() for m in re.finditer(r"[ -]", text)] + [len(text)]
+    for end in sorted(set(ends), reverse=True):
+        digits = re.sub(r"\D", "", text[:end])
+        if 13 <= len(digits) <= 19 and _luhn_ok(digits):
+            return "[CARD]" + text[end:]
+    return None
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,8 @@ REDACTION_RULES: tuple[RedactionRule, ...] = (
     RedactionRule("secret.aws_key", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "[AWS_KEY]"),
     RedactionRule(
         "secret.url_password",
-        re.compile(r"(?<=://)[^\s:/@]+:[^\s@/]+(?=@)"),
+        # The user part may itself hold an '@' (an e-mail address as user name).
+        re.compile(r"(?<=://)[^\s:/]+:[^\s@/]+(?=@)"),
         "[CREDENTIALS]",
     ),
     RedactionRule(
