@@ -90,14 +90,22 @@ def up() -> None:
 def token_issue(
     subject: Annotated[str, typer.Option("--subject", "-s", help="Who the token names (sub).")],
     ttl: Annotated[int | None, typer.Option(help="Lifetime in seconds (default 1 day).")] = None,
-    scopes: Annotated[list[str] | None, typer.Option("--scope", help="Granted scope.")] = None,
+    scopes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scope",
+            "--scopes",
+            help="Granted scope, repeatable or comma-separated: generate, model:NAME, admin.",
+        ),
+    ] = None,
     tier: Annotated[str, typer.Option(help="Quota tier.")] = "free",
 ) -> None:
     """Print a signed token (the last line of stdout) that the running suite accepts."""
     from headrace.services.runtime.errors import HeadraceError
 
+    flat = [s.strip() for item in scopes or [] for s in item.split(",") if s.strip()]
     try:
-        token = _mint(subject, ttl, scopes, tier)
+        token = _mint(subject, ttl, flat or None, tier)
     except HeadraceError as exc:
         typer.secho(f"error: {exc.message}", fg="red", err=True)
         raise typer.Exit(2) from None
