@@ -10,18 +10,7 @@ from headrace.auth.v1 import auth_pb2, auth_pb2_grpc
 from headrace.services.auth.apikeys import ApiKeyRecord
 from headrace.services.auth.authenticator import Authenticator
 from headrace.services.auth.limits import Limits
-
-
-def bearer(context: grpc.aio.ServicerContext) -> str:
-    """The caller's own credential, for the admin RPCs."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str):
-            scheme, _, token = value.strip().partition(" ")
-            if scheme.lower() == "bearer":
-                return token.strip()
-        if key == "x-api-key" and isinstance(value, str):
-            return value.strip()
-    return ""
+from headrace.services.runtime.credentials import credential_from
 
 
 def _key_proto(record: ApiKeyRecord) -> auth_pb2.ApiKey:
@@ -72,10 +61,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def GetUsage(
         self, request: auth_pb2.GetUsageRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.GetUsageResponse:
-        caller = self._auth.authenticate(bearer(context))
+        caller = self._auth.authenticate(credential_from(context))
         subject = request.subject or caller.subject
         if subject != caller.subject:
-            self._auth.require_admin(bearer(context))
+            self._auth.require_admin(credential_from(context))
         day, month, tier = await self._limits.used(subject)
         tier = tier or (caller.tier if subject == caller.subject else "free")
         limits = self._limits.tier(tier)
@@ -92,7 +81,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def CreateApiKey(
         self, request: auth_pb2.CreateApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.CreateApiKeyResponse:
-        self._auth.require_admin(bearer(context))
+        self._auth.require_admin(credential_from(context))
         key, record = self._auth.api_keys.create(
             request.subject, list(request.scopes), request.tier, request.name
         )
@@ -101,7 +90,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def ListApiKeys(
         self, request: auth_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.ListApiKeysResponse:
-        self._auth.require_admin(bearer(context))
+        self._auth.require_admin(credential_from(context))
         return auth_pb2.ListApiKeysResponse(
             keys=[_key_proto(r) for r in self._auth.api_keys.list()]
         )
@@ -109,6 +98,6 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def RevokeApiKey(
         self, request: auth_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.RevokeApiKeyResponse:
-        self._auth.require_admin(bearer(context))
+        self._auth.require_admin(credential_from(context))
         self._auth.api_keys.revoke(request.key_id)
         return auth_pb2.RevokeApiKeyResponse()

@@ -4,29 +4,46 @@ from __future__ import annotations
 
 import grpc
 
+from headrace.auth.v1 import auth_pb2_grpc
 from headrace.cache.v1 import cache_pb2, cache_pb2_grpc
-from headrace.services.cache.responses import open_store
+from headrace.services.cache.flights import Flights
+from headrace.services.cache.responses import ResponseCache
 from headrace.services.cache.servicer import CacheServicer
 from headrace.services.cache.settings import CacheSettings
+from headrace.services.runtime.channels import internal_channel
 from headrace.services.runtime.server import Service, run
 
 
 async def make_service() -> Service:
     settings = CacheSettings()
-    store = await open_store(
+    cache = ResponseCache(
         settings.redis_url,
         settings.redis_timeout_seconds,
         settings.cache_max_entry_bytes,
         settings.memory_cache_entries,
+        settings.redis_reconnect_seconds,
     )
+    channel = internal_channel(settings.internal_target)
 
     async def register(server: grpc.aio.Server) -> list[str]:
+        await cache.start()
         cache_pb2_grpc.add_CacheServiceServicer_to_server(
-            CacheServicer(store, settings.cache_ttl_seconds), server
+            CacheServicer(
+                cache,
+                Flights(settings.flight_start_seconds),
+                settings.cache_ttl_seconds,
+                settings.cache_scope == "subject",
+                auth_pb2_grpc.AuthServiceStub(channel),
+            ),
+            server,
         )
         return [cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name]
 
-    return Service("cache", settings, register, close=store.close)
+    async def close() -> None:
+        await cache.close()
+        await channel.close()
+
+    return Service("cache", settings, register, close=close)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """The response cache: keys, entries, and the Redis and in-process stores.
 
 A key is the SHA-256 of a canonical JSON encoding of model, sanitised prompt
-and the sampling parameters with defaults filled in, so equal requests meet
-and different ones never do. Only deterministic requests (temperature 0, or
-a fixed seed) are cacheable.
+and the sampling parameters with defaults filled in (and the subject, when the
+cache is per subject), so equal requests meet and different ones never do. Only
+deterministic requests (temperature 0, or a fixed seed) are cacheable. Stored
+keys carry the model name so one model's entries can be flushed.
 """
 
 from __future__ import annotations
@@ -20,22 +21,24 @@ from typing import Any, Protocol
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from headrace.services.cache import metrics
 from headrace.services.runtime.logs import get_logger
 
 log = get_logger(__name__)
 
 KEY_PREFIX = "headrace:cache:v1:"
+_GLOB_SPECIAL = str.maketrans({c: f"\\{c}" for c in "*?[]\\"})
 
 
-def cache_key(model: str, prompt: str, params: dict[str, Any]) -> str:
-    """The cache key of a request (hex SHA-256)."""
+def cache_key(model: str, prompt: str, params: dict[str, Any], subject: str = "") -> str:
+    """The cache key of a request: `<model>:<hex SHA-256>`."""
     canonical = json.dumps(
-        {"model": model, "prompt": prompt, "params": params},
+        {"model": model, "prompt": prompt, "params": params, "subject": subject},
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
     )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return f"{model}:{hashlib.sha256(canonical.encode()).hexdigest()}"
 
 
 def is_cacheable(params: dict[str, Any]) -> bool:
@@ -63,18 +66,22 @@ class Entry:
 class ResponseStore(Protocol):
     """Where entries live."""
 
+    name: str
+
     async def get(self, key: str) -> Entry | None: ...
     async def put(self, key: str, entry: Entry, ttl_seconds: int) -> bool: ...
+    async def flush(self, model: str) -> int: ...
+    async def count(self) -> int: ...
     async def close(self) -> None: ...
 
 
 @dataclass
 class MemoryStore:
-    """An in-process LRU with the same TTL and size cap, used when Redis is not
-    reachable at start."""
+    """An in-process LRU with the same TTL and size cap, used while no Redis answers."""
 
     max_entries: int
     max_entry_bytes: int = 1024 * 1024
+    name: str = "memory"
     _entries: OrderedDict[str, tuple[float, bytes]] = field(default_factory=OrderedDict)
 
     async def get(self, key: str) -> Entry | None:
@@ -96,14 +103,27 @@ class MemoryStore:
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+        metrics.STORED_BYTES.inc(len(blob))
         return True
+
+    async def flush(self, model: str) -> int:
+        doomed = [k for k in self._entries if not model or k.startswith(f"{model}:")]
+        for key in doomed:
+            del self._entries[key]
+        return len(doomed)
+
+    async def count(self) -> int:
+        return len(self._entries)
 
     async def close(self) -> None:
         self._entries.clear()
 
 
 class RedisStore:
-    """Entries in Redis with a TTL. Errors and slow answers are misses (fail-open)."""
+    """Entries in Redis with a TTL. Errors and slow answers are misses (fail-open):
+    a warning is logged once per outage and redis-py reconnects by itself."""
+
+    name = "redis"
 
     def __init__(self, client: redis.Redis, timeout_s: float, max_entry_bytes: int) -> None:
         self._client = client
@@ -112,13 +132,18 @@ class RedisStore:
         self._failing = False
 
     def _failed(self, op: str, exc: BaseException) -> None:
+        metrics.ERRORS.labels(op).inc()
+        metrics.BACKEND_UP.set(0)
         if not self._failing:
-            log.warning("redis_unavailable", op=op, error=str(exc) or type(exc).__name__)
+            log.warning(
+                "redis_unavailable_cache_misses", op=op, error=str(exc) or type(exc).__name__
+            )
         self._failing = True
 
     def _recovered(self) -> None:
         if self._failing:
             log.info("redis_recovered")
+            metrics.BACKEND_UP.set(1)
         self._failing = False
 
     async def get(self, key: str) -> Entry | None:
@@ -134,6 +159,7 @@ class RedisStore:
             return Entry.decode(blob)
         except (zlib.error, ValueError, TypeError) as exc:
             # A corrupt or foreign value is a miss, never an error for the client.
+            metrics.ERRORS.labels("decode").inc()
             log.warning("cache_entry_unreadable", key=key, error=str(exc))
             return None
 
@@ -149,24 +175,83 @@ class RedisStore:
             self._failed("set", exc)
             return False
         self._recovered()
+        metrics.STORED_BYTES.inc(len(blob))
         return True
+
+    def _pattern(self, model: str) -> str:
+        return KEY_PREFIX + (f"{model.translate(_GLOB_SPECIAL)}:*" if model else "*")
+
+    async def flush(self, model: str) -> int:
+        deleted = 0
+        batch: list[bytes] = []
+        async for key in self._client.scan_iter(match=self._pattern(model), count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += await self._client.unlink(*batch)
+                batch.clear()
+        if batch:
+            deleted += await self._client.unlink(*batch)
+        return int(deleted)
+
+    async def count(self) -> int:
+        return sum([1 async for _ in self._client.scan_iter(match=self._pattern(""), count=1000)])
 
     async def close(self) -> None:
         await self._client.aclose()
 
 
-async def open_store(
-    url: str, timeout_s: float, max_entry_bytes: int, memory_entries: int
-) -> ResponseStore:
-    """Redis when it answers a PING now, otherwise an in-process LRU (logged)."""
+async def _connect(url: str) -> redis.Redis | None:
     client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1.0)
     try:
         await asyncio.wait_for(client.ping(), 1.0)
-    except (RedisError, OSError, TimeoutError) as exc:
+    except (RedisError, OSError, TimeoutError):
         await client.aclose()
-        log.warning(
-            "redis_unreachable_using_memory_cache", url=url, error=str(exc) or type(exc).__name__
-        )
-        return MemoryStore(memory_entries, max_entry_bytes)
-    log.info("cache_backend_redis", url=url)
-    return RedisStore(client, timeout_s, max_entry_bytes)
+        return None
+    return client
+
+
+class ResponseCache:
+    """The store in use: Redis when it answers, else an in-process LRU that hands
+    over to Redis as soon as Redis answers (checked every `reconnect_s`)."""
+
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float,
+        max_entry_bytes: int,
+        memory_entries: int,
+        reconnect_s: float,
+    ) -> None:
+        self._url = url
+        self._timeout = timeout_s
+        self._max_entry_bytes = max_entry_bytes
+        self._reconnect_s = reconnect_s
+        self.store: ResponseStore = MemoryStore(memory_entries, max_entry_bytes)
+        self._probe: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        client = await _connect(self._url)
+        if client is not None:
+            self._use_redis(client)
+            return
+        log.warning("redis_unreachable_using_memory_cache", url=self._url)
+        metrics.BACKEND_UP.set(0)
+        self._probe = asyncio.create_task(self._reconnect(), name="cache-redis-probe")
+
+    def _use_redis(self, client: redis.Redis) -> None:
+        self.store = RedisStore(client, self._timeout, self._max_entry_bytes)
+        metrics.BACKEND_UP.set(1)
+        log.info("cache_backend_redis", url=self._url)
+
+    async def _reconnect(self) -> None:
+        while True:
+            await asyncio.sleep(self._reconnect_s)
+            client = await _connect(self._url)
+            if client is not None:
+                self._use_redis(client)
+                return
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+        await self.store.close()

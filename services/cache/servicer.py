@@ -1,50 +1,107 @@
-"""CacheService RPCs ↔ the response store."""
+"""CacheService RPCs ↔ the response cache and the single-flight table."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf import json_format
 
+from headrace.auth.v1 import auth_pb2, auth_pb2_grpc
 from headrace.cache.v1 import cache_pb2, cache_pb2_grpc
-from headrace.services.cache.responses import Entry, ResponseStore, cache_key, is_cacheable
-from headrace.services.runtime.errors import InvalidArgument
+from headrace.services.cache import metrics
+from headrace.services.cache.flights import Final, FlightFailed, Flights
+from headrace.services.cache.responses import Entry, ResponseCache, cache_key, is_cacheable
+from headrace.services.runtime.credentials import credential_from
+from headrace.services.runtime.errors import HeadraceError, InvalidArgument, PermissionDenied
+from headrace.services.runtime.interceptors import outgoing_metadata
 from headrace.types.v1 import types_pb2
 
+COMPLETE = (types_pb2.FINISH_REASON_STOP, types_pb2.FINISH_REASON_LENGTH)
 
-def _key(key: cache_pb2.CacheKey) -> tuple[str, bool]:
-    params = json_format.MessageToDict(key.params, preserving_proto_field_name=True)
-    return cache_key(key.model, key.prompt, params), is_cacheable(params)
+
+class Aborted(HeadraceError):
+    code = grpc.StatusCode.ABORTED
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> types_pb2.Usage:
+    return types_pb2.Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
 
 
 class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
-    """Looks up and stores complete responses."""
+    """Looks up, shares and stores complete responses."""
 
-    def __init__(self, store: ResponseStore, ttl_seconds: int) -> None:
-        self._store = store
+    def __init__(
+        self,
+        cache: ResponseCache,
+        flights: Flights,
+        ttl_seconds: int,
+        per_subject: bool,
+        auth: auth_pb2_grpc.AuthServiceStub,
+    ) -> None:
+        self._cache = cache
+        self._flights = flights
         self._ttl = ttl_seconds
+        self._per_subject = per_subject
+        self._auth = auth
+        self._counts = {"hit": 0, "shared": 0, "miss": 0, "stores": 0}
+
+    def _key(self, key: cache_pb2.CacheKey) -> tuple[str, bool]:
+        params = json_format.MessageToDict(key.params, preserving_proto_field_name=True)
+        subject = key.subject if self._per_subject else ""
+        return cache_key(key.model, key.prompt, params, subject), is_cacheable(params)
+
+    def _count(self, result: str) -> None:
+        metrics.LOOKUPS.labels(result).inc()
+        self._counts[result] += 1
 
     async def Lookup(
         self, request: cache_pb2.LookupRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[cache_pb2.LookupResponse]:
-        key, cacheable = _key(request.key)
-        entry = await self._store.get(key) if cacheable else None
-        if entry is None:
+        started = time.perf_counter()
+        key, cacheable = self._key(request.key)
+        entry = await self._cache.store.get(key) if cacheable else None
+        if entry is not None:
+            self._count("hit")
+            metrics.LOOKUP_LATENCY.observe(time.perf_counter() - started)
+            for chunk in entry.chunks[:-1]:
+                yield cache_pb2.LookupResponse(hit=True, text=chunk)
+            yield cache_pb2.LookupResponse(
+                hit=True,
+                text=entry.chunks[-1] if entry.chunks else "",
+                finish_reason=entry.finish_reason,
+                usage=_usage(entry.prompt_tokens, entry.completion_tokens),
+            )
+            return
+        flight = self._flights.get(key) if cacheable else None
+        if flight is None:
+            if cacheable:
+                self._flights.open(key)
+            self._count("miss")
+            metrics.LOOKUP_LATENCY.observe(time.perf_counter() - started)
             yield cache_pb2.LookupResponse(hit=False)
             return
-        for chunk in entry.chunks[:-1]:
-            yield cache_pb2.LookupResponse(hit=True, text=chunk)
-        yield cache_pb2.LookupResponse(
-            hit=True,
-            text=entry.chunks[-1] if entry.chunks else "",
-            finish_reason=entry.finish_reason,
-            usage=types_pb2.Usage(
-                prompt_tokens=entry.prompt_tokens,
-                completion_tokens=entry.completion_tokens,
-                total_tokens=entry.prompt_tokens + entry.completion_tokens,
-            ),
-        )
+        self._count("shared")
+        try:
+            async for item in flight.follow():
+                if isinstance(item, Final):
+                    yield cache_pb2.LookupResponse(
+                        hit=True,
+                        finish_reason=item.finish_reason,
+                        usage=_usage(item.prompt_tokens, item.completion_tokens),
+                    )
+                else:
+                    yield cache_pb2.LookupResponse(hit=True, text=item)
+        except FlightFailed:
+            raise Aborted(
+                "the identical request this one was sharing stopped before it finished; "
+                "retry the request"
+            ) from None
 
     async def Store(
         self,
@@ -53,29 +110,77 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
     ) -> cache_pb2.StoreResponse:
         key = ""
         cacheable = False
+        flight = None
         chunks: list[str] = []
-        async for message in request_iterator:
-            if not key:
-                if not message.HasField("key"):
-                    raise InvalidArgument("the first StoreRequest must carry the key")
-                key, cacheable = _key(message.key)
-            if message.text:
-                chunks.append(message.text)
-            if message.complete:
-                if message.finish_reason not in (
-                    types_pb2.FINISH_REASON_STOP,
-                    types_pb2.FINISH_REASON_LENGTH,
-                ):
-                    return cache_pb2.StoreResponse(stored=False)
-                if not cacheable:
-                    return cache_pb2.StoreResponse(stored=False)
-                entry = Entry(
-                    chunks=chunks,
-                    finish_reason=message.finish_reason,
-                    prompt_tokens=message.usage.prompt_tokens,
-                    completion_tokens=message.usage.completion_tokens,
-                )
-                stored = await self._store.put(key, entry, self._ttl)
-                return cache_pb2.StoreResponse(stored=stored)
-        # The stream ended without `complete`: a cancelled or failed response.
-        return cache_pb2.StoreResponse(stored=False)
+        final: Final | None = None
+        try:
+            async for message in request_iterator:
+                if not key:
+                    if not message.HasField("key"):
+                        raise InvalidArgument("the first StoreRequest must carry the key")
+                    key, cacheable = self._key(message.key)
+                    flight = self._flights.claim(key) if cacheable else None
+                if message.text:
+                    chunks.append(message.text)
+                    if flight is not None:
+                        await flight.add(message.text)
+                if message.complete:
+                    if message.finish_reason in COMPLETE:
+                        final = Final(
+                            message.finish_reason,
+                            message.usage.prompt_tokens,
+                            message.usage.completion_tokens,
+                        )
+                    break
+        finally:
+            # A stream that ends without `complete` (cancelled, failed, filtered)
+            # fails its flight and stores nothing.
+            if flight is not None:
+                await self._flights.close(flight, final)
+        if final is None:
+            metrics.STORES.labels("incomplete").inc()
+            return cache_pb2.StoreResponse(stored=False)
+        if not cacheable:
+            metrics.STORES.labels("not_cacheable").inc()
+            return cache_pb2.StoreResponse(stored=False)
+        entry = Entry(chunks, final.finish_reason, final.prompt_tokens, final.completion_tokens)
+        stored = await self._cache.store.put(key, entry, self._ttl)
+        metrics.STORES.labels("stored" if stored else "rejected").inc()
+        if stored:
+            self._counts["stores"] += 1
+        return cache_pb2.StoreResponse(stored=stored)
+
+    async def _require_admin(self, context: grpc.aio.ServicerContext) -> None:
+        reply = await self._auth.Authorize(
+            auth_pb2.AuthorizeRequest(credential=credential_from(context)),
+            timeout=5.0,
+            metadata=outgoing_metadata(),
+        )
+        if "admin" not in reply.scopes:
+            raise PermissionDenied("this call needs the 'admin' scope")
+
+    async def GetStats(
+        self, request: cache_pb2.GetStatsRequest, context: grpc.aio.ServicerContext
+    ) -> cache_pb2.GetStatsResponse:
+        await self._require_admin(context)
+        errors = sum(
+            sample.value
+            for family in metrics.ERRORS.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        )
+        return cache_pb2.GetStatsResponse(
+            backend=self._cache.store.name,
+            hits=self._counts["hit"],
+            shared=self._counts["shared"],
+            misses=self._counts["miss"],
+            stores=self._counts["stores"],
+            errors=int(errors),
+            entries=await self._cache.store.count(),
+        )
+
+    async def Flush(
+        self, request: cache_pb2.FlushRequest, context: grpc.aio.ServicerContext
+    ) -> cache_pb2.FlushResponse:
+        await self._require_admin(context)
+        return cache_pb2.FlushResponse(deleted=await self._cache.store.flush(request.model))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from headrace.services.runtime.settings import ServiceSettings
 
@@ -15,7 +15,14 @@ class CacheSettings(ServiceSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout_seconds: float = 0.1
     """A Redis call slower than this counts as a miss (fail-open)."""
+    redis_reconnect_seconds: float = 5.0
+    """With no Redis at start, how often to try it again (the in-process LRU serves meanwhile)."""
     cache_ttl_seconds: int = 3600
     cache_max_entry_bytes: int = 1024 * 1024
     memory_cache_entries: int = 10_000
-    """Size of the in-process LRU used when no Redis answers at start."""
+    """Size of the in-process LRU used while no Redis answers."""
+    cache_scope: Literal["shared", "subject"] = "shared"
+    """shared: equal requests from anyone meet; subject: each subject has its own entries."""
+    flight_start_seconds: float = 10.0
+    """A request that missed must start storing within this time, or requests waiting on
+    it (single-flight) give up and generate themselves."""

@@ -59,6 +59,9 @@ def upstream_error(service: str, exc: grpc.aio.AioRpcError) -> BaseException:
         return Unavailable(
             f"the {service} service is unavailable ({exc.details()}); retry in a few seconds"
         )
+    if exc.code() == grpc.StatusCode.ABORTED:
+        # A shared (single-flight) generation stopped: retrying is the remedy.
+        return Unavailable(exc.details() or "retry the request")
     return exc
 
 
@@ -202,7 +205,10 @@ class Orchestrator:
             model = await self.catalog.resolve(request.model, self._timeout(remaining))
             audit["model"] = model
             key = cache_pb2.CacheKey(
-                model=model, prompt=checked.prompt, params=self.fill_params(request.params)
+                model=model,
+                prompt=checked.prompt,
+                params=self.fill_params(request.params),
+                subject=principal.subject,
             )
             stream = self._stream(key, request.bypass_cache, remaining)
             async for response in stream:
@@ -287,10 +293,14 @@ class Orchestrator:
     async def _replay(
         self, key: cache_pb2.CacheKey, remaining: float | None
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
-        """A cache hit as a stream; nothing on a miss or a cache failure (fail-open)."""
+        """A cache hit as a stream; nothing on a miss or a cache failure (fail-open).
+
+        A hit may be an identical request still generating (single-flight), so the
+        lookup runs under the client's deadline, not the short upstream one.
+        """
         call = self._b.cache.Lookup(
             cache_pb2.LookupRequest(key=key),
-            timeout=self._timeout(remaining),
+            timeout=remaining,
             metadata=outgoing_metadata(),
         )
         started = False

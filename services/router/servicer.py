@@ -8,18 +8,7 @@ import grpc
 
 from headrace.router.v1 import router_pb2, router_pb2_grpc
 from headrace.services.router.orchestrator import Orchestrator
-
-
-def credential_from(context: grpc.aio.ServicerContext) -> str:
-    """The bearer token or API key in the call's metadata ("" if none)."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str):
-            scheme, _, token = value.strip().partition(" ")
-            if scheme.lower() == "bearer":
-                return token.strip()
-        if key == "x-api-key" and isinstance(value, str):
-            return value.strip()
-    return ""
+from headrace.services.runtime.credentials import credential_from
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):

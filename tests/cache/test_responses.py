@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -12,14 +14,15 @@ import redis.asyncio as redis
 from google.protobuf import json_format
 
 from headrace.cache.v1 import cache_pb2
+from headrace.services.cache.flights import Flights
 from headrace.services.cache.responses import (
     KEY_PREFIX,
     Entry,
     MemoryStore,
     RedisStore,
+    ResponseCache,
     cache_key,
     is_cacheable,
-    open_store,
 )
 from headrace.services.cache.servicer import CacheServicer
 from headrace.services.runtime.errors import InvalidArgument
@@ -49,11 +52,17 @@ def test_cache_key_is_stable_across_param_dict_ordering() -> None:
     assert cache_key("tiny", "hi", a) == cache_key("tiny", "hi", b)
 
 
-def test_cache_key_is_a_hex_sha256() -> None:
-    key = cache_key("tiny", "hi", {})
+def test_cache_key_is_the_model_and_a_hex_sha256() -> None:
+    model, _, digest = cache_key("tiny", "hi", {}).partition(":")
 
-    assert len(key) == 64
-    int(key, 16)
+    assert model == "tiny"
+    assert len(digest) == 64
+    int(digest, 16)
+
+
+def test_cache_key_includes_the_subject_only_when_given() -> None:
+    assert cache_key("tiny", "hi", {}, "alice") != cache_key("tiny", "hi", {}, "bob")
+    assert cache_key("tiny", "hi", {}) == cache_key("tiny", "hi", {}, "")
 
 
 @pytest.mark.parametrize(
@@ -218,21 +227,38 @@ async def test_redis_store_put_fails_open_when_redis_is_unreachable() -> None:
         await store.close()
 
 
-async def test_open_store_falls_back_to_memory_when_redis_is_unreachable() -> None:
-    store = await open_store(CLOSED_URL, timeout_s=0.1, max_entry_bytes=1024, memory_entries=5)
+async def test_cache_falls_back_to_memory_when_redis_is_unreachable() -> None:
+    cache = ResponseCache(CLOSED_URL, 0.1, 1024, 5, reconnect_s=60)
+    await cache.start()
     try:
-        assert isinstance(store, MemoryStore)
-        assert store.max_entries == 5
+        assert isinstance(cache.store, MemoryStore)
+        assert cache.store.max_entries == 5
     finally:
-        await store.close()
+        await cache.close()
 
 
-async def test_open_store_uses_redis_when_it_answers(redis_client: redis.Redis) -> None:
-    store = await open_store(REDIS_URL, timeout_s=0.5, max_entry_bytes=1024, memory_entries=5)
+async def test_cache_uses_redis_when_it_answers(redis_client: redis.Redis) -> None:
+    cache = ResponseCache(REDIS_URL, 0.5, 1024, 5, reconnect_s=60)
+    await cache.start()
     try:
-        assert isinstance(store, RedisStore)
+        assert isinstance(cache.store, RedisStore)
     finally:
-        await store.close()
+        await cache.close()
+
+
+async def test_cache_hands_over_to_redis_once_it_answers(redis_client: redis.Redis) -> None:
+    cache = ResponseCache(CLOSED_URL, 0.5, 1024, 5, reconnect_s=0.05)
+    await cache.start()
+    try:
+        assert isinstance(cache.store, MemoryStore)
+        cache._url = REDIS_URL  # Redis "comes up" where the cache keeps looking
+        for _ in range(100):
+            if isinstance(cache.store, RedisStore):
+                break
+            await asyncio.sleep(0.02)
+        assert isinstance(cache.store, RedisStore)
+    finally:
+        await cache.close()
 
 
 # --- CacheServicer -------------------------------------------------------------------------
@@ -256,7 +282,7 @@ def _key(
 def _hashed(key: cache_pb2.CacheKey) -> str:
     """The store key the servicer uses for a CacheKey."""
     params = json_format.MessageToDict(key.params, preserving_proto_field_name=True)
-    return cache_key(key.model, key.prompt, params)
+    return cache_key(key.model, key.prompt, params)  # shared scope: no subject
 
 
 def _stream(
@@ -297,9 +323,14 @@ async def _lookup(
     return [m async for m in servicer.Lookup(request, _Context())]  # type: ignore[arg-type]
 
 
+def _make(store: object, ttl_seconds: int) -> CacheServicer:
+    holder = SimpleNamespace(store=store)
+    return CacheServicer(holder, Flights(10.0), ttl_seconds, per_subject=False, auth=None)  # type: ignore[arg-type]
+
+
 def _servicer() -> tuple[CacheServicer, MemoryStore]:
     store = MemoryStore(max_entries=100)
-    return CacheServicer(store, ttl_seconds=60), store
+    return _make(store, 60), store
 
 
 async def test_lookup_misses_with_a_single_hit_false_message() -> None:
@@ -421,7 +452,7 @@ async def test_empty_complete_response_replays_as_one_final_message() -> None:
 
 async def test_servicer_stores_through_redis(redis_client: redis.Redis) -> None:
     store = RedisStore(redis_client, timeout_s=1.0, max_entry_bytes=1 << 20)
-    servicer = CacheServicer(store, ttl_seconds=30)
+    servicer = _make(store, 30)
     key = _key(f"redis-{uuid.uuid4().hex}")
     redis_key = KEY_PREFIX + _hashed(key)
     try:

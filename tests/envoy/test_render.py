@@ -62,7 +62,9 @@ def test_internal_listener_routes_each_service_by_path() -> None:
     public = text[text.index("- name: public") : text.index("- name: internal")]
     for internal_only in ("Authorize", "RecordUsage", "GetJwks"):
         assert f"AuthService/{internal_only}" not in public
-    for internal_service in ("SanitizerService", "CacheService", "InferenceService"):
+    for internal_only in ("CacheService/Lookup", "CacheService/Store"):
+        assert internal_only not in public
+    for internal_service in ("SanitizerService", "InferenceService"):
         assert internal_service not in public, "internal services must not be public"
 
 

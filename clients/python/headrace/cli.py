@@ -19,6 +19,8 @@ keys_app = typer.Typer(help="Signing keys under HEADRACE_HOME/keys.", no_args_is
 app.add_typer(keys_app, name="keys")
 apikey_app = typer.Typer(help="API keys (needs the running suite).", no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")
+cache_app = typer.Typer(help="The response cache (needs the running suite).", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
 
 TargetOption = Annotated[
     str, typer.Option("--target", envvar="HEADRACE_TARGET", help="Envoy's public address.")
@@ -53,15 +55,22 @@ def _mint(subject: str, ttl: int | None, scopes: list[str] | None, tier: str) ->
     )
 
 
-def _admin_call(target: str, token: str | None, method: str, request: object) -> object:
-    """Call an admin RPC of the auth service through Envoy's public listener."""
+def _admin_call(
+    target: str, token: str | None, method: str, request: object, service: str = "auth"
+) -> object:
+    """Call an admin RPC (auth or cache service) through Envoy's public listener."""
     from headrace.auth.v1 import auth_pb2_grpc
+    from headrace.cache.v1 import cache_pb2_grpc
 
     bearer = token or _mint(f"cli-admin:{getpass.getuser()}", 300, ["admin"], "unlimited")
+    stub_class = {
+        "auth": auth_pb2_grpc.AuthServiceStub,
+        "cache": cache_pb2_grpc.CacheServiceStub,
+    }[service]
 
     async def run() -> object:
         async with grpc.aio.insecure_channel(target) as channel:
-            stub = auth_pb2_grpc.AuthServiceStub(channel)
+            stub = stub_class(channel)
             try:
                 return await getattr(stub, method)(
                     request, metadata=(("authorization", f"Bearer {bearer}"),), timeout=10
@@ -193,6 +202,33 @@ def apikey_revoke(
 
     _admin_call(target, token, "RevokeApiKey", auth_pb2.RevokeApiKeyRequest(key_id=key_id))
     typer.echo(f"revoked {key_id}")
+
+
+@cache_app.command("stats")
+def cache_stats(target: TargetOption = "127.0.0.1:8080", token: TokenOption = None) -> None:
+    """Hits, shared, misses, stores and entries of the response cache."""
+    from headrace.cache.v1 import cache_pb2
+
+    reply = _admin_call(target, token, "GetStats", cache_pb2.GetStatsRequest(), "cache")
+    for name in ("backend", "entries", "hits", "shared", "misses", "stores", "errors"):
+        typer.echo(f"{name + ':':<10}{getattr(reply, name)}")
+    lookups = reply.hits + reply.shared + reply.misses  # type: ignore[attr-defined]
+    if lookups:
+        rate = (reply.hits + reply.shared) / lookups  # type: ignore[attr-defined]
+        typer.echo(f"{'hit rate:':<10}{rate:.1%}")
+
+
+@cache_app.command("flush")
+def cache_flush(
+    model: Annotated[str, typer.Option(help="Only this model's entries.")] = "",
+    target: TargetOption = "127.0.0.1:8080",
+    token: TokenOption = None,
+) -> None:
+    """Delete cached responses (all, or one model's)."""
+    from headrace.cache.v1 import cache_pb2
+
+    reply = _admin_call(target, token, "Flush", cache_pb2.FlushRequest(model=model), "cache")
+    typer.echo(f"deleted {reply.deleted} entries")  # type: ignore[attr-defined]
 
 
 @app.command()

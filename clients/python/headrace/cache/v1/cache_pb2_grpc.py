@@ -27,6 +27,8 @@ if _version_not_supported:
 
 class CacheServiceStub:
     """CacheService stores complete responses and replays them as streams.
+    Lookup and Store are internal (the router calls them); GetStats and Flush are
+    routed on the public listener and need a credential with the `admin` scope.
     """
 
     def __init__(self, channel):
@@ -45,16 +47,31 @@ class CacheServiceStub:
                 request_serializer=headrace_dot_cache_dot_v1_dot_cache__pb2.StoreRequest.SerializeToString,
                 response_deserializer=headrace_dot_cache_dot_v1_dot_cache__pb2.StoreResponse.FromString,
                 _registered_method=True)
+        self.GetStats = channel.unary_unary(
+                '/headrace.cache.v1.CacheService/GetStats',
+                request_serializer=headrace_dot_cache_dot_v1_dot_cache__pb2.GetStatsRequest.SerializeToString,
+                response_deserializer=headrace_dot_cache_dot_v1_dot_cache__pb2.GetStatsResponse.FromString,
+                _registered_method=True)
+        self.Flush = channel.unary_unary(
+                '/headrace.cache.v1.CacheService/Flush',
+                request_serializer=headrace_dot_cache_dot_v1_dot_cache__pb2.FlushRequest.SerializeToString,
+                response_deserializer=headrace_dot_cache_dot_v1_dot_cache__pb2.FlushResponse.FromString,
+                _registered_method=True)
 
 
 class CacheServiceServicer:
     """CacheService stores complete responses and replays them as streams.
+    Lookup and Store are internal (the router calls them); GetStats and Flush are
+    routed on the public listener and need a credential with the `admin` scope.
     """
 
     def Lookup(self, request, context):
         """Lookup replays a cached response. A miss is one message with hit = false;
         a hit is one or more messages with hit = true, chunked like the original,
-        the last carrying finish_reason and usage.
+        the last carrying finish_reason and usage. When an identical request is
+        being generated right now, Lookup follows it (single-flight): its chunks
+        stream as they are produced; if that generation stops before it completes,
+        the call ends with ABORTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -64,6 +81,20 @@ class CacheServiceServicer:
         """Store receives a response while it streams. The first message names the
         request (key); later ones carry text; the last sets complete = true with
         finish_reason and usage. A stream that ends without complete stores nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStats(self, request, context):
+        """GetStats reports counters since start and the entries stored (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Flush(self, request, context):
+        """Flush deletes cached responses, all or one model's (admin).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -82,6 +113,16 @@ def add_CacheServiceServicer_to_server(servicer, server):
                     request_deserializer=headrace_dot_cache_dot_v1_dot_cache__pb2.StoreRequest.FromString,
                     response_serializer=headrace_dot_cache_dot_v1_dot_cache__pb2.StoreResponse.SerializeToString,
             ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=headrace_dot_cache_dot_v1_dot_cache__pb2.GetStatsRequest.FromString,
+                    response_serializer=headrace_dot_cache_dot_v1_dot_cache__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'Flush': grpc.unary_unary_rpc_method_handler(
+                    servicer.Flush,
+                    request_deserializer=headrace_dot_cache_dot_v1_dot_cache__pb2.FlushRequest.FromString,
+                    response_serializer=headrace_dot_cache_dot_v1_dot_cache__pb2.FlushResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'headrace.cache.v1.CacheService', rpc_method_handlers)
@@ -92,6 +133,8 @@ def add_CacheServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class CacheService:
     """CacheService stores complete responses and replays them as streams.
+    Lookup and Store are internal (the router calls them); GetStats and Flush are
+    routed on the public listener and need a credential with the `admin` scope.
     """
 
     @staticmethod
@@ -138,6 +181,60 @@ class CacheService:
             '/headrace.cache.v1.CacheService/Store',
             headrace_dot_cache_dot_v1_dot_cache__pb2.StoreRequest.SerializeToString,
             headrace_dot_cache_dot_v1_dot_cache__pb2.StoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headrace.cache.v1.CacheService/GetStats',
+            headrace_dot_cache_dot_v1_dot_cache__pb2.GetStatsRequest.SerializeToString,
+            headrace_dot_cache_dot_v1_dot_cache__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Flush(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headrace.cache.v1.CacheService/Flush',
+            headrace_dot_cache_dot_v1_dot_cache__pb2.FlushRequest.SerializeToString,
+            headrace_dot_cache_dot_v1_dot_cache__pb2.FlushResponse.FromString,
             options,
             channel_credentials,
             insecure,
