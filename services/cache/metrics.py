@@ -6,7 +6,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 LOOKUPS = Counter(
     "headrace_cache_lookups_total",
-    "Lookups by result: hit (stored), shared (joined an identical request in flight), miss.",
+    "Lookups by result: hit (stored), shared (joined an identical request in flight), "
+    "semantic (a similar prompt's response), miss.",
     ["result"],
 )
 STORES = Counter(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -13,6 +14,7 @@ from headrace.cache.v1 import cache_pb2, cache_pb2_grpc
 from headrace.services.cache import metrics
 from headrace.services.cache.flights import Final, FlightFailed, Flights
 from headrace.services.cache.responses import Entry, ResponseCache, cache_key, is_cacheable
+from headrace.services.cache.semantic import SemanticIndex
 from headrace.services.runtime.credentials import credential_from
 from headrace.services.runtime.errors import HeadraceError, InvalidArgument, PermissionDenied
 from headrace.services.runtime.interceptors import outgoing_metadata
@@ -43,18 +45,47 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         ttl_seconds: int,
         per_subject: bool,
         auth: auth_pb2_grpc.AuthServiceStub,
+        semantic: SemanticIndex | None = None,
+        semantic_models: frozenset[str] = frozenset(),
+        semantic_tasks: frozenset[str] = frozenset(),
     ) -> None:
         self._cache = cache
         self._flights = flights
         self._ttl = ttl_seconds
         self._per_subject = per_subject
         self._auth = auth
-        self._counts = {"hit": 0, "shared": 0, "miss": 0, "stores": 0}
+        self._semantic = semantic
+        self._semantic_models = semantic_models
+        self._semantic_tasks = semantic_tasks
+        self._background: set[asyncio.Task[None]] = set()
+        self._counts = {"hit": 0, "shared": 0, "semantic": 0, "miss": 0, "stores": 0}
 
     def _key(self, key: cache_pb2.CacheKey) -> tuple[str, bool]:
         params = json_format.MessageToDict(key.params, preserving_proto_field_name=True)
         subject = key.subject if self._per_subject else ""
         return cache_key(key.model, key.prompt, params, subject), is_cacheable(params)
+
+    def _semantic_scope(self, key: cache_pb2.CacheKey) -> str | None:
+        """The scope a prompt is compared within, or None when semantic matching is off."""
+        if self._semantic is None:
+            return None
+        if self._semantic_models and key.model not in self._semantic_models:
+            return None
+        if self._semantic_tasks and key.task not in self._semantic_tasks:
+            return None
+        params = json_format.MessageToDict(key.params, preserving_proto_field_name=True)
+        subject = key.subject if self._per_subject else ""
+        return cache_key(key.model, "", params, subject) + ":" + key.task
+
+    async def _replay(self, entry: Entry) -> AsyncIterator[cache_pb2.LookupResponse]:
+        for chunk in entry.chunks[:-1]:
+            yield cache_pb2.LookupResponse(hit=True, text=chunk)
+        yield cache_pb2.LookupResponse(
+            hit=True,
+            text=entry.chunks[-1] if entry.chunks else "",
+            finish_reason=entry.finish_reason,
+            usage=_usage(entry.prompt_tokens, entry.completion_tokens),
+        )
 
     def _count(self, result: str) -> None:
         metrics.LOOKUPS.labels(result).inc()
@@ -69,16 +100,20 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         if entry is not None:
             self._count("hit")
             metrics.LOOKUP_LATENCY.observe(time.perf_counter() - started)
-            for chunk in entry.chunks[:-1]:
-                yield cache_pb2.LookupResponse(hit=True, text=chunk)
-            yield cache_pb2.LookupResponse(
-                hit=True,
-                text=entry.chunks[-1] if entry.chunks else "",
-                finish_reason=entry.finish_reason,
-                usage=_usage(entry.prompt_tokens, entry.completion_tokens),
-            )
+            async for message in self._replay(entry):
+                yield message
             return
         flight = self._flights.get(key) if cacheable else None
+        scope = self._semantic_scope(request.key) if cacheable and flight is None else None
+        if scope is not None and self._semantic is not None:
+            match = await self._semantic.nearest(scope, request.key.prompt)
+            similar = await self._cache.store.get(match[0]) if match else None
+            if similar is not None:
+                self._count("semantic")
+                metrics.LOOKUP_LATENCY.observe(time.perf_counter() - started)
+                async for message in self._replay(similar):
+                    yield message
+                return
         if flight is None:
             if cacheable:
                 self._flights.open(key)
@@ -111,6 +146,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         key = ""
         cacheable = False
         flight = None
+        first_key: cache_pb2.CacheKey | None = None
         chunks: list[str] = []
         final: Final | None = None
         try:
@@ -119,6 +155,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
                     if not message.HasField("key"):
                         raise InvalidArgument("the first StoreRequest must carry the key")
                     key, cacheable = self._key(message.key)
+                    first_key = message.key
                     flight = self._flights.claim(key) if cacheable else None
                 if message.text:
                     chunks.append(message.text)
@@ -148,6 +185,12 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         metrics.STORES.labels("stored" if stored else "rejected").inc()
         if stored:
             self._counts["stores"] += 1
+            scope = self._semantic_scope(first_key) if first_key is not None else None
+            if scope is not None and self._semantic is not None:
+                # Embedding takes tens of ms: off the request's path.
+                task = asyncio.create_task(self._semantic.add(scope, first_key.prompt, key))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         return cache_pb2.StoreResponse(stored=stored)
 
     async def _require_admin(self, context: grpc.aio.ServicerContext) -> None:
@@ -173,6 +216,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
             backend=self._cache.store.name,
             hits=self._counts["hit"],
             shared=self._counts["shared"],
+            semantic=self._counts["semantic"],
             misses=self._counts["miss"],
             stores=self._counts["stores"],
             errors=int(errors),

@@ -23,6 +23,18 @@ class CacheSettings(ServiceSettings):
     """Size of the in-process LRU used while no Redis answers."""
     cache_scope: Literal["shared", "subject"] = "shared"
     """shared: equal requests from anyone meet; subject: each subject has its own entries."""
+    semantic_cache: bool = False
+    """Also answer prompts similar in meaning to a stored one (see docs/cache.md)."""
+    semantic_threshold: float = 0.95
+    """Cosine similarity a stored prompt needs to answer a new one."""
+    semantic_models: list[str] = []
+    """Models the semantic cache may answer for; empty means all."""
+    semantic_tasks: list[str] = []
+    """Tasks the semantic cache may answer for; empty means all."""
+    semantic_embedding_model: str = ""
+    """GGUF used to embed prompts; empty means the packaged Gemma 3 270M. A dedicated
+    embedding model (e.g. a BGE or nomic-embed GGUF) separates meanings far better."""
+    semantic_max_entries: int = 10_000
     flight_start_seconds: float = 10.0
     """A request that missed must start storing within this time, or requests waiting on
     it (single-flight) give up and generate themselves."""

@@ -209,6 +209,7 @@ class Orchestrator:
                 prompt=checked.prompt,
                 params=self.fill_params(request.params),
                 subject=principal.subject,
+                task=request.task,
             )
             stream = self._stream(key, request.bypass_cache, remaining)
             async for response in stream:

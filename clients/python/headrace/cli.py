@@ -210,11 +210,11 @@ def cache_stats(target: TargetOption = "127.0.0.1:8080", token: TokenOption = No
     from headrace.cache.v1 import cache_pb2
 
     reply = _admin_call(target, token, "GetStats", cache_pb2.GetStatsRequest(), "cache")
-    for name in ("backend", "entries", "hits", "shared", "misses", "stores", "errors"):
+    for name in ("backend", "entries", "hits", "shared", "semantic", "misses", "stores", "errors"):
         typer.echo(f"{name + ':':<10}{getattr(reply, name)}")
-    lookups = reply.hits + reply.shared + reply.misses  # type: ignore[attr-defined]
+    lookups = reply.hits + reply.shared + reply.semantic + reply.misses  # type: ignore[attr-defined]
     if lookups:
-        rate = (reply.hits + reply.shared) / lookups  # type: ignore[attr-defined]
+        rate = (reply.hits + reply.shared + reply.semantic) / lookups  # type: ignore[attr-defined]
         typer.echo(f"{'hit rate:':<10}{rate:.1%}")
 
 

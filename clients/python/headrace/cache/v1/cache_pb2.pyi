@@ -7,16 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CacheKey(_message.Message):
-    __slots__ = ("model", "prompt", "params", "subject")
+    __slots__ = ("model", "prompt", "params", "subject", "task")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     params: _types_pb2.SamplingParams
     subject: str
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., params: _Optional[_Union[_types_pb2.SamplingParams, _Mapping]] = ..., subject: _Optional[str] = ...) -> None: ...
+    task: str
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., params: _Optional[_Union[_types_pb2.SamplingParams, _Mapping]] = ..., subject: _Optional[str] = ..., task: _Optional[str] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
     __slots__ = ("key",)
@@ -61,10 +63,11 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("backend", "hits", "shared", "misses", "stores", "errors", "entries")
+    __slots__ = ("backend", "hits", "shared", "semantic", "misses", "stores", "errors", "entries")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
     SHARED_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_FIELD_NUMBER: _ClassVar[int]
     MISSES_FIELD_NUMBER: _ClassVar[int]
     STORES_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
@@ -72,11 +75,12 @@ class GetStatsResponse(_message.Message):
     backend: str
     hits: int
     shared: int
+    semantic: int
     misses: int
     stores: int
     errors: int
     entries: int
-    def __init__(self, backend: _Optional[str] = ..., hits: _Optional[int] = ..., shared: _Optional[int] = ..., misses: _Optional[int] = ..., stores: _Optional[int] = ..., errors: _Optional[int] = ..., entries: _Optional[int] = ...) -> None: ...
+    def __init__(self, backend: _Optional[str] = ..., hits: _Optional[int] = ..., shared: _Optional[int] = ..., semantic: _Optional[int] = ..., misses: _Optional[int] = ..., stores: _Optional[int] = ..., errors: _Optional[int] = ..., entries: _Optional[int] = ...) -> None: ...
 
 class FlushRequest(_message.Message):
     __slots__ = ("model",)
