@@ -1,6 +1,6 @@
 """The response cache: keys, entries, and the Redis and in-process stores.
 
-A key is the SHA-256 of a canonical JSON encoding of model, sanitised prompt
+A key is the SHA-256 of a canonical JSON encoding of model and its revision, sanitised prompt
 and the sampling parameters with defaults filled in (and the subject, when the
 cache is per subject), so equal requests meet and different ones never do. Only
 deterministic requests (temperature 0, or a fixed seed) are cacheable. Stored
@@ -30,10 +30,18 @@ KEY_PREFIX = "headrace:cache:v1:"
 _GLOB_SPECIAL = str.maketrans({c: f"\\{c}" for c in "*?[]\\"})
 
 
-def cache_key(model: str, prompt: str, params: dict[str, Any], subject: str = "") -> str:
+def cache_key(
+    model: str, prompt: str, params: dict[str, Any], subject: str = "", revision: str = ""
+) -> str:
     """The cache key of a request: `<model>:<hex SHA-256>`."""
     canonical = json.dumps(
-        {"model": model, "prompt": prompt, "params": params, "subject": subject},
+        {
+            "model": model,
+            "revision": revision,
+            "prompt": prompt,
+            "params": params,
+            "subject": subject,
+        },
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,

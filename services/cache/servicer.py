@@ -63,7 +63,10 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
     def _key(self, key: cache_pb2.CacheKey) -> tuple[str, bool]:
         params = json_format.MessageToDict(key.params, preserving_proto_field_name=True)
         subject = key.subject if self._per_subject else ""
-        return cache_key(key.model, key.prompt, params, subject), is_cacheable(params)
+        return (
+            cache_key(key.model, key.prompt, params, subject, key.revision),
+            is_cacheable(params),
+        )
 
     def _semantic_scope(self, key: cache_pb2.CacheKey) -> str | None:
         """The scope a prompt is compared within, or None when semantic matching is off."""
@@ -75,7 +78,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
             return None
         params = json_format.MessageToDict(key.params, preserving_proto_field_name=True)
         subject = key.subject if self._per_subject else ""
-        return cache_key(key.model, "", params, subject) + ":" + key.task
+        return cache_key(key.model, "", params, subject, key.revision) + ":" + key.task
 
     async def _replay(self, entry: Entry) -> AsyncIterator[cache_pb2.LookupResponse]:
         for chunk in entry.chunks[:-1]:

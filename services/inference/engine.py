@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import hashlib
 import os
 import random
 import threading
@@ -68,6 +69,22 @@ class Delta:
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+
+def model_revision(path: Path) -> str:
+    """A short fingerprint of a GGUF: its size and its first and last MiB.
+
+    Cheap at start (2 MiB read, not the whole file) and enough to tell two model
+    files apart: the head holds the metadata and tensor layout, the tail the last
+    tensors' data.
+    """
+    size = path.stat().st_size
+    digest = hashlib.blake2b(str(size).encode(), digest_size=8)
+    with path.open("rb") as fh:
+        digest.update(fh.read(1 << 20))
+        fh.seek(max(size - (1 << 20), 0))
+        digest.update(fh.read(1 << 20))
+    return digest.hexdigest()
 
 
 def default_gpu_layers() -> int:
@@ -128,6 +145,7 @@ class LlamaEngine:
         self._vocab = self._model.vocab
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.context_size = min(spec.context_size, self._model.n_ctx_train())
+        self.revision = model_revision(path)
         ctx_params = llama_cpp.llama_context_default_params()
         # Every slot may fill a whole context window; the KV cache is shared.
         ctx_params.n_ctx = self.context_size * slots

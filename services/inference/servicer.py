@@ -86,6 +86,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     context_size=e.context_size,
                     is_default=e.name == self._registry.default,
                     gpu_layers=e.gpu_layers,
+                    revision=e.revision,
                 )
                 for e in models
             ]

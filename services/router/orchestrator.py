@@ -90,12 +90,12 @@ class ModelCatalog:
                 self._fetched = time.monotonic()
         return self._models
 
-    async def resolve(self, name: str, timeout: float) -> str:
+    async def resolve(self, name: str, timeout: float) -> inference_pb2.ModelInfo:
         """The served model a request names ("" is the default), or NotFound."""
         models = await self.models(timeout)
         for model in models:
             if (name and model.name == name) or (not name and model.is_default):
-                return model.name
+                return model
         raise NotFound(f"unknown model {name!r}; available: {', '.join(m.name for m in models)}")
 
 
@@ -202,10 +202,11 @@ class Orchestrator:
             audit["subject"] = principal.subject
             audit["prompt_summary"] = _summary(checked.prompt)
             audit["redactions"] = list(checked.redactions)
-            model = await self.catalog.resolve(request.model, self._timeout(remaining))
-            audit["model"] = model
+            info = await self.catalog.resolve(request.model, self._timeout(remaining))
+            audit["model"] = info.name
             key = cache_pb2.CacheKey(
-                model=model,
+                model=info.name,
+                revision=info.revision,
                 prompt=checked.prompt,
                 params=self.fill_params(request.params),
                 subject=principal.subject,

@@ -480,3 +480,7 @@ async def test_memory_store_refuses_entries_over_the_size_cap() -> None:
     store = MemoryStore(10, max_entry_bytes=100)
     assert not await store.put("k", Entry([os.urandom(200).hex()], 1, 1, 1), ttl_seconds=60)
     assert await store.get("k") is None
+
+
+def test_cache_key_changes_with_the_model_revision() -> None:
+    assert cache_key("tiny", "hi", {}, "", "rev-a") != cache_key("tiny", "hi", {}, "", "rev-b")

@@ -101,3 +101,15 @@ async def test_requests_beyond_slot_and_queue_are_refused_at_once(engine: LlamaE
     assert info.value.retry_after_s
     await running.aclose()
     assert (await waiting)[-1].finish_reason is FinishReason.LENGTH
+
+
+def test_model_revision_tells_model_files_apart(tiny_model: Path, tmp_path: Path) -> None:
+    from headrace.services.inference.engine import model_revision
+
+    copy = tmp_path / "copy.gguf"
+    copy.write_bytes(tiny_model.read_bytes())
+    assert model_revision(copy) == model_revision(tiny_model)
+    data = bytearray(copy.read_bytes())
+    data[-1] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    assert model_revision(copy) != model_revision(tiny_model)

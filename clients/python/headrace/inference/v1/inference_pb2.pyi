@@ -40,13 +40,15 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "context_size", "is_default", "gpu_layers")
+    __slots__ = ("name", "context_size", "is_default", "gpu_layers", "revision")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     GPU_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     name: str
     context_size: int
     is_default: bool
     gpu_layers: int
-    def __init__(self, name: _Optional[str] = ..., context_size: _Optional[int] = ..., is_default: _Optional[bool] = ..., gpu_layers: _Optional[int] = ...) -> None: ...
+    revision: str
+    def __init__(self, name: _Optional[str] = ..., context_size: _Optional[int] = ..., is_default: _Optional[bool] = ..., gpu_layers: _Optional[int] = ..., revision: _Optional[str] = ...) -> None: ...
