@@ -32,6 +32,7 @@ from pathlib import Path
 
 import llama_cpp
 from llama_cpp import _internals as internals
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from headrace.services.inference import metrics
 from headrace.services.inference.settings import ModelSpec
@@ -131,7 +132,14 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 class LlamaEngine:
     """One loaded model decoding up to `slots` sequences together, with a bounded queue."""
 
-    def __init__(self, spec: ModelSpec, path: Path, slots: int, queue_size: int) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        path: Path,
+        slots: int,
+        queue_size: int,
+        model: internals.LlamaModel | None = None,
+    ) -> None:
         self.spec = spec
         self.name = spec.name
         self.slots = slots
@@ -139,10 +147,15 @@ class LlamaEngine:
         threads = spec.threads or os.cpu_count() or 1
         self.gpu_layers = default_gpu_layers() if spec.gpu_layers is None else spec.gpu_layers
         started = time.perf_counter()
-        model_params = llama_cpp.llama_model_default_params()
-        model_params.n_gpu_layers = 0x7FFFFFFF if self.gpu_layers < 0 else self.gpu_layers
-        self._model = internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
+        self._owns_model = model is None
+        if model is None:
+            model_params = llama_cpp.llama_model_default_params()
+            model_params.n_gpu_layers = 0x7FFFFFFF if self.gpu_layers < 0 else self.gpu_layers
+            model = internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
+        self.model = model
+        self._model = model
         self._vocab = self._model.vocab
+        self._bos_text = ""
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.context_size = min(spec.context_size, self._model.n_ctx_train())
         self.revision = model_revision(path)
@@ -158,6 +171,8 @@ class LlamaEngine:
         ctx_params.no_perf = True
         self._ctx = internals.LlamaContext(model=self._model, params=ctx_params, verbose=False)
         self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
+        self._adapters = self._apply_lora(spec)
+        self._template = self._chat_template(spec)
         self._batch = llama_cpp.llama_batch_init(spec.batch_size, 0, 1)
         self._slots = [_Slot(i) for i in range(slots)]
         self._waiting: deque[_Request] = deque()
@@ -177,10 +192,50 @@ class LlamaEngine:
             seconds=round(time.perf_counter() - started, 3),
         )
 
+    def _apply_lora(self, spec: ModelSpec) -> list[llama_cpp.llama_adapter_lora_p]:
+        adapters = []
+        for lora in spec.lora:
+            adapter = llama_cpp.llama_adapter_lora_init(self._model.model, str(lora.path).encode())
+            if adapter is None:
+                raise ValueError(f"model {spec.name!r}: cannot load LoRA adapter {lora.path}")
+            adapters.append(adapter)
+        if adapters:
+            array = (llama_cpp.llama_adapter_lora_p_ctypes * len(adapters))(*adapters)
+            scales = (ctypes.c_float * len(adapters))(*(lora.scale for lora in spec.lora))
+            if llama_cpp.llama_set_adapters_lora(self._ctx.ctx, array, len(adapters), scales):
+                raise ValueError(f"model {spec.name!r}: llama.cpp refused its LoRA adapters")
+        return adapters
+
+    def _chat_template(self, spec: ModelSpec) -> Jinja2ChatFormatter | None:
+        if spec.chat_template is False:
+            return None
+        metadata = self._model.metadata()
+        template = (
+            spec.chat_template
+            if isinstance(spec.chat_template, str)
+            else metadata.get("tokenizer.chat_template")
+        )
+        if not template:
+            raise ValueError(
+                f"model {spec.name!r}: chat_template is on but the GGUF has no "
+                "tokenizer.chat_template; give the template as a string"
+            )
+        vocab = self._vocab
+        bos = self._piece(llama_cpp.llama_vocab_bos(vocab), special=True).decode(errors="ignore")
+        eos = self._piece(llama_cpp.llama_vocab_eos(vocab), special=True).decode(errors="ignore")
+        self._bos_text = bos
+        return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+
     # ---- event-loop side -------------------------------------------------
 
     def tokenize(self, text: str) -> list[int]:
-        return self._model.tokenize(text.encode(), add_bos=True, special=False)
+        """The prompt's tokens, as one user turn of the chat template when the model has one."""
+        if self._template is None:
+            return self._model.tokenize(text.encode(), add_bos=True, special=False)
+        rendered = self._template(messages=[{"role": "user", "content": text}]).prompt
+        # The template may write the BOS itself; special tokens in it must parse as such.
+        add_bos = not (self._bos_text and rendered.startswith(self._bos_text))
+        return self._model.tokenize(rendered.encode(), add_bos=add_bos, special=True)
 
     async def generate(self, prompt: str, sampling: Sampling) -> AsyncIterator[Delta]:
         """Stream deltas for one prompt. Raises ResourceExhausted when the queue is full."""
@@ -243,22 +298,34 @@ class LlamaEngine:
                     self._wake.notify()
 
     def close(self) -> None:
+        self.close_context()
+        self.close_model()
+
+    def close_context(self) -> None:
+        """Stop decoding and free this entry's context and adapters."""
         with self._wake:
             self._closing = True
             self._wake.notify()
         self._thread.join(timeout=30)
         llama_cpp.llama_batch_free(self._batch)
         self._ctx.close()
-        self._model.close()
+        for adapter in self._adapters:
+            llama_cpp.llama_adapter_lora_free(adapter)
+        self._adapters = []
+
+    def close_model(self) -> None:
+        """Free the weights, if this engine loaded them."""
+        if self._owns_model:
+            self._model.close()
 
     # ---- decode thread ---------------------------------------------------
 
-    def _piece(self, token: int) -> bytes:
+    def _piece(self, token: int, special: bool = False) -> bytes:
         buf = ctypes.create_string_buffer(64)
-        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
         return buf.raw[:n]
 
     def _sampler(self, s: Sampling) -> llama_cpp.llama_sampler_p:

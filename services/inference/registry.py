@@ -42,10 +42,17 @@ class ModelRegistry:
         cls, specs: list[ModelSpec], default: str, home: Path, slots: int, queue_size: int
     ) -> ModelRegistry:
         engines: dict[str, LlamaEngine] = {}
+        weights: dict[tuple[Path, int | None], LlamaEngine] = {}
         for spec in specs:
             if spec.name in engines:
                 raise ValueError(f"model {spec.name!r} is declared twice")
-            engines[spec.name] = LlamaEngine(spec, resolve_path(spec, home), slots, queue_size)
+            path = resolve_path(spec, home)
+            shared = weights.get((path, spec.gpu_layers))
+            engine = LlamaEngine(
+                spec, path, slots, queue_size, model=shared.model if shared else None
+            )
+            weights.setdefault((path, spec.gpu_layers), engine)
+            engines[spec.name] = engine
         default = default or specs[0].name
         if default not in engines:
             raise ValueError(f"default model {default!r} is not in the registry")
@@ -59,5 +66,8 @@ class ModelRegistry:
         return engine
 
     def close(self) -> None:
+        # Contexts first: engines that share weights free the model with the last one.
         for engine in self.engines.values():
-            engine.close()
+            engine.close_context()
+        for engine in self.engines.values():
+            engine.close_model()

@@ -20,8 +20,16 @@ PACKAGED_MODELS = {
 }
 
 
+class LoraSpec(BaseModel):
+    """A LoRA adapter applied to a model, with its scale."""
+
+    path: Path
+    scale: float = 1.0
+
+
 class ModelSpec(BaseModel):
-    """One model of the registry."""
+    """One model of the registry. Two specs with the same weights (path or packaged)
+    share them in memory: a LoRA variant costs only its adapter and its KV cache."""
 
     name: str = Field(min_length=1, max_length=128)
     path: Path | None = None
@@ -35,6 +43,11 @@ class ModelSpec(BaseModel):
     """Layers offloaded to the GPU; default: all when llama.cpp has GPU support, else 0."""
     batch_size: int = Field(default=512, ge=1)
     default_max_tokens: int = Field(default=256, ge=1)
+    lora: list[LoraSpec] = []
+    """Adapters applied to this entry's context (a LoRA variant of the weights)."""
+    chat_template: bool | str = False
+    """Wrap each prompt as one user turn: True uses the GGUF's tokenizer.chat_template,
+    a string is a Jinja template of its own; False sends the prompt as it is."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:

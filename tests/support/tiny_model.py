@@ -220,3 +220,30 @@ if __name__ == "__main__":
         out = llm.create_completion(prompt, max_tokens=32, temperature=0.0)
         choice = out["choices"][0]
         print(f"{prompt!r} -> {choice['text']!r} ({choice['finish_reason']})")
+
+
+def write_tiny_lora(path: Path, rank: int = 4, seed: int = 7) -> Path:
+    """A LoRA adapter for the tiny model (attention and output projections of every
+    layer), strong enough that greedy output changes when it is applied."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_string("general.type", "adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", float(rank))
+    for layer in range(N_LAYER):
+        for name in ("attn_q", "attn_v", "attn_output"):
+            # W is (n_out, n_in) as numpy; the delta is B @ A with A (r, n_in), B (n_out, r).
+            writer.add_tensor(
+                f"blk.{layer}.{name}.weight.lora_a",
+                rng.standard_normal((rank, N_EMBD)).astype(np.float32),
+            )
+            writer.add_tensor(
+                f"blk.{layer}.{name}.weight.lora_b",
+                rng.standard_normal((N_EMBD, rank)).astype(np.float32),
+            )
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
