@@ -108,7 +108,12 @@ def run(make_service: Callable[[], Awaitable[Service]] | Callable[[], Service], 
         await serve(service)  # type: ignore[arg-type]
 
     try:
-        asyncio.run(main())
+        if settings.uvloop:
+            import uvloop
+
+            uvloop.run(main())
+        else:
+            asyncio.run(main())
     except Exception:
         log.exception("service_crashed")
         raise SystemExit(1) from None

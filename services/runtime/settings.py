@@ -81,3 +81,6 @@ class ServiceSettings(HeadraceSettings):
     grace_seconds: float = 10.0
     """On SIGTERM, in-flight streams get this long to finish before they are cancelled."""
     max_concurrent_rpcs: int | None = None
+    uvloop: bool = True
+    """Run the service on uvloop (libuv) instead of asyncio's default loop: less CPU per
+    message, which on a small machine is CPU the model's decode threads keep."""
