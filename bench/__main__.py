@@ -194,6 +194,9 @@ def main() -> int:
                     lambda: remote.append(gateway(stub, token, args.max_tokens)),
                 ]
                 for step in pair if i % 2 == 0 else reversed(pair):
+                    # Let the previous run's threads (llama.cpp's OpenMP workers
+                    # spin after a decode) go idle, so neither side pays for the other.
+                    time.sleep(0.25)
                     step()
         llm.close()  # free the cores' caches for the concurrency runs
         aggregate = {n: concurrent(suite.public, token, n, args.max_tokens) for n in (1, 4, 8)}

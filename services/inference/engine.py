@@ -32,6 +32,7 @@ from pathlib import Path
 
 import llama_cpp
 from llama_cpp import _internals as internals
+from llama_cpp import _logger as llama_logger
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from headrace.services.inference import metrics
@@ -147,6 +148,9 @@ class LlamaEngine:
         threads = spec.threads or os.cpu_count() or 1
         self.gpu_layers = default_gpu_layers() if spec.gpu_layers is None else spec.gpu_layers
         started = time.perf_counter()
+        # llama.cpp logs every context's construction to stderr unless told not to;
+        # errors still come through.
+        llama_logger.set_verbose(False)
         self._owns_model = model is None
         if model is None:
             model_params = llama_cpp.llama_model_default_params()

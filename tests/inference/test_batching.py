@@ -23,7 +23,7 @@ AGREEING_TOKENS = 16
 
 @pytest.fixture(scope="module")
 def engine(tiny_model: Path) -> LlamaEngine:
-    spec = ModelSpec(name="tiny-batch", path=tiny_model, context_size=512)
+    spec = ModelSpec(name="tiny-batch", path=tiny_model, context_size=4096)
     return LlamaEngine(spec, tiny_model, slots=2, queue_size=1)
 
 
@@ -69,7 +69,7 @@ async def test_two_streams_decode_interleaved_not_one_after_the_other(
 async def test_admission_beyond_slots_plus_queue_is_refused_at_once(
     engine: LlamaEngine,
 ) -> None:
-    long = Sampling(max_tokens=400, temperature=0.0)
+    long = Sampling(max_tokens=4000, temperature=0.0)
     streams = [engine.generate(p, long) for p in PROMPTS[:2]]
     for s in streams:
         await anext(s)  # both slots decoding

@@ -18,7 +18,7 @@ PROMPT = "Hello world"
 
 @pytest.fixture(scope="module")
 def engine(tiny_model: Path) -> LlamaEngine:
-    spec = ModelSpec(name="tiny-engine", path=tiny_model, context_size=512)
+    spec = ModelSpec(name="tiny-engine", path=tiny_model, context_size=4096)
     return LlamaEngine(spec, tiny_model, slots=1, queue_size=1)
 
 
@@ -70,12 +70,12 @@ async def test_stop_string_ends_the_stream_and_is_not_echoed(engine: LlamaEngine
 
 async def test_prompt_longer_than_context_is_invalid_argument(engine: LlamaEngine) -> None:
     with pytest.raises(InvalidArgument, match="context"):
-        await collect(engine, "word " * 2000, Sampling(max_tokens=4))
+        await collect(engine, "word " * 5000, Sampling(max_tokens=4))
 
 
 async def test_cancelled_stream_frees_its_slot_and_is_counted(engine: LlamaEngine) -> None:
     before = metric("headrace_inference_cancellations_total", model=engine.name)
-    stream = engine.generate(PROMPT, Sampling(max_tokens=400, temperature=0.0))
+    stream = engine.generate(PROMPT, Sampling(max_tokens=4000, temperature=0.0))
     got = [await anext(stream) for _ in range(3)]
     assert all(d.finish_reason is None for d in got)
     started = time.perf_counter()
@@ -89,7 +89,7 @@ async def test_cancelled_stream_frees_its_slot_and_is_counted(engine: LlamaEngin
 
 async def test_requests_beyond_slot_and_queue_are_refused_at_once(engine: LlamaEngine) -> None:
     # queue_size=1: one decoding, one waiting, the third is refused immediately.
-    long = Sampling(max_tokens=300, temperature=0.0)
+    long = Sampling(max_tokens=4000, temperature=0.0)
     running = engine.generate(PROMPT, long)
     await anext(running)
     waiting = asyncio.create_task(collect(engine, PROMPT, Sampling(max_tokens=2)))
@@ -113,3 +113,30 @@ def test_model_revision_tells_model_files_apart(tiny_model: Path, tmp_path: Path
     data[-1] ^= 0xFF
     copy.write_bytes(bytes(data))
     assert model_revision(copy) != model_revision(tiny_model)
+
+
+async def test_multi_byte_characters_from_byte_tokens_arrive_whole(engine: LlamaEngine) -> None:
+    # The tiny model spells é and → with byte-fallback tokens (two or three per
+    # character); each must leave the engine as one whole character.
+    deltas = await collect(engine, PROMPT, Sampling(max_tokens=64, temperature=0.0))
+    text = text_of(deltas)
+    assert any(ch in text for ch in "é→"), text
+    assert "\ufffd" not in text
+    for delta in deltas:
+        delta.text.encode("utf-8")  # every delta is valid UTF-8 on its own
+
+
+async def test_repeat_penalty_changes_greedy_output(engine: LlamaEngine) -> None:
+    plain = text_of(await collect(engine, PROMPT, Sampling(max_tokens=48, temperature=0.0)))
+    penalised = text_of(
+        await collect(engine, PROMPT, Sampling(max_tokens=48, temperature=0.0, repeat_penalty=1.8))
+    )
+    assert plain != penalised
+
+
+async def test_top_k_one_is_greedy_at_any_temperature(engine: LlamaEngine) -> None:
+    greedy = text_of(await collect(engine, PROMPT, Sampling(max_tokens=24, temperature=0.0)))
+    top1 = text_of(
+        await collect(engine, PROMPT, Sampling(max_tokens=24, temperature=1.5, top_k=1, seed=3))
+    )
+    assert top1 == greedy
