@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from headrace.router.v1 import router_pb2, router_pb2_grpc
 from headrace.services.auth.keys import KeyStore
 from headrace.types.v1 import types_pb2
-from tests.support.suite import RunningSuite, start_suite
+from tests.support.suite import RunningSuite, running_suite
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -38,21 +38,12 @@ TIERS = {
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[RunningSuite]:
-    running = start_suite(
+    with running_suite(
         tmp_path_factory.mktemp("auth-home"),
         tiny_model,
         extra_env={"HEADRACE_TIERS": json.dumps(TIERS), "HEADRACE_QUEUE_SIZE": "64"},
-    )
-    try:
+    ) as running:
         yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture(scope="module")
-def stub(suite: RunningSuite) -> Iterator[router_pb2_grpc.RouterServiceStub]:
-    with grpc.insecure_channel(suite.public) as channel:
-        yield router_pb2_grpc.RouterServiceStub(channel)
 
 
 def unique(name: str) -> str:

@@ -13,13 +13,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from headrace.router.v1 import router_pb2, router_pb2_grpc
 from headrace.types.v1 import types_pb2
 from tests.support.ports import free_port
-from tests.support.suite import RunningSuite, start_suite
+from tests.support.suite import RunningSuite, running_suite
 
 pytestmark = [
     pytest.mark.e2e,
@@ -84,21 +83,12 @@ def redis_server() -> Iterator[PrivateRedis]:
 def suite(
     tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, redis_server: PrivateRedis
 ) -> Iterator[RunningSuite]:
-    running = start_suite(
+    with running_suite(
         tmp_path_factory.mktemp("cache-home"),
         tiny_model,
         extra_env={"HEADRACE_REDIS_URL": redis_server.url, "HEADRACE_QUEUE_SIZE": "64"},
-    )
-    try:
+    ) as running:
         yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture(scope="module")
-def stub(suite: RunningSuite) -> Iterator[router_pb2_grpc.RouterServiceStub]:
-    with grpc.insecure_channel(suite.public) as channel:
-        yield router_pb2_grpc.RouterServiceStub(channel)
 
 
 def request(prompt: str, max_tokens: int = 16) -> router_pb2.GenerateRequest:

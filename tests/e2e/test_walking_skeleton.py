@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from headrace.router.v1 import router_pb2, router_pb2_grpc
 from headrace.types.v1 import types_pb2
-from tests.support.suite import RunningSuite, alive, serving, start_suite
+from tests.support.suite import RunningSuite, alive, running_suite, serving, start_suite
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -28,17 +28,8 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[RunningSuite]:
-    running = start_suite(tmp_path_factory.mktemp("home"), tiny_model)
-    try:
+    with running_suite(tmp_path_factory.mktemp("home"), tiny_model) as running:
         yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture(scope="module")
-def stub(suite: RunningSuite) -> Iterator[router_pb2_grpc.RouterServiceStub]:
-    with grpc.insecure_channel(suite.public) as channel:
-        yield router_pb2_grpc.RouterServiceStub(channel)
 
 
 def bearer(token: str) -> tuple[tuple[str, str]]:

@@ -5,6 +5,7 @@ Used by the end-to-end tests: real service processes, real Envoy, a tiny model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,6 +113,16 @@ def serving(target: str, timeout: float = 1.0) -> bool:
         except grpc.RpcError:
             return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@contextlib.contextmanager
+def running_suite(home: Path, model_path: Path, **kwargs: object) -> Iterator[RunningSuite]:
+    """start_suite for a `with` block: the suite stops (SIGINT) when it ends."""
+    suite = start_suite(home, model_path, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield suite
+    finally:
+        suite.stop()
 
 
 def start_suite(

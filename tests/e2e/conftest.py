@@ -1,0 +1,18 @@
+"""Fixtures shared by the end-to-end tests (each module starts its own suite)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from headrace.router.v1 import router_pb2_grpc
+from tests.support.suite import RunningSuite
+
+
+@pytest.fixture(scope="module")
+def stub(suite: RunningSuite) -> Iterator[router_pb2_grpc.RouterServiceStub]:
+    """A RouterService stub on the module's suite, through Envoy's public listener."""
+    with grpc.insecure_channel(suite.public) as channel:
+        yield router_pb2_grpc.RouterServiceStub(channel)
