@@ -174,6 +174,9 @@ class Orchestrator:
             try:
                 checked = await check
             except grpc.aio.AioRpcError as exc:
+                # The prompt was refused after auth reserved quota for it: give it back.
+                if principal.reserved_tokens:
+                    self._settle(principal, 0)
                 raise upstream_error("sanitizer", exc) from None
         finally:
             for task in (auth, check):

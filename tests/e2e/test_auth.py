@@ -286,3 +286,27 @@ def test_a_rotated_out_key_verifies_until_removed(
         assert time.monotonic() < deadline, "a removed key still verifies"
         time.sleep(0.2)
     assert code_of(stub, new_token) == grpc.StatusCode.OK
+
+
+def test_a_refused_prompt_gives_its_quota_reservation_back(
+    suite: RunningSuite, stub: router_pb2_grpc.RouterServiceStub
+) -> None:
+    subject = unique("refused")
+    token = suite.token(subject, "--tier", "metered")  # 100 tokens a day
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError) as info:
+            list(
+                stub.Generate(
+                    router_pb2.GenerateRequest(
+                        prompt="   ", params=types_pb2.SamplingParams(max_tokens=60)
+                    ),
+                    metadata=(("authorization", f"Bearer {token}"),),
+                    timeout=10,
+                )
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    deadline = time.monotonic() + 5
+    while "tokens today:       0 /" not in cli(suite, "usage", subject):
+        assert time.monotonic() < deadline, "a refused request kept its reservation"
+        time.sleep(0.1)
+    assert code_of(stub, token, max_tokens=40) == grpc.StatusCode.OK

@@ -154,6 +154,8 @@ def start_suite(
         "HEADRACE_RESTART_BACKOFF_SECONDS": "0.2",
         "HEADRACE_GRACE_SECONDS": "3",
         "HEADRACE_STOP_TIMEOUT_SECONDS": "10",
+        # Redis outlives test runs: no token quotas unless a test sets its own tiers.
+        "HEADRACE_TIERS": '{"free": {"requests_per_minute": 100000}, "unlimited": {}}',
         **(extra_env or {}),
     }
     home.mkdir(parents=True, exist_ok=True)
