@@ -23,6 +23,7 @@ from headrace.router.v1 import router_pb2
 from headrace.sanitizer.v1 import sanitizer_pb2, sanitizer_pb2_grpc
 from headrace.services.router.audit import AuditLog, now_iso
 from headrace.services.router.settings import RouterSettings
+from headrace.services.router.tasks import TaskRouter
 from headrace.services.runtime.errors import HeadraceError, NotFound, Unavailable
 from headrace.services.runtime.interceptors import outgoing_metadata
 from headrace.services.runtime.logs import get_logger, request_id_var
@@ -32,6 +33,8 @@ from headrace.types.v1 import types_pb2
 log = get_logger(__name__)
 
 SUMMARY_CHARS = 120
+# Before its first token, a model that answers with these is skipped for the next.
+FALLBACK_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 @dataclass
@@ -111,6 +114,7 @@ class Orchestrator:
         self._settings = settings
         self._audit = audit
         self.catalog = ModelCatalog(backends.inference, settings.models_refresh_seconds)
+        self.tasks = TaskRouter(settings.tasks, settings.task_rules, settings.default_task)
         self._background: set[asyncio.Task[None]] = set()
 
     def _timeout(self, remaining: float | None) -> float:
@@ -140,7 +144,11 @@ class Orchestrator:
             raise upstream_error("auth", exc) from None
 
     async def _admit(
-        self, request: router_pb2.GenerateRequest, credential: str, remaining: float | None
+        self,
+        request: router_pb2.GenerateRequest,
+        params: types_pb2.SamplingParams,
+        credential: str,
+        remaining: float | None,
     ) -> tuple[auth_pb2.AuthorizeResponse, sanitizer_pb2.CheckPromptResponse]:
         """Authorize and check the prompt concurrently; the auth verdict comes first."""
         metadata = outgoing_metadata()
@@ -201,31 +209,52 @@ class Orchestrator:
         principal: auth_pb2.AuthorizeResponse | None = None
         try:
             validate_params(request.params, self._settings.max_tokens_limit)
-            principal, checked = await self._admit(request, credential, remaining)
+            route = self.tasks.route(request.task, request.prompt, request.params)
+            audit["task"] = route.task
+            params = self.fill_params(route.params)
+            principal, checked = await self._admit(request, params, credential, remaining)
             audit["subject"] = principal.subject
             audit["prompt_summary"] = _summary(checked.prompt)
             audit["redactions"] = list(checked.redactions)
-            info = await self.catalog.resolve(request.model, self._timeout(remaining))
-            audit["model"] = info.name
-            key = cache_pb2.CacheKey(
-                model=info.name,
-                revision=info.revision,
-                prompt=checked.prompt,
-                params=self.fill_params(request.params),
-                subject=principal.subject,
-                task=request.task,
-            )
-            stream = self._stream(key, request.bypass_cache, remaining)
-            async for response in stream:
-                response.request_id = audit["request_id"]
-                response_text.append(response.text)
-                if response.cached:
-                    audit["cached"] = True
-                if response.finish_reason:
-                    audit["finish_reason"] = types_pb2.FinishReason.Name(response.finish_reason)
-                    audit["prompt_tokens"] = response.usage.prompt_tokens
-                    audit["completion_tokens"] = response.usage.completion_tokens
-                yield response
+            candidates = await self._candidates(request.model, route.models, remaining)
+            for attempt, info in enumerate(candidates):
+                audit["model"] = info.name
+                key = cache_pb2.CacheKey(
+                    model=info.name,
+                    revision=info.revision,
+                    prompt=checked.prompt,
+                    params=params,
+                    subject=principal.subject,
+                    task=route.task,
+                )
+                sent = False
+                try:
+                    async for response in self._stream(key, request.bypass_cache, remaining):
+                        sent = True
+                        response.request_id = audit["request_id"]
+                        response.task = route.task
+                        response_text.append(response.text)
+                        if response.cached:
+                            audit["cached"] = True
+                        if response.finish_reason:
+                            audit["finish_reason"] = types_pb2.FinishReason.Name(
+                                response.finish_reason
+                            )
+                            audit["prompt_tokens"] = response.usage.prompt_tokens
+                            audit["completion_tokens"] = response.usage.completion_tokens
+                        yield response
+                    break
+                except (HeadraceError, grpc.aio.AioRpcError) as exc:
+                    code = exc.code if isinstance(exc, HeadraceError) else exc.code()
+                    last = attempt == len(candidates) - 1
+                    if sent or last or code not in FALLBACK_CODES:
+                        raise
+                    log.warning(
+                        "model_fallback",
+                        model=info.name,
+                        next_model=candidates[attempt + 1].name,
+                        code=code.name,
+                    )
         except HeadraceError as exc:
             audit["status"] = exc.code.name
             raise
@@ -259,6 +288,23 @@ class Orchestrator:
                 cached=audit["cached"],
                 latency_ms=audit["latency_ms"],
             )
+
+    async def _candidates(
+        self, requested: str, routed: list[str], remaining: float | None
+    ) -> list[inference_pb2.ModelInfo]:
+        """Models to try in order: the one the request names (only that), else the
+        task's models then the fallbacks, else the default model."""
+        timeout = self._timeout(remaining)
+        if requested:
+            return [await self.catalog.resolve(requested, timeout)]
+        names = list(dict.fromkeys([*routed, *self._settings.fallback_models]))
+        candidates = []
+        for name in names:
+            try:
+                candidates.append(await self.catalog.resolve(name, timeout))
+            except NotFound:
+                log.warning("routed_model_not_served", model=name)
+        return candidates or [await self.catalog.resolve("", timeout)]
 
     def _settle(self, principal: auth_pb2.AuthorizeResponse, used: int) -> None:
         """Replace the quota reservation by the tokens really used, off the request path."""

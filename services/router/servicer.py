@@ -9,6 +9,7 @@ import grpc
 from headrace.router.v1 import router_pb2, router_pb2_grpc
 from headrace.services.router.orchestrator import Orchestrator
 from headrace.services.runtime.credentials import credential_from
+from headrace.types.v1 import types_pb2
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
@@ -25,6 +26,25 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         )
         async for response in stream:
             yield response
+
+    async def ListTasks(
+        self, request: router_pb2.ListTasksRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.ListTasksResponse:
+        await self._orchestrator.authorize(credential_from(context), context.time_remaining())
+        tasks = []
+        for name, preset in sorted(self._orchestrator.tasks.tasks.items()):
+            params = types_pb2.SamplingParams(
+                **{k: v for k, v in preset.params.model_dump().items() if v is not None}
+            )
+            tasks.append(
+                router_pb2.Task(
+                    name=name,
+                    description=preset.description,
+                    models=preset.models,
+                    params=params,
+                )
+            )
+        return router_pb2.ListTasksResponse(tasks=tasks)
 
     async def ListModels(
         self, request: router_pb2.ListModelsRequest, context: grpc.aio.ServicerContext

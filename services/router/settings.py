@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, Field
 
+from headrace.services.router.tasks import DEFAULT_RULES, DEFAULT_TASKS, TaskPreset, TaskRule
 from headrace.services.runtime.settings import ServiceSettings
 
 
@@ -32,3 +33,11 @@ class RouterSettings(ServiceSettings):
     """Audit lines waiting to be written; beyond that they are dropped and counted."""
     upstream_timeout_seconds: float = 10.0
     """Deadline for auth, sanitizer and cache calls."""
+    tasks: dict[str, TaskPreset] = DEFAULT_TASKS
+    """Task presets by name (HEADRACE_TASKS as JSON, or [router.tasks.NAME] tables)."""
+    task_rules: list[TaskRule] = DEFAULT_RULES
+    """Ordered rules that detect a task when a request names none."""
+    default_task: str = ""
+    """Task applied when no rule matches ("" = none: router defaults, default model)."""
+    fallback_models: list[str] = []
+    """Models tried after a task's own, when those are unavailable or overloaded."""

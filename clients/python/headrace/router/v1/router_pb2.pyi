@@ -22,20 +22,22 @@ class GenerateRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., task: _Optional[str] = ..., params: _Optional[_Union[_types_pb2.SamplingParams, _Mapping]] = ..., bypass_cache: _Optional[bool] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("text", "finish_reason", "usage", "cached", "model", "request_id")
+    __slots__ = ("text", "finish_reason", "usage", "cached", "model", "request_id", "task")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
     text: str
     finish_reason: _types_pb2.FinishReason
     usage: _types_pb2.Usage
     cached: bool
     model: str
     request_id: str
-    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[_types_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_types_pb2.Usage, _Mapping]] = ..., cached: _Optional[bool] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    task: str
+    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[_types_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_types_pb2.Usage, _Mapping]] = ..., cached: _Optional[bool] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., task: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -56,3 +58,25 @@ class Model(_message.Message):
     context_size: int
     is_default: bool
     def __init__(self, name: _Optional[str] = ..., context_size: _Optional[int] = ..., is_default: _Optional[bool] = ...) -> None: ...
+
+class ListTasksRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTasksResponse(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[Task]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ...) -> None: ...
+
+class Task(_message.Message):
+    __slots__ = ("name", "description", "models", "params")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    models: _containers.RepeatedScalarFieldContainer[str]
+    params: _types_pb2.SamplingParams
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., params: _Optional[_Union[_types_pb2.SamplingParams, _Mapping]] = ...) -> None: ...

@@ -47,6 +47,11 @@ class RouterServiceStub:
                 request_serializer=headrace_dot_router_dot_v1_dot_router__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=headrace_dot_router_dot_v1_dot_router__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.ListTasks = channel.unary_unary(
+                '/headrace.router.v1.RouterService/ListTasks',
+                request_serializer=headrace_dot_router_dot_v1_dot_router__pb2.ListTasksRequest.SerializeToString,
+                response_deserializer=headrace_dot_router_dot_v1_dot_router__pb2.ListTasksResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -73,6 +78,13 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTasks(self, request, context):
+        """ListTasks lists the task presets: their sampling parameters and models.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -85,6 +97,11 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=headrace_dot_router_dot_v1_dot_router__pb2.ListModelsRequest.FromString,
                     response_serializer=headrace_dot_router_dot_v1_dot_router__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'ListTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTasks,
+                    request_deserializer=headrace_dot_router_dot_v1_dot_router__pb2.ListTasksRequest.FromString,
+                    response_serializer=headrace_dot_router_dot_v1_dot_router__pb2.ListTasksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -144,6 +161,33 @@ class RouterService:
             '/headrace.router.v1.RouterService/ListModels',
             headrace_dot_router_dot_v1_dot_router__pb2.ListModelsRequest.SerializeToString,
             headrace_dot_router_dot_v1_dot_router__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headrace.router.v1.RouterService/ListTasks',
+            headrace_dot_router_dot_v1_dot_router__pb2.ListTasksRequest.SerializeToString,
+            headrace_dot_router_dot_v1_dot_router__pb2.ListTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,
