@@ -15,17 +15,27 @@ from headrace.services.runtime.server import Service, run
 
 def make_service() -> Service:
     settings = RouterSettings()
-    audit = AuditLog(settings.home / "audit", settings.audit_queue_size)
+    audit = AuditLog(
+        settings.home / "audit", settings.audit_queue_size, "audit", settings.audit_retention_days
+    )
+    feedback = AuditLog(
+        settings.home / "feedback",
+        settings.audit_queue_size,
+        "feedback",
+        settings.audit_retention_days,
+    )
     channel = internal_channel(settings.internal_target)
 
     async def register(server: grpc.aio.Server) -> list[str]:
         audit.start()
-        orchestrator = Orchestrator(Backends.over(channel), settings, audit)
+        feedback.start()
+        orchestrator = Orchestrator(Backends.over(channel), settings, audit, feedback)
         router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(orchestrator), server)
         return [router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name]
 
     async def close() -> None:
         await audit.close()
+        await feedback.close()
         await channel.close()
 
     return Service("router", settings, register, close=close)

@@ -27,16 +27,37 @@ AUDIT_DROPPED = Counter(
 
 
 class AuditLog:
-    """A bounded, asynchronous JSON-lines writer."""
+    """A bounded, asynchronous JSON-lines writer: a file per UTC day named
+    `<prefix>-YYYY-MM-DD.jsonl`, files older than `retention_days` removed."""
 
-    def __init__(self, directory: Path, queue_size: int) -> None:
+    def __init__(
+        self, directory: Path, queue_size: int, prefix: str = "audit", retention_days: int = 30
+    ) -> None:
         self.directory = directory
+        self.prefix = prefix
+        self.retention_days = retention_days
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(queue_size)
         self._task: asyncio.Task[None] | None = None
+        self._pruned_on = ""
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._task = asyncio.create_task(self._run(), name="audit-writer")
+        self._task = asyncio.create_task(self._run(), name=f"{self.prefix}-writer")
+
+    def prune(self, today: dt.date | None = None) -> list[Path]:
+        """Delete files older than the retention period; the deleted paths."""
+        today = today or dt.datetime.now(dt.UTC).date()
+        cutoff = today - dt.timedelta(days=self.retention_days)
+        removed = []
+        for path in self.directory.glob(f"{self.prefix}-*.jsonl"):
+            try:
+                day = dt.date.fromisoformat(path.stem[len(self.prefix) + 1 :])
+            except ValueError:
+                continue
+            if day < cutoff:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
 
     def record(self, line: dict[str, Any]) -> None:
         """Queue one line; never waits."""
@@ -54,9 +75,14 @@ class AuditLog:
         await self._task
 
     def _path(self, when: dt.datetime) -> Path:
-        return self.directory / f"audit-{when:%Y-%m-%d}.jsonl"
+        return self.directory / f"{self.prefix}-{when:%Y-%m-%d}.jsonl"
 
     def _write(self, lines: list[dict[str, Any]]) -> None:
+        today = f"{dt.datetime.now(dt.UTC):%Y-%m-%d}"
+        if today != self._pruned_on:  # once a day, in the writer's thread
+            self._pruned_on = today
+            for path in self.prune():
+                log.info("log_file_expired", path=str(path))
         by_file: dict[Path, list[str]] = {}
         for line in lines:
             when = dt.datetime.fromisoformat(line["time"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,9 +23,10 @@ from headrace.inference.v1 import inference_pb2, inference_pb2_grpc
 from headrace.router.v1 import router_pb2
 from headrace.sanitizer.v1 import sanitizer_pb2, sanitizer_pb2_grpc
 from headrace.services.router.audit import AuditLog, now_iso
+from headrace.services.router.experiments import Arm, Experiments
 from headrace.services.router.settings import RouterSettings
-from headrace.services.router.tasks import TaskRouter
-from headrace.services.runtime.errors import HeadraceError, NotFound, Unavailable
+from headrace.services.router.tasks import Route, TaskRouter
+from headrace.services.runtime.errors import HeadraceError, InvalidArgument, NotFound, Unavailable
 from headrace.services.runtime.interceptors import outgoing_metadata
 from headrace.services.runtime.logs import get_logger, request_id_var
 from headrace.services.runtime.params import validate_params
@@ -102,6 +104,16 @@ class ModelCatalog:
         raise NotFound(f"unknown model {name!r}; available: {', '.join(m.name for m in models)}")
 
 
+def with_arm(params: types_pb2.SamplingParams, arm: Arm) -> types_pb2.SamplingParams:
+    """The request's parameters with the arm's filling the fields the request left unset."""
+    merged = types_pb2.SamplingParams()
+    merged.CopyFrom(params)
+    for name, value in arm.params.model_dump().items():
+        if value is not None and not merged.HasField(name):
+            setattr(merged, name, value)
+    return merged
+
+
 def _summary(text: str) -> str:
     return text if len(text) <= SUMMARY_CHARS else text[:SUMMARY_CHARS] + "…"
 
@@ -109,10 +121,20 @@ def _summary(text: str) -> str:
 class Orchestrator:
     """Serves Generate by calling the internal services in order."""
 
-    def __init__(self, backends: Backends, settings: RouterSettings, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        backends: Backends,
+        settings: RouterSettings,
+        audit: AuditLog,
+        feedback: AuditLog | None = None,
+    ) -> None:
         self._b = backends
         self._settings = settings
         self._audit = audit
+        self._feedback = feedback
+        self.experiments = Experiments(settings.experiments)
+        # request id → (subject, arm label) of recent successful requests, for Feedback.
+        self._recent: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self.catalog = ModelCatalog(backends.inference, settings.models_refresh_seconds)
         self.tasks = TaskRouter(settings.tasks, settings.task_rules, settings.default_task)
         self._background: set[asyncio.Task[None]] = set()
@@ -216,6 +238,17 @@ class Orchestrator:
             audit["subject"] = principal.subject
             audit["prompt_summary"] = _summary(checked.prompt)
             audit["redactions"] = list(checked.redactions)
+            assignment = self.experiments.for_request(route.task, principal.subject)
+            arm_label = ""
+            if assignment is not None:
+                arm_label = audit["arm"] = assignment.label
+                # The arm's parameters sit between the request's own and the preset's.
+                route = self.tasks.route(
+                    route.task, request.prompt, with_arm(request.params, assignment.arm)
+                )
+                if assignment.arm.model:
+                    route = Route(route.task, route.params, [assignment.arm.model, *route.models])
+                params = self.fill_params(route.params)
             candidates = await self._candidates(request.model, route.models, remaining)
             for attempt, info in enumerate(candidates):
                 audit["model"] = info.name
@@ -233,6 +266,7 @@ class Orchestrator:
                         sent = True
                         response.request_id = audit["request_id"]
                         response.task = route.task
+                        response.arm = arm_label
                         response_text.append(response.text)
                         if response.cached:
                             audit["cached"] = True
@@ -268,6 +302,8 @@ class Orchestrator:
             audit["status"] = "INTERNAL"
             raise
         finally:
+            if audit["status"] == "OK" and audit["subject"] is not None:
+                self._remember(audit["request_id"], audit["subject"], audit.get("arm", ""))
             if principal is not None and principal.reserved_tokens:
                 used = (
                     0
@@ -287,6 +323,53 @@ class Orchestrator:
                 model=audit["model"],
                 cached=audit["cached"],
                 latency_ms=audit["latency_ms"],
+            )
+
+    def _remember(self, request_id: str, subject: str, arm: str) -> None:
+        self._recent[request_id] = (subject, arm)
+        while len(self._recent) > self._settings.feedback_window:
+            self._recent.popitem(last=False)
+
+    async def feedback(
+        self,
+        credential: str,
+        request_id: str,
+        rating: float,
+        comment: str,
+        remaining: float | None,
+    ) -> None:
+        """Record a rating of one of the caller's recent responses."""
+        principal = await self.authorize(credential, remaining)
+        if not 1.0 <= rating <= 5.0:
+            raise InvalidArgument("rating must be between 1 and 5")
+        if len(comment) > 2000:
+            raise InvalidArgument("comment is longer than 2,000 characters")
+        known = self._recent.get(request_id)
+        if known is None or known[0] != principal.subject:
+            raise NotFound(
+                f"no recent response {request_id!r} of yours; feedback is taken for the "
+                f"last {self._settings.feedback_window} requests this router served"
+            )
+        if comment:
+            try:
+                checked = await self._b.sanitizer.CheckPrompt(
+                    sanitizer_pb2.CheckPromptRequest(prompt=comment),
+                    timeout=self._timeout(remaining),
+                    metadata=outgoing_metadata(),
+                )
+                comment = checked.prompt
+            except grpc.aio.AioRpcError:
+                comment = "[refused by the sanitizer]"
+        if self._feedback is not None:
+            self._feedback.record(
+                {
+                    "time": now_iso(),
+                    "request_id": request_id,
+                    "subject": principal.subject,
+                    "arm": known[1],
+                    "rating": rating,
+                    "comment": comment,
+                }
             )
 
     async def _candidates(

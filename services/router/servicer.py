@@ -25,7 +25,21 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             request, credential_from(context), context.time_remaining()
         )
         async for response in stream:
+            if response.finish_reason and response.arm:
+                context.set_trailing_metadata((("x-headrace-arm", response.arm),))
             yield response
+
+    async def Feedback(
+        self, request: router_pb2.FeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.FeedbackResponse:
+        await self._orchestrator.feedback(
+            credential_from(context),
+            request.request_id,
+            request.rating,
+            request.comment,
+            context.time_remaining(),
+        )
+        return router_pb2.FeedbackResponse()
 
     async def ListTasks(
         self, request: router_pb2.ListTasksRequest, context: grpc.aio.ServicerContext

@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, Field
 
+from headrace.services.router.experiments import Experiment
 from headrace.services.router.tasks import DEFAULT_RULES, DEFAULT_TASKS, TaskPreset, TaskRule
 from headrace.services.runtime.settings import ServiceSettings
 
@@ -29,6 +30,12 @@ class RouterSettings(ServiceSettings):
     max_tokens_limit: int = Field(default=4096, ge=1)
     models_refresh_seconds: float = 30.0
     """How long the list of served models is cached."""
+    audit_retention_days: int = Field(default=30, ge=1)
+    """Audit and feedback files older than this are deleted."""
+    experiments: dict[str, Experiment] = {}
+    """A/B experiments by name (HEADRACE_EXPERIMENTS as JSON, or [router.experiments.NAME])."""
+    feedback_window: int = Field(default=100_000, ge=1)
+    """How many recent requests can still receive Feedback."""
     audit_queue_size: int = 10_000
     """Audit lines waiting to be written; beyond that they are dropped and counted."""
     upstream_timeout_seconds: float = 10.0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -21,6 +20,8 @@ apikey_app = typer.Typer(help="API keys (needs the running suite).", no_args_is_
 app.add_typer(apikey_app, name="apikey")
 cache_app = typer.Typer(help="The response cache (needs the running suite).", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
+experiments_app = typer.Typer(help="A/B experiments (reads HEADRACE_HOME).", no_args_is_help=True)
+app.add_typer(experiments_app, name="experiments")
 
 TargetOption = Annotated[
     str, typer.Option("--target", envvar="HEADRACE_TARGET", help="Envoy's public address.")
@@ -36,7 +37,9 @@ TokenOption = Annotated[
 
 
 def _home() -> Path:
-    return Path(os.environ.get("HEADRACE_HOME", ".headrace"))
+    from headrace.services.runtime.settings import HeadraceSettings
+
+    return HeadraceSettings().home
 
 
 def _mint(subject: str, ttl: int | None, scopes: list[str] | None, tier: str) -> str:
@@ -229,6 +232,74 @@ def cache_flush(
 
     reply = _admin_call(target, token, "Flush", cache_pb2.FlushRequest(model=model), "cache")
     typer.echo(f"deleted {reply.deleted} entries")  # type: ignore[attr-defined]
+
+
+@experiments_app.command("report")
+def experiments_report(
+    name: Annotated[str, typer.Argument(help="The experiment's name in settings.")],
+) -> None:
+    """Per arm: requests, ratings (mean, 95% CI), p50 latency, tokens; Welch's t-test."""
+    from headrace.services.router.experiments import render_report, report
+
+    typer.echo(render_report(name, report(name, _home())))
+
+
+@app.command()
+def tasks(target: TargetOption = "127.0.0.1:8080", token: TokenOption = None) -> None:
+    """List task presets: models and sampling parameters."""
+    from google.protobuf import json_format
+
+    from headrace.router.v1 import router_pb2, router_pb2_grpc
+
+    bearer = token or _mint(f"cli:{getpass.getuser()}", 600, None, "free")
+
+    async def run() -> None:
+        async with grpc.aio.insecure_channel(target) as channel:
+            try:
+                reply = await router_pb2_grpc.RouterServiceStub(channel).ListTasks(
+                    router_pb2.ListTasksRequest(),
+                    metadata=(("authorization", f"Bearer {bearer}"),),
+                    timeout=10,
+                )
+            except grpc.aio.AioRpcError as exc:
+                _fail(exc)
+                return
+        for task in reply.tasks:
+            params = json_format.MessageToDict(task.params)
+            models = ", ".join(task.models) or "(default)"
+            typer.echo(f"{task.name:<10} models: {models:<24} params: {params}  {task.description}")
+
+    asyncio.run(run())
+
+
+@app.command()
+def feedback(
+    request_id: Annotated[str, typer.Argument(help="GenerateResponse.request_id.")],
+    rating: Annotated[float, typer.Argument(help="1 (bad) to 5 (good).")],
+    comment: Annotated[str, typer.Option(help="Optional comment.")] = "",
+    target: TargetOption = "127.0.0.1:8080",
+    token: TokenOption = None,
+) -> None:
+    """Rate one of your responses (for A/B reports)."""
+    from headrace.router.v1 import router_pb2, router_pb2_grpc
+
+    bearer = token or _mint(f"cli:{getpass.getuser()}", 600, None, "free")
+
+    async def run() -> None:
+        async with grpc.aio.insecure_channel(target) as channel:
+            try:
+                await router_pb2_grpc.RouterServiceStub(channel).Feedback(
+                    router_pb2.FeedbackRequest(
+                        request_id=request_id, rating=rating, comment=comment
+                    ),
+                    metadata=(("authorization", f"Bearer {bearer}"),),
+                    timeout=10,
+                )
+            except grpc.aio.AioRpcError as exc:
+                _fail(exc)
+
+    asyncio.run(run())
+    typer.echo("recorded")
 
 
 @app.command()

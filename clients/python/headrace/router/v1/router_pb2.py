@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from headrace.types.v1 import types_pb2 as headrace_dot_types_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fheadrace/router/v1/router.proto\x12\x12headrace.router.v1\x1a\x1dheadrace/types/v1/types.proto\"\xb1\x01\n\x0fGenerateRequest\x12\x16\n\x06prompt\x18\x01 \x01(\tR\x06prompt\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12\x12\n\x04task\x18\x03 \x01(\tR\x04task\x12\x39\n\x06params\x18\x04 \x01(\x0b\x32!.headrace.types.v1.SamplingParamsR\x06params\x12!\n\x0c\x62ypass_cache\x18\x05 \x01(\x08R\x0b\x62ypassCache\"\xfd\x01\n\x10GenerateResponse\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x44\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1f.headrace.types.v1.FinishReasonR\x0c\x66inishReason\x12.\n\x05usage\x18\x03 \x01(\x0b\x32\x18.headrace.types.v1.UsageR\x05usage\x12\x16\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08R\x06\x63\x61\x63hed\x12\x14\n\x05model\x18\x05 \x01(\tR\x05model\x12\x1d\n\nrequest_id\x18\x06 \x01(\tR\trequestId\x12\x12\n\x04task\x18\x07 \x01(\tR\x04task\"\x13\n\x11ListModelsRequest\"G\n\x12ListModelsResponse\x12\x31\n\x06models\x18\x01 \x03(\x0b\x32\x19.headrace.router.v1.ModelR\x06models\"]\n\x05Model\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12!\n\x0c\x63ontext_size\x18\x02 \x01(\x05R\x0b\x63ontextSize\x12\x1d\n\nis_default\x18\x03 \x01(\x08R\tisDefault\"\x12\n\x10ListTasksRequest\"C\n\x11ListTasksResponse\x12.\n\x05tasks\x18\x01 \x03(\x0b\x32\x18.headrace.router.v1.TaskR\x05tasks\"\x8f\x01\n\x04Task\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12 \n\x0b\x64\x65scription\x18\x02 \x01(\tR\x0b\x64\x65scription\x12\x16\n\x06models\x18\x03 \x03(\tR\x06models\x12\x39\n\x06params\x18\x04 \x01(\x0b\x32!.headrace.types.v1.SamplingParamsR\x06params2\x9f\x02\n\rRouterService\x12W\n\x08Generate\x12#.headrace.router.v1.GenerateRequest\x1a$.headrace.router.v1.GenerateResponse0\x01\x12[\n\nListModels\x12%.headrace.router.v1.ListModelsRequest\x1a&.headrace.router.v1.ListModelsResponse\x12X\n\tListTasks\x12$.headrace.router.v1.ListTasksRequest\x1a%.headrace.router.v1.ListTasksResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fheadrace/router/v1/router.proto\x12\x12headrace.router.v1\x1a\x1dheadrace/types/v1/types.proto\"\xb1\x01\n\x0fGenerateRequest\x12\x16\n\x06prompt\x18\x01 \x01(\tR\x06prompt\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12\x12\n\x04task\x18\x03 \x01(\tR\x04task\x12\x39\n\x06params\x18\x04 \x01(\x0b\x32!.headrace.types.v1.SamplingParamsR\x06params\x12!\n\x0c\x62ypass_cache\x18\x05 \x01(\x08R\x0b\x62ypassCache\"\x8f\x02\n\x10GenerateResponse\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x44\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1f.headrace.types.v1.FinishReasonR\x0c\x66inishReason\x12.\n\x05usage\x18\x03 \x01(\x0b\x32\x18.headrace.types.v1.UsageR\x05usage\x12\x16\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08R\x06\x63\x61\x63hed\x12\x14\n\x05model\x18\x05 \x01(\tR\x05model\x12\x1d\n\nrequest_id\x18\x06 \x01(\tR\trequestId\x12\x12\n\x04task\x18\x07 \x01(\tR\x04task\x12\x10\n\x03\x61rm\x18\x08 \x01(\tR\x03\x61rm\"\x13\n\x11ListModelsRequest\"G\n\x12ListModelsResponse\x12\x31\n\x06models\x18\x01 \x03(\x0b\x32\x19.headrace.router.v1.ModelR\x06models\"]\n\x05Model\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12!\n\x0c\x63ontext_size\x18\x02 \x01(\x05R\x0b\x63ontextSize\x12\x1d\n\nis_default\x18\x03 \x01(\x08R\tisDefault\"\x12\n\x10ListTasksRequest\"C\n\x11ListTasksResponse\x12.\n\x05tasks\x18\x01 \x03(\x0b\x32\x18.headrace.router.v1.TaskR\x05tasks\"\x8f\x01\n\x04Task\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12 \n\x0b\x64\x65scription\x18\x02 \x01(\tR\x0b\x64\x65scription\x12\x16\n\x06models\x18\x03 \x03(\tR\x06models\x12\x39\n\x06params\x18\x04 \x01(\x0b\x32!.headrace.types.v1.SamplingParamsR\x06params\"b\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x16\n\x06rating\x18\x02 \x01(\x02R\x06rating\x12\x18\n\x07\x63omment\x18\x03 \x01(\tR\x07\x63omment\"\x12\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse2\xf6\x02\n\rRouterService\x12W\n\x08Generate\x12#.headrace.router.v1.GenerateRequest\x1a$.headrace.router.v1.GenerateResponse0\x01\x12[\n\nListModels\x12%.headrace.router.v1.ListModelsRequest\x1a&.headrace.router.v1.ListModelsResponse\x12X\n\tListTasks\x12$.headrace.router.v1.ListTasksRequest\x1a%.headrace.router.v1.ListTasksResponse\x12U\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12#.headrace.router.v1.FeedbackRequest\x1a$.headrace.router.v1.FeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,19 +35,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEREQUEST']._serialized_start=87
   _globals['_GENERATEREQUEST']._serialized_end=264
   _globals['_GENERATERESPONSE']._serialized_start=267
-  _globals['_GENERATERESPONSE']._serialized_end=520
-  _globals['_LISTMODELSREQUEST']._serialized_start=522
-  _globals['_LISTMODELSREQUEST']._serialized_end=541
-  _globals['_LISTMODELSRESPONSE']._serialized_start=543
-  _globals['_LISTMODELSRESPONSE']._serialized_end=614
-  _globals['_MODEL']._serialized_start=616
-  _globals['_MODEL']._serialized_end=709
-  _globals['_LISTTASKSREQUEST']._serialized_start=711
-  _globals['_LISTTASKSREQUEST']._serialized_end=729
-  _globals['_LISTTASKSRESPONSE']._serialized_start=731
-  _globals['_LISTTASKSRESPONSE']._serialized_end=798
-  _globals['_TASK']._serialized_start=801
-  _globals['_TASK']._serialized_end=944
-  _globals['_ROUTERSERVICE']._serialized_start=947
-  _globals['_ROUTERSERVICE']._serialized_end=1234
+  _globals['_GENERATERESPONSE']._serialized_end=538
+  _globals['_LISTMODELSREQUEST']._serialized_start=540
+  _globals['_LISTMODELSREQUEST']._serialized_end=559
+  _globals['_LISTMODELSRESPONSE']._serialized_start=561
+  _globals['_LISTMODELSRESPONSE']._serialized_end=632
+  _globals['_MODEL']._serialized_start=634
+  _globals['_MODEL']._serialized_end=727
+  _globals['_LISTTASKSREQUEST']._serialized_start=729
+  _globals['_LISTTASKSREQUEST']._serialized_end=747
+  _globals['_LISTTASKSRESPONSE']._serialized_start=749
+  _globals['_LISTTASKSRESPONSE']._serialized_end=816
+  _globals['_TASK']._serialized_start=819
+  _globals['_TASK']._serialized_end=962
+  _globals['_FEEDBACKREQUEST']._serialized_start=964
+  _globals['_FEEDBACKREQUEST']._serialized_end=1062
+  _globals['_FEEDBACKRESPONSE']._serialized_start=1064
+  _globals['_FEEDBACKRESPONSE']._serialized_end=1082
+  _globals['_ROUTERSERVICE']._serialized_start=1085
+  _globals['_ROUTERSERVICE']._serialized_end=1459
 # @@protoc_insertion_point(module_scope)

@@ -22,7 +22,7 @@ class GenerateRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., task: _Optional[str] = ..., params: _Optional[_Union[_types_pb2.SamplingParams, _Mapping]] = ..., bypass_cache: _Optional[bool] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("text", "finish_reason", "usage", "cached", "model", "request_id", "task")
+    __slots__ = ("text", "finish_reason", "usage", "cached", "model", "request_id", "task", "arm")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class GenerateResponse(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
     text: str
     finish_reason: _types_pb2.FinishReason
     usage: _types_pb2.Usage
@@ -37,7 +38,8 @@ class GenerateResponse(_message.Message):
     model: str
     request_id: str
     task: str
-    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[_types_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_types_pb2.Usage, _Mapping]] = ..., cached: _Optional[bool] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., task: _Optional[str] = ...) -> None: ...
+    arm: str
+    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[_types_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_types_pb2.Usage, _Mapping]] = ..., cached: _Optional[bool] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., task: _Optional[str] = ..., arm: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -80,3 +82,17 @@ class Task(_message.Message):
     models: _containers.RepeatedScalarFieldContainer[str]
     params: _types_pb2.SamplingParams
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., params: _Optional[_Union[_types_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("request_id", "rating", "comment")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RATING_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    rating: float
+    comment: str
+    def __init__(self, request_id: _Optional[str] = ..., rating: _Optional[float] = ..., comment: _Optional[str] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

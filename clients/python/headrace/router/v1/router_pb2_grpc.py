@@ -52,6 +52,11 @@ class RouterServiceStub:
                 request_serializer=headrace_dot_router_dot_v1_dot_router__pb2.ListTasksRequest.SerializeToString,
                 response_deserializer=headrace_dot_router_dot_v1_dot_router__pb2.ListTasksResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/headrace.router.v1.RouterService/Feedback',
+                request_serializer=headrace_dot_router_dot_v1_dot_router__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=headrace_dot_router_dot_v1_dot_router__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -85,6 +90,15 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """Feedback records a rating of one response (by its request id), for A/B reports.
+        Errors: NOT_FOUND (unknown or too old request id, or not the caller's),
+        INVALID_ARGUMENT (rating out of range).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -102,6 +116,11 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.ListTasks,
                     request_deserializer=headrace_dot_router_dot_v1_dot_router__pb2.ListTasksRequest.FromString,
                     response_serializer=headrace_dot_router_dot_v1_dot_router__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=headrace_dot_router_dot_v1_dot_router__pb2.FeedbackRequest.FromString,
+                    response_serializer=headrace_dot_router_dot_v1_dot_router__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -188,6 +207,33 @@ class RouterService:
             '/headrace.router.v1.RouterService/ListTasks',
             headrace_dot_router_dot_v1_dot_router__pb2.ListTasksRequest.SerializeToString,
             headrace_dot_router_dot_v1_dot_router__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headrace.router.v1.RouterService/Feedback',
+            headrace_dot_router_dot_v1_dot_router__pb2.FeedbackRequest.SerializeToString,
+            headrace_dot_router_dot_v1_dot_router__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,
