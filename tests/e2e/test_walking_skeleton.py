@@ -291,6 +291,25 @@ def test_audit_log_has_one_line_per_request_with_subject(
     assert any(line["status"] == "UNAUTHENTICATED" for line in lines)
 
 
+def test_secrets_in_a_prompt_never_reach_the_audit_log(
+    suite: RunningSuite, stub: router_pb2_grpc.RouterServiceStub
+) -> None:
+    card, aws = "4111 1111 1111 1111", "AKIAIOSFODNN7EXAMPLE"
+    prompt = f"My card is {card} and my key is {aws}, mail me at jo@example.com"
+    messages = list(
+        stub.Generate(
+            request(prompt, cache=True), metadata=bearer(suite.token("secretive")), timeout=30
+        )
+    )
+    assert messages[-1].finish_reason
+    time.sleep(0.5)
+    audit = "".join(p.read_text() for p in (suite.home / "audit").glob("*.jsonl"))
+    assert "secretive" in audit
+    for secret in (card, aws, "jo@example.com"):
+        assert secret not in audit
+    assert "[CARD]" in audit and "[AWS_KEY]" in audit
+
+
 def test_killed_service_is_restarted_and_serves_again(
     suite: RunningSuite, stub: router_pb2_grpc.RouterServiceStub
 ) -> None:

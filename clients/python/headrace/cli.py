@@ -363,7 +363,8 @@ def generate(
                                 f"[{message.model}] finish={types_pb2.FinishReason.Name(message.finish_reason)}"
                                 f" prompt_tokens={message.usage.prompt_tokens}"
                                 f" completion_tokens={message.usage.completion_tokens}"
-                                f" cached={message.cached} request_id={message.request_id}",
+                                f" cached={message.cached} task={message.task or '-'}"
+                                f" arm={message.arm or '-'} request_id={message.request_id}",
                                 err=True,
                                 fg="cyan",
                             )
