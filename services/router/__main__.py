@@ -6,7 +6,8 @@ import grpc
 
 from headrace.router.v1 import router_pb2, router_pb2_grpc
 from headrace.services.router.audit import AuditLog
-from headrace.services.router.orchestrator import Backends, Orchestrator
+from headrace.services.router.batches import BatchWorker, open_queue, open_results
+from headrace.services.router.orchestrator import Backends, BatchJobs, Orchestrator
 from headrace.services.router.servicer import RouterServicer
 from headrace.services.router.settings import RouterSettings
 from headrace.services.runtime.channels import internal_channel
@@ -26,14 +27,33 @@ def make_service() -> Service:
     )
     channel = internal_channel(settings.internal_target)
 
+    workers: list[BatchWorker] = []
+    redis_clients: list[object] = []
+
     async def register(server: grpc.aio.Server) -> list[str]:
         audit.start()
         feedback.start()
         orchestrator = Orchestrator(Backends.over(channel), settings, audit, feedback)
-        router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(orchestrator), server)
+        queue = await open_queue(
+            settings.rabbitmq_url, settings.batch_queue, settings.batch_prefetch
+        )
+        results, client = await open_results(settings.redis_url, settings.batch_ttl_seconds)
+        redis_clients.append(client)
+        batches = BatchJobs(orchestrator, queue, results, settings)
+        worker = BatchWorker(queue, results, batches.run_item)
+        worker.start()
+        workers.append(worker)
+        router_pb2_grpc.add_RouterServiceServicer_to_server(
+            RouterServicer(orchestrator, batches), server
+        )
         return [router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name]
 
     async def close() -> None:
+        for worker in workers:
+            await worker.close()
+        for client in redis_clients:
+            if client is not None:
+                await client.aclose()  # type: ignore[attr-defined]
         await audit.close()
         await feedback.close()
         await channel.close()

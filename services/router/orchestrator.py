@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 
 from headrace.auth.v1 import auth_pb2, auth_pb2_grpc
 from headrace.cache.v1 import cache_pb2, cache_pb2_grpc
@@ -23,6 +24,13 @@ from headrace.inference.v1 import inference_pb2, inference_pb2_grpc
 from headrace.router.v1 import router_pb2
 from headrace.sanitizer.v1 import sanitizer_pb2, sanitizer_pb2_grpc
 from headrace.services.router.audit import AuditLog, now_iso
+from headrace.services.router.batches import (
+    BatchItem,
+    BatchMeta,
+    JobQueue,
+    ResultStore,
+    new_batch_id,
+)
 from headrace.services.router.experiments import Arm, Experiments
 from headrace.services.router.settings import RouterSettings
 from headrace.services.router.tasks import Route, TaskRouter
@@ -171,10 +179,21 @@ class Orchestrator:
         params: types_pb2.SamplingParams,
         credential: str,
         remaining: float | None,
+        admitted: auth_pb2.AuthorizeResponse | None = None,
     ) -> tuple[auth_pb2.AuthorizeResponse, sanitizer_pb2.CheckPromptResponse]:
         """Authorize and check the prompt concurrently; the auth verdict comes first."""
         metadata = outgoing_metadata()
         timeout = self._timeout(remaining)
+        if admitted is not None:
+            try:
+                checked = await self._b.sanitizer.CheckPrompt(
+                    sanitizer_pb2.CheckPromptRequest(prompt=request.prompt, tier=admitted.tier),
+                    timeout=timeout,
+                    metadata=metadata,
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise upstream_error("sanitizer", exc) from None
+            return admitted, checked
         # Reserve the worst case from the token quotas: the prompt (estimated at
         # 4 bytes a token, as the sanitizer does) plus everything max_tokens allows.
         reserve = (
@@ -214,9 +233,15 @@ class Orchestrator:
         return principal, checked
 
     async def generate(
-        self, request: router_pb2.GenerateRequest, credential: str, remaining: float | None
+        self,
+        request: router_pb2.GenerateRequest,
+        credential: str,
+        remaining: float | None,
+        principal: auth_pb2.AuthorizeResponse | None = None,
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
-        """The Generate stream, and its audit line."""
+        """The Generate stream, and its audit line. With `principal` (a batch item,
+        authorised when its batch was submitted) auth is skipped; the prompt is
+        still checked."""
         started = time.perf_counter()
         audit: dict[str, Any] = {
             "time": now_iso(),
@@ -228,13 +253,14 @@ class Orchestrator:
             "cached": False,
         }
         response_text: list[str] = []
-        principal: auth_pb2.AuthorizeResponse | None = None
+        admitted = principal
+        principal = None
         try:
             validate_params(request.params, self._settings.max_tokens_limit)
             route = self.tasks.route(request.task, request.prompt, request.params)
             audit["task"] = route.task
             params = self.fill_params(route.params)
-            principal, checked = await self._admit(request, params, credential, remaining)
+            principal, checked = await self._admit(request, params, credential, remaining, admitted)
             audit["subject"] = principal.subject
             audit["prompt_summary"] = _summary(checked.prompt)
             audit["redactions"] = list(checked.redactions)
@@ -304,13 +330,14 @@ class Orchestrator:
         finally:
             if audit["status"] == "OK" and audit["subject"] is not None:
                 self._remember(audit["request_id"], audit["subject"], audit.get("arm", ""))
-            if principal is not None and principal.reserved_tokens:
+            if principal is not None:
                 used = (
                     0
                     if audit["cached"] or audit["status"] != "OK"
                     else (audit.get("prompt_tokens", 0) + audit.get("completion_tokens", 0))
                 )
-                self._settle(principal, used)
+                if used != principal.reserved_tokens:
+                    self._settle(principal, used)
             audit["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
             if audit["subject"] is not None:
                 # Only text that passed the sanitizer's filter is ever summarised.
@@ -521,3 +548,158 @@ class Orchestrator:
             output_filter.cancel()
             if store is not None and not store.done():
                 store.cancel()
+
+
+# ---- batch jobs -------------------------------------------------------------------
+
+# Errors that belong to the item (stored as its result) rather than to the moment
+# (requeued and retried).
+ITEM_ERRORS = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.UNAUTHENTICATED,
+)
+
+
+class BatchJobs:
+    """SubmitBatch, GetBatch, WatchBatch and running one item, on top of the orchestrator."""
+
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        queue: JobQueue,
+        results: ResultStore,
+        settings: RouterSettings,
+    ) -> None:
+        self._o = orchestrator
+        self.queue = queue
+        self.results = results
+        self._settings = settings
+
+    async def submit(
+        self, request: router_pb2.SubmitBatchRequest, credential: str, remaining: float | None
+    ) -> router_pb2.SubmitBatchResponse:
+        principal = await self._o.authorize(credential, remaining)
+        prompts = list(request.prompts)
+        if not prompts:
+            raise InvalidArgument("a batch needs at least one prompt")
+        if len(prompts) > self._settings.batch_max_items:
+            raise InvalidArgument(
+                f"a batch takes at most {self._settings.batch_max_items} prompts; split it"
+            )
+        for i, prompt in enumerate(prompts):
+            if not prompt.strip():
+                raise InvalidArgument(f"prompt {i} is empty")
+        validate_params(request.params, self._settings.max_tokens_limit)
+        if request.task and request.task not in self._o.tasks.tasks:
+            raise InvalidArgument(
+                f"unknown task {request.task!r}; available: {', '.join(sorted(self._o.tasks.tasks))}"
+            )
+        batch_id = new_batch_id()
+        params = json_format.MessageToDict(request.params, preserving_proto_field_name=True)
+        await self.results.create(BatchMeta(batch_id, principal.subject, len(prompts)))
+        await self.queue.publish(
+            [
+                BatchItem(
+                    batch_id,
+                    i,
+                    prompt,
+                    request.model,
+                    request.task,
+                    params,
+                    principal.subject,
+                    principal.tier,
+                )
+                for i, prompt in enumerate(prompts)
+            ]
+        )
+        log.info("batch_submitted", batch=batch_id, items=len(prompts), queue=self.queue.name)
+        return router_pb2.SubmitBatchResponse(batch_id=batch_id, total=len(prompts))
+
+    async def _owned(self, batch_id: str, credential: str, remaining: float | None) -> BatchMeta:
+        principal = await self._o.authorize(credential, remaining)
+        meta = await self.results.meta(batch_id)
+        if meta is None or (meta.subject != principal.subject and "admin" not in principal.scopes):
+            raise NotFound(f"no batch {batch_id!r} of yours (results are kept for a week)")
+        return meta
+
+    async def get(
+        self, batch_id: str, credential: str, remaining: float | None
+    ) -> router_pb2.GetBatchResponse:
+        meta = await self._owned(batch_id, credential, remaining)
+        results = await self.results.results(batch_id)
+        state = (
+            router_pb2.BATCH_STATE_DONE
+            if len(results) >= meta.total
+            else router_pb2.BATCH_STATE_RUNNING
+            if results
+            else router_pb2.BATCH_STATE_PENDING
+        )
+        return router_pb2.GetBatchResponse(
+            batch_id=batch_id,
+            state=state,
+            total=meta.total,
+            done=len(results),
+            results=[result_proto(i, r) for i, r in sorted(results.items())],
+        )
+
+    async def watch(
+        self, batch_id: str, credential: str, remaining: float | None
+    ) -> AsyncIterator[router_pb2.WatchBatchResponse]:
+        meta = await self._owned(batch_id, credential, remaining)
+        sent: set[int] = set()
+        while len(sent) < meta.total:
+            results = await self.results.results(batch_id)
+            for index in sorted(set(results) - sent):
+                sent.add(index)
+                yield router_pb2.WatchBatchResponse(result=result_proto(index, results[index]))
+            if len(sent) < meta.total:
+                await asyncio.sleep(0.2)
+
+    async def run_item(self, item: BatchItem) -> dict[str, Any]:
+        """One item through the Generate path; its result, or an exception to retry."""
+        request_id_var.set(f"{item.batch_id}:{item.index}")
+        request = router_pb2.GenerateRequest(
+            prompt=item.prompt,
+            model=item.model,
+            task=item.task,
+            params=json_format.ParseDict(item.params, types_pb2.SamplingParams()),
+        )
+        principal = auth_pb2.AuthorizeResponse(subject=item.subject, tier=item.tier)
+        text: list[str] = []
+        last = router_pb2.GenerateResponse()
+        try:
+            async for response in self._o.generate(request, "", None, principal=principal):
+                text.append(response.text)
+                last = response
+        except (HeadraceError, grpc.aio.AioRpcError) as exc:
+            code = exc.code if isinstance(exc, HeadraceError) else exc.code()
+            if code not in ITEM_ERRORS:
+                raise
+            message = exc.message if isinstance(exc, HeadraceError) else exc.details()
+            return {"error": f"{code.name}: {message}"}
+        return {
+            "text": "".join(text),
+            "finish_reason": last.finish_reason,
+            "prompt_tokens": last.usage.prompt_tokens,
+            "completion_tokens": last.usage.completion_tokens,
+            "model": last.model,
+        }
+
+
+def result_proto(index: int, result: dict[str, Any]) -> router_pb2.BatchResult:
+    prompt_tokens = int(result.get("prompt_tokens", 0))
+    completion_tokens = int(result.get("completion_tokens", 0))
+    return router_pb2.BatchResult(
+        index=index,
+        text=result.get("text", ""),
+        finish_reason=int(result.get("finish_reason", 0)),
+        usage=types_pb2.Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        ),
+        model=result.get("model", ""),
+        error=result.get("error", ""),
+    )

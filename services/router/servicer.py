@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from headrace.router.v1 import router_pb2, router_pb2_grpc
-from headrace.services.router.orchestrator import Orchestrator
+from headrace.services.router.orchestrator import BatchJobs, Orchestrator
 from headrace.services.runtime.credentials import credential_from
 from headrace.types.v1 import types_pb2
 
@@ -15,8 +15,32 @@ from headrace.types.v1 import types_pb2
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     """The public API."""
 
-    def __init__(self, orchestrator: Orchestrator) -> None:
+    def __init__(self, orchestrator: Orchestrator, batches: BatchJobs) -> None:
         self._orchestrator = orchestrator
+        self._batches = batches
+
+    async def SubmitBatch(
+        self, request: router_pb2.SubmitBatchRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.SubmitBatchResponse:
+        return await self._batches.submit(
+            request, credential_from(context), context.time_remaining()
+        )
+
+    async def GetBatch(
+        self, request: router_pb2.GetBatchRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.GetBatchResponse:
+        return await self._batches.get(
+            request.batch_id, credential_from(context), context.time_remaining()
+        )
+
+    async def WatchBatch(
+        self, request: router_pb2.WatchBatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[router_pb2.WatchBatchResponse]:
+        stream = self._batches.watch(
+            request.batch_id, credential_from(context), context.time_remaining()
+        )
+        async for response in stream:
+            yield response
 
     async def Generate(
         self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext

@@ -36,6 +36,16 @@ class RouterSettings(ServiceSettings):
     """A/B experiments by name (HEADRACE_EXPERIMENTS as JSON, or [router.experiments.NAME])."""
     feedback_window: int = Field(default=100_000, ge=1)
     """How many recent requests can still receive Feedback."""
+    rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    """Durable queue for batch jobs; an in-process queue serves when it does not answer."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Where batch results are kept; in-process when Redis does not answer."""
+    batch_queue: str = "headrace.batch"
+    batch_prefetch: int = Field(default=2, ge=1)
+    """Batch items one router works on at once (RabbitMQ prefetch)."""
+    batch_max_items: int = Field(default=1000, ge=1)
+    batch_ttl_seconds: int = 7 * 24 * 3600
+    """How long batch results are kept."""
     audit_queue_size: int = 10_000
     """Audit lines waiting to be written; beyond that they are dropped and counted."""
     upstream_timeout_seconds: float = 10.0

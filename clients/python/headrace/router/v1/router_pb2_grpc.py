@@ -57,6 +57,21 @@ class RouterServiceStub:
                 request_serializer=headrace_dot_router_dot_v1_dot_router__pb2.FeedbackRequest.SerializeToString,
                 response_deserializer=headrace_dot_router_dot_v1_dot_router__pb2.FeedbackResponse.FromString,
                 _registered_method=True)
+        self.SubmitBatch = channel.unary_unary(
+                '/headrace.router.v1.RouterService/SubmitBatch',
+                request_serializer=headrace_dot_router_dot_v1_dot_router__pb2.SubmitBatchRequest.SerializeToString,
+                response_deserializer=headrace_dot_router_dot_v1_dot_router__pb2.SubmitBatchResponse.FromString,
+                _registered_method=True)
+        self.GetBatch = channel.unary_unary(
+                '/headrace.router.v1.RouterService/GetBatch',
+                request_serializer=headrace_dot_router_dot_v1_dot_router__pb2.GetBatchRequest.SerializeToString,
+                response_deserializer=headrace_dot_router_dot_v1_dot_router__pb2.GetBatchResponse.FromString,
+                _registered_method=True)
+        self.WatchBatch = channel.unary_stream(
+                '/headrace.router.v1.RouterService/WatchBatch',
+                request_serializer=headrace_dot_router_dot_v1_dot_router__pb2.WatchBatchRequest.SerializeToString,
+                response_deserializer=headrace_dot_router_dot_v1_dot_router__pb2.WatchBatchResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -99,6 +114,30 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitBatch(self, request, context):
+        """SubmitBatch queues many prompts for background generation on a durable queue
+        and returns at once with the batch id. Errors: INVALID_ARGUMENT (no items, too
+        many, an empty prompt, out-of-range params), UNAUTHENTICATED, RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBatch(self, request, context):
+        """GetBatch returns a batch's progress and the results so far (owner or admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchBatch(self, request, context):
+        """WatchBatch streams each result as it is stored (those already done first), and
+        ends when the batch is complete.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +160,21 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.Feedback,
                     request_deserializer=headrace_dot_router_dot_v1_dot_router__pb2.FeedbackRequest.FromString,
                     response_serializer=headrace_dot_router_dot_v1_dot_router__pb2.FeedbackResponse.SerializeToString,
+            ),
+            'SubmitBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitBatch,
+                    request_deserializer=headrace_dot_router_dot_v1_dot_router__pb2.SubmitBatchRequest.FromString,
+                    response_serializer=headrace_dot_router_dot_v1_dot_router__pb2.SubmitBatchResponse.SerializeToString,
+            ),
+            'GetBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBatch,
+                    request_deserializer=headrace_dot_router_dot_v1_dot_router__pb2.GetBatchRequest.FromString,
+                    response_serializer=headrace_dot_router_dot_v1_dot_router__pb2.GetBatchResponse.SerializeToString,
+            ),
+            'WatchBatch': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchBatch,
+                    request_deserializer=headrace_dot_router_dot_v1_dot_router__pb2.WatchBatchRequest.FromString,
+                    response_serializer=headrace_dot_router_dot_v1_dot_router__pb2.WatchBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -234,6 +288,87 @@ class RouterService:
             '/headrace.router.v1.RouterService/Feedback',
             headrace_dot_router_dot_v1_dot_router__pb2.FeedbackRequest.SerializeToString,
             headrace_dot_router_dot_v1_dot_router__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headrace.router.v1.RouterService/SubmitBatch',
+            headrace_dot_router_dot_v1_dot_router__pb2.SubmitBatchRequest.SerializeToString,
+            headrace_dot_router_dot_v1_dot_router__pb2.SubmitBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headrace.router.v1.RouterService/GetBatch',
+            headrace_dot_router_dot_v1_dot_router__pb2.GetBatchRequest.SerializeToString,
+            headrace_dot_router_dot_v1_dot_router__pb2.GetBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/headrace.router.v1.RouterService/WatchBatch',
+            headrace_dot_router_dot_v1_dot_router__pb2.WatchBatchRequest.SerializeToString,
+            headrace_dot_router_dot_v1_dot_router__pb2.WatchBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
