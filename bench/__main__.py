@@ -230,6 +230,11 @@ def main() -> int:
     print("| cache hit (Lookup via Envoy, first message) | p50 ms | p99 ms |")
     print("|---|---|---|")
     print(f"| per hit | {hit_p50:.2f} | {hit_p99:.2f} |")
+    print()
+    from bench import sanitizer
+
+    for line in sanitizer.run():
+        print(line)
     return 0
 
 

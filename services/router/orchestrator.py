@@ -9,6 +9,8 @@ line, whatever the outcome.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -112,6 +114,19 @@ class ModelCatalog:
         raise NotFound(f"unknown model {name!r}; available: {', '.join(m.name for m in models)}")
 
 
+def claimed_tier(credential: str) -> str:
+    """The `tier` claim of a JWT, unverified ("" for API keys or anything else)."""
+    parts = credential.split(".")
+    if len(parts) != 3:
+        return ""
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, TypeError):
+        return ""
+    tier = payload.get("tier") if isinstance(payload, dict) else None
+    return tier if isinstance(tier, str) else ""
+
+
 def with_arm(params: types_pb2.SamplingParams, arm: Arm) -> types_pb2.SamplingParams:
     """The request's parameters with the arm's filling the fields the request left unset."""
     merged = types_pb2.SamplingParams()
@@ -208,9 +223,13 @@ class Orchestrator:
                 metadata=metadata,
             )
         )
+        # The tier picks the sanitizer's policy. A JWT carries it, so the check can
+        # run beside Authorize; the claim is only trusted because Authorize verifies
+        # the same token before anything is used. Otherwise the check runs again.
+        claimed = claimed_tier(credential)
         check = asyncio.ensure_future(
             self._b.sanitizer.CheckPrompt(
-                sanitizer_pb2.CheckPromptRequest(prompt=request.prompt),
+                sanitizer_pb2.CheckPromptRequest(prompt=request.prompt, tier=claimed),
                 timeout=timeout,
                 metadata=metadata,
             )
@@ -222,6 +241,14 @@ class Orchestrator:
                 raise upstream_error("auth", exc) from None
             try:
                 checked = await check
+                if principal.tier != claimed:
+                    checked = await self._b.sanitizer.CheckPrompt(
+                        sanitizer_pb2.CheckPromptRequest(
+                            prompt=request.prompt, tier=principal.tier
+                        ),
+                        timeout=timeout,
+                        metadata=metadata,
+                    )
             except grpc.aio.AioRpcError as exc:
                 # The prompt was refused after auth reserved quota for it: give it back.
                 if principal.reserved_tokens:
@@ -288,7 +315,8 @@ class Orchestrator:
                 )
                 sent = False
                 try:
-                    async for response in self._stream(key, request.bypass_cache, remaining):
+                    stream = self._stream(key, request.bypass_cache, remaining, principal.tier)
+                    async for response in stream:
                         sent = True
                         response.request_id = audit["request_id"]
                         response.task = route.task
@@ -439,7 +467,7 @@ class Orchestrator:
         task.add_done_callback(self._background.discard)
 
     async def _stream(
-        self, key: cache_pb2.CacheKey, bypass_cache: bool, remaining: float | None
+        self, key: cache_pb2.CacheKey, bypass_cache: bool, remaining: float | None, tier: str = ""
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
         if not bypass_cache:
             replayed = False
@@ -448,7 +476,7 @@ class Orchestrator:
                 yield response
             if replayed:
                 return
-        async for response in self._generate(key, bypass_cache, remaining):
+        async for response in self._generate(key, bypass_cache, remaining, tier):
             yield response
 
     async def _replay(
@@ -485,7 +513,7 @@ class Orchestrator:
             call.cancel()
 
     async def _generate(
-        self, key: cache_pb2.CacheKey, bypass_cache: bool, remaining: float | None
+        self, key: cache_pb2.CacheKey, bypass_cache: bool, remaining: float | None, tier: str = ""
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
         """Inference → output filter → client, teeing the filtered text into the cache."""
         metadata = outgoing_metadata()
@@ -505,7 +533,7 @@ class Orchestrator:
                 async for piece in generation:
                     end = piece.finish_reason != types_pb2.FINISH_REASON_UNSPECIFIED
                     await output_filter.write(
-                        sanitizer_pb2.FilterStreamRequest(text=piece.text, end=end)
+                        sanitizer_pb2.FilterStreamRequest(text=piece.text, end=end, tier=tier)
                     )
                     verdict = await output_filter.read()
                     if verdict is grpc.aio.EOF:

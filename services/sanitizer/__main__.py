@@ -6,23 +6,19 @@ import grpc
 
 from headrace.sanitizer.v1 import sanitizer_pb2, sanitizer_pb2_grpc
 from headrace.services.runtime.server import Service, run
-from headrace.services.sanitizer.policy import PromptPolicy
 from headrace.services.sanitizer.servicer import SanitizerServicer
 from headrace.services.sanitizer.settings import SanitizerSettings
 
 
 def make_service() -> Service:
     settings = SanitizerSettings()
-    policy = PromptPolicy(
-        max_bytes=settings.max_prompt_bytes,
-        max_tokens_estimate=settings.max_prompt_tokens_estimate,
-        deny_terms=settings.deny_terms,
-        redact=settings.redact,
-    )
+    # Compiled once at start-up (term automata, per tier): a bad rule stops the
+    # service here, with the rule named, rather than on the first request.
+    policies = settings.policies()
 
     async def register(server: grpc.aio.Server) -> list[str]:
         sanitizer_pb2_grpc.add_SanitizerServiceServicer_to_server(
-            SanitizerServicer(policy, settings.deny_terms), server
+            SanitizerServicer(policies), server
         )
         return [sanitizer_pb2.DESCRIPTOR.services_by_name["SanitizerService"].full_name]
 

@@ -1,117 +1,62 @@
 """Prompt checks and output filtering, pure Python (no gRPC here).
 
 The prompt path: normalise (NFKC, drop zero-width and control characters),
-enforce size limits, refuse deny terms, redact secrets and PII. The output
-path (StreamFilter) holds back only as much text as the longest deny term
-needs, so a term split across tokens is still caught.
+enforce size limits, match every rule (deny terms in one Aho-Corasick pass,
+regex rules, the prompt-injection rules on the text's skeleton), refuse on a
+blocking rule, redact secrets and PII. The output path (StreamFilter, in
+stream.py) applies the output rules to generated text piece by piece.
+
+A PromptPolicy is one tier's policy; TierPolicies picks one by tier name.
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from headrace.services.runtime.errors import InvalidArgument, PermissionDenied
-
-# Zero-width and bidi-control characters used to hide text from filters.
-_INVISIBLE = dict.fromkeys(
-    map(
-        ord,
-        "\u200b\u200c\u200d\u2060\ufeff\u00ad\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069",
-    ),
-    None,
+from headrace.services.sanitizer.injection import INJECTION_RULES
+from headrace.services.sanitizer.redaction import REDACTION_RULES, redact
+from headrace.services.sanitizer.rules import (
+    Action,
+    Direction,
+    Hit,
+    Rule,
+    RuleSet,
+    TermRule,
+    TextView,
+    apply_redactions,
+    contained,
+    resolve_overlaps,
 )
+from headrace.services.sanitizer.stream import FilterResult, StreamFilter
+from headrace.services.sanitizer.text import normalise, warm_up
+
+__all__ = [
+    "DENY_TERMS_RULE_ID",
+    "REDACTION_RULES",
+    "CheckedPrompt",
+    "FilterResult",
+    "PromptPolicy",
+    "PromptVerdict",
+    "StreamFilter",
+    "TierPolicies",
+    "accept",
+    "disabled_by",
+    "normalise",
+    "redact",
+]
+
+DENY_TERMS_RULE_ID = "deny.terms"
+BUILTIN_RULES: tuple[Rule, ...] = (*INJECTION_RULES, *REDACTION_RULES)
 
 
-def normalise(text: str) -> str:
-    """NFKC, without zero-width/bidi characters or C0/C1 controls (tab and newline kept)."""
-    text = unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
-    return "".join(
-        ch for ch in text if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf")
+def disabled_by(rule_id: str, entries: Iterable[str]) -> bool:
+    """Whether an entry of disabled_rules names this rule: its id, or a prefix
+    of it up to a dot ("injection" and "injection." both disable injection.*)."""
+    return any(
+        rule_id == e or rule_id.startswith(e if e.endswith(".") else e + ".") for e in entries
     )
-
-
-def _luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
-def _card(match: re.Match[str]) -> str | None:
-    """[CARD] for the longest Luhn-valid run of 13-19 digits that starts the match.
-
-    The pattern is greedy, so a card number followed by another digit group (a
-    CVV, an expiry) arrives as one candidate; shorter prefixes that end at a
-    separator are tried too, and what follows the card is kept.
-    """
-    text = match.group(0)
-    ends = [m.start() for m in re.finditer(r"[ -]", text)] + [len(text)]
-    for end in sorted(set(ends), reverse=True):
-        digits = re.sub(r"\D", "", text[:end])
-        if 13 <= len(digits) <= 19 and _luhn_ok(digits):
-            return "[CARD]" + text[end:]
-    return None
-
-
-@dataclass(frozen=True)
-class RedactionRule:
-    """A pattern and its placeholder; `check` may veto a match (e.g. Luhn)."""
-
-    rule_id: str
-    pattern: re.Pattern[str]
-    placeholder: str
-    check: Callable[[re.Match[str]], str | None] | None = None
-
-
-REDACTION_RULES: tuple[RedactionRule, ...] = (
-    RedactionRule(
-        "secret.private_key",
-        re.compile(
-            r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.S
-        ),
-        "[PRIVATE_KEY]",
-    ),
-    RedactionRule(
-        "secret.jwt",
-        re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),
-        "[JWT]",
-    ),
-    RedactionRule("secret.aws_key", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "[AWS_KEY]"),
-    RedactionRule(
-        "secret.url_password",
-        # The user part may itself hold an '@' (an e-mail address as user name).
-        re.compile(r"(?<=://)[^\s:/]+:[^\s@/]+(?=@)"),
-        "[CREDENTIALS]",
-    ),
-    RedactionRule(
-        "pii.email",
-        re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"),
-        "[EMAIL]",
-    ),
-    RedactionRule("pii.card", re.compile(r"\b(?:\d[ -]?){12,18}\d\b"), "[CARD]", _card),
-)
-
-
-def redact(text: str, rules: Iterable[RedactionRule] = REDACTION_RULES) -> tuple[str, list[str]]:
-    """Text with every match replaced by its placeholder, and the ids of rules that fired."""
-    fired: list[str] = []
-    for rule in rules:
-
-        def replace(match: re.Match[str], rule: RedactionRule = rule) -> str:
-            out = rule.check(match) if rule.check else rule.placeholder
-            if out is None:
-                return match.group(0)
-            fired.append(rule.rule_id)
-            return out
-
-        text = rule.pattern.sub(replace, text)
-    return text, sorted(set(fired))
 
 
 @dataclass(frozen=True)
@@ -122,20 +67,59 @@ class CheckedPrompt:
     redactions: list[str]
 
 
+@dataclass(frozen=True)
+class PromptVerdict:
+    """Everything the checks found in one prompt."""
+
+    text: str
+    """The normalised prompt with redactions applied."""
+    redactions: list[str]
+    """Ids of the rules that changed the text, sorted."""
+    blocked: Hit | None
+    """The blocking match, if any (for a skeleton match the span is empty)."""
+    hits: list[Hit] = field(default_factory=list)
+    """The matches that acted: the block, each redaction, each allow that exempted something."""
+
+
 @dataclass
 class PromptPolicy:
-    """The checks every prompt passes before it reaches a model, cache or log."""
+    """The checks every prompt passes before it reaches a model, cache or log.
+
+    rules: custom rules, highest priority first; deny_terms: a shorthand for
+    one block rule `deny.terms` over these terms; injection_defence and redact
+    switch the built-in injection and redaction rules on; disabled_rules turns
+    individual rules (or id prefixes) off.
+    """
 
     max_bytes: int
     max_tokens_estimate: int
-    deny_terms: list[str] = field(default_factory=list)
+    deny_terms: Sequence[str] = ()
     redact: bool = True
+    rules: Sequence[Rule] = ()
+    injection_defence: bool = True
+    disabled_rules: Sequence[str] = ()
 
     def __post_init__(self) -> None:
-        self._deny = [(f"deny.{i}", t.casefold()) for i, t in enumerate(self.deny_terms) if t]
+        known = [r.id for r in (*self.rules, *BUILTIN_RULES)] + [DENY_TERMS_RULE_ID]
+        unknown = [e for e in self.disabled_rules if not any(disabled_by(k, [e]) for k in known)]
+        if unknown:
+            raise ValueError(f"disabled_rules names no rule: {', '.join(unknown)}")
+        active: list[Rule] = list(self.rules)
+        terms = tuple(t for t in self.deny_terms if t.strip())
+        if terms:
+            active.append(
+                TermRule(id=DENY_TERMS_RULE_ID, category="deny", action=Action.BLOCK, terms=terms)
+            )
+        if self.injection_defence:
+            active.extend(INJECTION_RULES)
+        if self.redact:
+            active.extend(REDACTION_RULES)
+        self.active_rules = [r for r in active if not disabled_by(r.id, self.disabled_rules)]
+        self.prompt_rules = RuleSet(self.active_rules, Direction.PROMPT)
+        self.output_rules = RuleSet(self.active_rules, Direction.OUTPUT)
+        warm_up()
 
-    def check(self, prompt: str) -> CheckedPrompt:
-        """Normalise, limit, refuse deny terms, redact; raise a typed error on refusal."""
+    def _limit(self, prompt: str) -> str:
         text = normalise(prompt)
         if not text.strip():
             raise InvalidArgument("prompt is empty: send some text in GenerateRequest.prompt")
@@ -148,46 +132,70 @@ class PromptPolicy:
             raise InvalidArgument(
                 f"prompt is about {size // 4} tokens; the limit is {self.max_tokens_estimate}"
             )
-        folded = text.casefold()
-        for rule_id, term in self._deny:
-            if term in folded:
-                raise PermissionDenied(f"prompt blocked by rule {rule_id}")
-        if not self.redact:
-            return CheckedPrompt(text, [])
-        redacted, fired = redact(text)
-        return CheckedPrompt(redacted, fired)
+        return text
+
+    def evaluate(self, prompt: str) -> PromptVerdict:
+        """Normalise, limit (InvalidArgument), match every rule; does not raise on a block."""
+        text = self._limit(prompt)
+        rules = self.prompt_rules
+        view = TextView.of_normalised(text)
+        hits = rules.text_hits(view)
+        allowed = [h for h in hits if h.rule.action is Action.ALLOW]
+        acting = [h for h in hits if h.rule.action is not Action.ALLOW]
+        exempt = [h for h in acting if allowed and contained(h, allowed)]
+        acting = [h for h in acting if not (allowed and contained(h, allowed))]
+        used_allows = [a for a in allowed if any(contained(h, [a]) for h in exempt)]
+
+        blocks = sorted((h for h in acting if h.rule.action is Action.BLOCK), key=lambda h: h.start)
+        if not blocks and rules.skeleton_automata:
+            # Skeleton matches are placed in the text only when an allow rule
+            # could exempt them; placing them is pure Python and slower.
+            found = rules.skeleton_hits(view, spans=bool(allowed))
+            for hit in found:
+                if allowed and contained(hit, allowed):
+                    used_allows.extend(a for a in allowed if contained(hit, [a]))
+                elif hit.rule.action is Action.BLOCK:
+                    blocks.append(hit)
+        if blocks:
+            return PromptVerdict(text, [], blocks[0], [blocks[0]])
+
+        taken = resolve_overlaps(
+            (h for h in acting if h.rule.action is Action.REDACT), rules.priority
+        )
+        return PromptVerdict(
+            apply_redactions(text, taken),
+            sorted({h.rule.id for h in taken}),
+            None,
+            taken + list(dict.fromkeys(used_allows)),
+        )
+
+    def check(self, prompt: str) -> CheckedPrompt:
+        """Normalise, limit, refuse blocked prompts, redact; raise a typed error on refusal."""
+        return accept(self.evaluate(prompt))
+
+    def stream_filter(self) -> StreamFilter:
+        """A filter for one response stream under this policy's output rules."""
+        return StreamFilter(self.output_rules)
 
 
-@dataclass
-class FilterResult:
-    """What a StreamFilter releases after one piece of text."""
+def accept(verdict: PromptVerdict) -> CheckedPrompt:
+    """The prompt that may go on, or PermissionDenied naming the rule (never the text)."""
+    if verdict.blocked is not None:
+        hit = verdict.blocked
+        raise PermissionDenied(
+            f"prompt blocked by rule {hit.label} (category {hit.rule.category}): "
+            "remove or rephrase that part of the prompt"
+        )
+    return CheckedPrompt(verdict.text, verdict.redactions)
 
-    text: str
-    blocked: bool = False
-    rule_id: str = ""
 
+class TierPolicies:
+    """One PromptPolicy per quota tier, and the default for any other tier."""
 
-class StreamFilter:
-    """Releases generated text as soon as no deny term can still start in it."""
+    def __init__(self, default: PromptPolicy, tiers: Mapping[str, PromptPolicy] | None = None):
+        self.default = default
+        self.tiers = dict(tiers or {})
 
-    def __init__(self, deny_terms: Iterable[str]) -> None:
-        self._terms = [(f"deny.{i}", t.casefold()) for i, t in enumerate(deny_terms) if t]
-        self._hold = max((len(t) for _, t in self._terms), default=1) - 1
-        self._pending = ""
-        self.blocked = False
-
-    def feed(self, text: str, *, end: bool = False) -> FilterResult:
-        """Add text; return what can be released now (everything, when end)."""
-        if self.blocked:
-            return FilterResult("", True)
-        self._pending += text
-        folded = self._pending.casefold()
-        for rule_id, term in self._terms:
-            if term in folded:
-                self.blocked = True
-                self._pending = ""
-                return FilterResult("", True, rule_id)
-        keep = 0 if end else min(self._hold, len(self._pending))
-        cut = len(self._pending) - keep
-        released, self._pending = self._pending[:cut], self._pending[cut:]
-        return FilterResult(released)
+    def for_tier(self, tier: str) -> PromptPolicy:
+        """The policy of this tier; the default for an empty or unknown tier."""
+        return self.tiers.get(tier, self.default)

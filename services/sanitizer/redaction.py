@@ -22,6 +22,7 @@ from headrace.services.sanitizer.rules import (
     PatternRule,
     Span,
     apply_redactions,
+    find_patterns,
     resolve_overlaps,
 )
 
@@ -37,18 +38,24 @@ def _slices(
     run: re.Match[str],
     separators: re.Pattern[str],
     max_length: int,
-    ok: Callable[[str], bool],
+    weight: Callable[[str], int],
     can_start: Callable[[str], bool] = lambda group: True,
     joined_before: str = "",
     joined_after: str = "",
+    previous_end: int = -1,
 ) -> Iterator[Span]:
-    """Group-aligned slices of a run of digit groups that pass `ok`: leftmost
-    first, longest first, not overlapping, at most max_length long.
+    """The best set of group-aligned, non-overlapping slices of a run of digit
+    groups: each slice at most max_length long and of positive weight, the
+    total weight as large as possible.
 
-    A run often holds more than the secret (a CVV after a card, an amount
-    before a phone number); trying slices finds it. The first group cannot
+    A run often holds more than the secret (a CVV after a card, a phone number
+    before it), and a slice of the wrong groups can pass a check by chance
+    (Luhn, 1 in 10): taking the best set rather than the leftmost slice keeps
+    a chance match from cutting into the real one. The first group cannot
     start a slice when the run is glued to a letter or digit before it (or to
-    one of joined_before), nor can the last end one when glued after it.
+    one of joined_before), nor can the last end one when glued after it; a
+    match of the same rule ending at the run (previous_end) is a boundary, as
+    its placeholder will be.
     """
     base = run.start()
     body = run.group(0)
@@ -61,25 +68,34 @@ def _slices(
     before = text[base - 1] if base > 0 else ""
     after = text[run.end()] if run.end() < len(text) else ""
     after_next = text[run.end() + 1] if run.end() + 1 < len(text) else ""
-    first_ok = not (before.isalnum() or (before and before in joined_before))
+    first_ok = base == previous_end or not (
+        before.isalnum() or (before and before in joined_before)
+    )
     last_ok = not (after.isalnum() or (after and after in joined_after and after_next.isdigit()))
-    i = 0
-    while i < len(groups):
-        start = groups[i][0]
+    # Weighted interval scheduling from the right: best[i] is the best total for
+    # groups i.., choice[i] the last group of the slice starting at i (or -1).
+    m = len(groups)
+    best = [0] * (m + 1)
+    choice = [-1] * m
+    for i in range(m - 1, -1, -1):
+        best[i], start = best[i + 1], groups[i][0]
         if (i == 0 and not first_ok) or not can_start(body[start : groups[i][1]]):
-            i += 1
             continue
-        found = None
-        for j in range(i, len(groups)):
+        for j in range(i, m):
             if groups[j][1] - start > max_length:
                 break
-            if (j < len(groups) - 1 or last_ok) and ok(body[start : groups[j][1]]):
-                found = j
-        if found is None:
+            if j == m - 1 and not last_ok:
+                continue
+            w = weight(body[start : groups[j][1]])
+            if w > 0 and w + best[j + 1] > best[i]:
+                best[i], choice[i] = w + best[j + 1], j
+    i = 0
+    while i < m:
+        if choice[i] >= 0 and best[i] != best[i + 1]:
+            yield base + groups[i][0], base + groups[choice[i]][1]
+            i = choice[i] + 1
+        else:
             i += 1
-            continue
-        yield base + start, base + groups[found][1]
-        i = found + 1
 
 
 # --- payment cards ----------------------------------------------------------------
@@ -100,16 +116,29 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _card_ok(candidate: str) -> bool:
+_CARD_GROUPINGS = re.compile(
+    r"[0-9]{13,19}|[0-9]{4}(?:[ -][0-9]{4}){2,3}(?:[ -][0-9]{1,4})?|[0-9]{4}[ -][0-9]{6}[ -][0-9]{4,5}"
+)
+
+
+def _card_weight(candidate: str) -> int:
+    """The digit count of a card number, else 0: 13-19 digits that pass Luhn,
+    grouped as cards are printed (one block, fours, 4-6-5, 4-6-4). Other
+    groupings in a run of numbers pass Luhn by chance too often (1 in 10)."""
+    if not _CARD_GROUPINGS.fullmatch(candidate):
+        return 0
     digits = _CARD_SEPARATOR.sub("", candidate)
-    return 13 <= len(digits) <= 19 and luhn_ok(digits)
+    return len(digits) if luhn_ok(digits) else 0
 
 
 def find_cards(text: str) -> Iterator[Span]:
-    """Luhn-valid numbers of 13-19 digits, in groups separated by one space or dash."""
+    """Luhn-valid numbers of 13-19 digits, in one block or printed groups
+    (4-4-4-4, 4-6-5, 4-6-4) separated by one space or dash."""
     for run in _CARD_RUN.finditer(text):
+        if run.end() - run.start() < 13:  # most numbers in prose: years, amounts
+            continue
         # After a '+' the digits are a phone number.
-        yield from _slices(text, run, _CARD_SEPARATOR, CARD_MAX, _card_ok, joined_before="+.,")
+        yield from _slices(text, run, _CARD_SEPARATOR, CARD_MAX, _card_weight, joined_before="+.,")
 
 
 # --- IBAN -------------------------------------------------------------------------
@@ -150,27 +179,34 @@ def iban_ok(candidate: str) -> bool:
 def find_ibans(text: str) -> Iterator[Span]:
     """IBANs in upper case, compact or in groups separated by single spaces."""
     for run in _IBAN_RUN.finditer(text):
+        if run.end() - run.start() < 15:
+            continue
         yield from _slices(
-            text, run, _SPACE, IBAN_MAX, iban_ok, can_start=lambda g: bool(_IBAN_START.match(g))
+            text,
+            run,
+            _SPACE,
+            IBAN_MAX,
+            lambda c: len(c) if iban_ok(c) else 0,
+            can_start=lambda g: bool(_IBAN_START.match(g)),
         )
 
 
 # --- phone numbers ----------------------------------------------------------------
 
 PHONE_MAX = 32
-_PHONE_RUN = re.compile(r"[+(]?[0-9](?:[0-9]|[ .-]?\(?[0-9]|\)[ .-]?[0-9])*\)?")
+# One character class first (a lone "+" or "(" is a run that is too short).
+_PHONE_RUN = re.compile(r"[+(0-9](?:[0-9]|[ .-]?\(?[0-9]|\)[ .-]?[0-9])*\)?")
 _PHONE_SEPARATOR = re.compile(r"[ .-]")
 _PHONE_FORMS = (
     # International: +CC then groups; 8-15 digits (E.164).
     (re.compile(r"\+[1-9][0-9]{0,2}(?:[ .-]?\(?[0-9]{1,5}\)?)+"), 8, 15),
     # International with a 00 prefix.
     (re.compile(r"00[1-9][0-9]{0,2}(?:[ .-]?\(?[0-9]{1,5}\)?)+"), 10, 17),
-    # North American: (NXX) NXX-XXXX, NXX-NXX-XXXX, NXX.NXX.XXXX, 1-NXX-NXX-XXXX;
-    # separators required, area code and exchange start with 2-9.
+    # North American: (NXX) XXX-XXXX, NXX-XXX-XXXX, NXX.XXX.XXXX, 1-NXX-XXX-XXXX;
+    # separators required, the area code starts with 2-9 (so "100 200 3000" is
+    # not one). Exchanges are not checked: "555-123-4567" is how people write them.
     (
-        re.compile(
-            r"(?:1[ .-]?)?(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[ .-])[2-9][0-9]{2}[ .-][0-9]{4}"
-        ),
+        re.compile(r"(?:1[ .-]?)?(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[ .-])[0-9]{3}[ .-][0-9]{4}"),
         10,
         11,
     ),
@@ -192,16 +228,22 @@ def find_phones(text: str) -> Iterator[Span]:
     Plain digit runs without a + or a leading 0 (years, amounts, ids), dates
     and decimals are not phone numbers; 7-digit local numbers are not caught.
     """
+    previous_end = -1
     for run in _PHONE_RUN.finditer(text):
-        yield from _slices(
+        if run.end() - run.start() < 8:  # the shortest format has 8 digits
+            continue
+        for span in _slices(
             text,
             run,
             _PHONE_SEPARATOR,
             PHONE_MAX,
-            phone_ok,
+            lambda c: len(c) if phone_ok(c) else 0,
             joined_before="+.,/-",
             joined_after=",/.",
-        )
+            previous_end=previous_end,
+        ):
+            previous_end = span[1]
+            yield span
 
 
 # --- e-mail -------------------------------------------------------------------------
@@ -218,15 +260,18 @@ def find_emails(text: str) -> Iterator[Span]:
 
     The regex anchors on "@domain" (fast) and the local part is read backwards.
     """
+    previous_end = 0
     for m in _EMAIL_DOMAIN.finditer(text):
         at = m.start()
         start = at
-        while start > 0 and text[start - 1] in _LOCAL and at - start < 64:
+        # Not back into the previous address: two glued together are two.
+        while start > previous_end and text[start - 1] in _LOCAL and at - start < 64:
             start -= 1
         while start < at and text[start] in ".-":
             start += 1
         if start == at or m.end() - start > EMAIL_MAX:
             continue
+        previous_end = m.end()
         yield start, m.end()
 
 
@@ -265,7 +310,9 @@ REDACTION_RULES: tuple[PatternRule, ...] = (
         pattern=re.compile(r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"),
         closing=re.compile(r"-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"),
         max_length=80,
-        partial=re.compile(r"(?:-{1,5}|-----(?:B|BE|BEG|BEGI|BEGIN)|-----BEGIN [A-Z0-9 ]{0,58}-{0,5})\Z"),
+        partial=re.compile(
+            r"(?:-{1,5}|-----(?:B|BE|BEG|BEGI|BEGIN)|-----BEGIN [A-Z0-9 ]{0,58}-{0,5})\Z"
+        ),
     ),
     PatternRule(
         id="secret.jwt",
@@ -296,7 +343,9 @@ REDACTION_RULES: tuple[PatternRule, ...] = (
         finder=_url_credentials,
         max_length=513,
         # A scheme and "://", and anything up to the next white space.
-        partial=re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{0,31}(?::(?:/(?:/\S{0,520})?)?)?\Z"),
+        partial=re.compile(
+            r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{0,31}(?::(?:/(?:/\S{0,520})?)?)?\Z"
+        ),
     ),
     PatternRule(
         id="pii.email",
@@ -306,7 +355,9 @@ REDACTION_RULES: tuple[PatternRule, ...] = (
         pattern=_EMAIL_DOMAIN,
         finder=find_emails,
         max_length=EMAIL_MAX,
-        partial=re.compile(r"[A-Za-z0-9._%+-]{1,64}(?:@[A-Za-z0-9.-]{0,253})?\Z|@[A-Za-z0-9.-]{0,253}\Z"),
+        partial=re.compile(
+            r"[A-Za-z0-9._%+-]{1,64}(?:@[A-Za-z0-9.-]{0,253})?\Z|@[A-Za-z0-9.-]{0,253}\Z"
+        ),
     ),
     PatternRule(
         id="pii.iban",
@@ -316,7 +367,9 @@ REDACTION_RULES: tuple[PatternRule, ...] = (
         pattern=_IBAN_RUN,
         finder=find_ibans,
         max_length=IBAN_MAX,
-        partial=re.compile(r"(?<![A-Za-z0-9])(?:[A-Z]{1,2}|[A-Z]{2}[0-9]{1,2}|[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){0,41} ?)\Z"),
+        partial=re.compile(
+            r"(?<![A-Za-z0-9])(?:[A-Z]{1,2}|[A-Z]{2}[0-9]{1,2}|[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){0,41} ?)\Z"
+        ),
     ),
     PatternRule(
         id="pii.card",
@@ -346,12 +399,11 @@ address as the user of a URL, card digits inside an IBAN) the earlier rule wins.
 def redact(text: str, rules: Iterable[PatternRule] = REDACTION_RULES) -> tuple[str, list[str]]:
     """Text with every match replaced by its placeholder, and the ids of rules that fired.
 
-    Matches of all rules are found on the same text and overlaps resolved by
-    rule order, so the result does not depend on replacements made before;
-    placeholders match no rule, so redact(redact(t)) == redact(t).
+    Rules apply in order, each on the text with the earlier rules' matches
+    blanked out; placeholders match no rule, so redact(redact(t)) == redact(t).
     """
     rules = tuple(rules)
     priority = {r.id: i for i, r in enumerate(rules)}
-    hits = [Hit(rule, s, e) for rule in rules for s, e in rule.find_whole(text)]
+    hits = [Hit(rule, s, e) for rule, s, e in find_patterns(text, rules)]
     taken = resolve_overlaps(hits, priority)
     return apply_redactions(text, taken), sorted({h.rule.id for h in taken})

@@ -12,9 +12,9 @@ Three kinds: TermRule (lists of literal terms, case-insensitive, all terms of
 all rules in one Aho-Corasick automaton over the case-folded text, one pass),
 PatternRule (a regex or a finder function over the normalised text, with a
 bound on the length of a match that the stream filter relies on) and
-SkeletonRule (a regex over the skeleton, for obfuscated prompt injection; run
-only when one of its trigger words occurs in the skeleton, found in the same
-automaton pass over it).
+SkeletonRule (anchor words and regexes over the skeleton, for obfuscated
+prompt injection: one automaton pass over the skeleton finds the anchors, and
+a regex runs only where its anchor ends).
 """
 
 from __future__ import annotations
@@ -97,9 +97,13 @@ class PatternRule(Rule):
     partial: re.Pattern[str]
     finder: Finder | None = None
     closing: re.Pattern[str] | None = None
+    needs: tuple[str, ...] = ()
+    """If set, the rule runs only on text containing one of these strings (a cheap gate)."""
 
     def find(self, text: str) -> Iterator[Span]:
         """Spans of the matches in text, left to right, not overlapping."""
+        if self.needs and not any(n in text for n in self.needs):
+            return
         if self.finder is not None:
             yield from self.finder(text)
             return
@@ -122,15 +126,14 @@ class PatternRule(Rule):
 
 @dataclass(frozen=True, kw_only=True)
 class SkeletonRule(Rule):
-    """A regex over the spaced or compact skeleton of a prompt (prompt injection).
+    """Phrases over the spaced or compact skeleton of a prompt (prompt injection).
 
-    triggers: words (compact skeleton) one of which every match contains; the
-    regex runs only when one occurs.
+    parts: (anchor words, remainder) pairs; a match is an anchor word of the
+    view followed, right where it ends, by a match of its remainder.
     """
 
-    pattern: re.Pattern[str]
     view: Literal["spaced", "compact"]
-    triggers: tuple[str, ...]
+    parts: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...]
     directions: frozenset[Direction] = PROMPT_ONLY
 
 
@@ -175,6 +178,27 @@ def apply_redactions(text: str, hits: Sequence[Hit]) -> str:
         pos = hit.end
     out.append(text[pos:])
     return "".join(out)
+
+
+def find_patterns(
+    text: str, rules: Iterable[PatternRule], *, whole: bool = True
+) -> list[tuple[PatternRule, int, int]]:
+    """Matches of pattern rules, in rule order, as if each redaction were made
+    before the next rule looks: what a redact rule matched is blanked (same
+    length, spaces) for the rules after it. So an e-mail address glued to an
+    AWS key is still found after the key, and positions stay those of text."""
+    found: list[tuple[PatternRule, int, int]] = []
+    for rule in rules:
+        spans = list(rule.find_whole(text) if whole else rule.find(text))
+        found.extend((rule, s, e) for s, e in spans)
+        if spans and rule.action is Action.REDACT:
+            parts: list[str] = []
+            pos = 0
+            for s, e in spans:
+                parts += [text[pos:s], " " * (e - s)]
+                pos = e
+            text = "".join(parts) + text[pos:]
+    return found
 
 
 def _boundary(text: str, start: int, end: int) -> bool:
@@ -243,7 +267,7 @@ class RuleSet:
 
         self.terms = ahocorasick.Automaton()
         self.max_term_length = 0
-        skeleton_keys: dict[str, _Payload] = {}
+        skeleton_keys: dict[str, dict[str, _Payload]] = {"compact": {}, "spaced": {}}
         for index, rule in enumerate(self.rules):
             if isinstance(rule, TermRule):
                 for t, term in enumerate(rule.terms):
@@ -255,22 +279,27 @@ class RuleSet:
                     self.terms.add_word(key, payload)
                     self.max_term_length = max(self.max_term_length, len(key))
                     if rule.obfuscated and direction is Direction.PROMPT:
-                        compact = skeleton(key)[1]
+                        compact = skeleton(term)[1]
                         if compact:
-                            skeleton_keys.setdefault(compact, _Payload(len(compact)))
-                            skeleton_keys[compact].owners.append((index, t))
+                            keys = skeleton_keys["compact"]
+                            keys.setdefault(compact, _Payload(len(compact))).owners.append(
+                                (index, t)
+                            )
             elif isinstance(rule, SkeletonRule):
-                for trigger in rule.triggers:
-                    skeleton_keys.setdefault(trigger, _Payload(len(trigger)))
-                    skeleton_keys[trigger].owners.append((index, -1))
+                keys = skeleton_keys[rule.view]
+                for p, (anchors, _) in enumerate(rule.parts):
+                    for anchor in anchors:
+                        keys.setdefault(anchor, _Payload(len(anchor))).owners.append((index, p))
         if self.max_term_length:
             self.terms.make_automaton()
-        self.skeleton_automaton: ahocorasick.Automaton | None = None
-        if skeleton_keys:
-            self.skeleton_automaton = ahocorasick.Automaton()
-            for key, payload in skeleton_keys.items():
-                self.skeleton_automaton.add_word(key, payload)
-            self.skeleton_automaton.make_automaton()
+        self.skeleton_automata: dict[str, ahocorasick.Automaton] = {}
+        for view_name, keys in skeleton_keys.items():
+            if keys:
+                automaton = ahocorasick.Automaton()
+                for key, payload in keys.items():
+                    automaton.add_word(key, payload)
+                automaton.make_automaton()
+                self.skeleton_automata[view_name] = automaton
 
     # --- the text views ---------------------------------------------------------
 
@@ -292,11 +321,9 @@ class RuleSet:
                         continue
                     s, e = view.from_folded(start, end + 1)
                     hits.append(Hit(rule, s, e, t))
-        for rule in self.patterns:
-            spans = rule.find_whole(view.norm) if whole else rule.find(view.norm)
-            for start, end in spans:
-                s, e = view.from_norm(start, end)
-                hits.append(Hit(rule, s, e))
+        for rule, start, end in find_patterns(view.norm, self.patterns, whole=whole):
+            s, e = view.from_norm(start, end)
+            hits.append(Hit(rule, s, e))
         return hits
 
     # --- the skeleton -------------------------------------------------------------
@@ -307,27 +334,26 @@ class RuleSet:
         With spans=False the hits carry (0, 0) and cost only the fast skeleton;
         with spans=True they are placed in view.text (pure Python, slower).
         """
-        if self.skeleton_automaton is None:
+        if not self.skeleton_automata:
             return []
-        spaced, compact = skeleton(view.folded)
-        triggered: set[int] = set()
+        spaced, compact = skeleton(view.norm)
         found: list[tuple[Rule, str, int, int, int]] = []  # rule, view, start, end, term
-        for end, payload in self.skeleton_automaton.iter(compact):
-            for index, t in payload.owners:
-                rule = self.rules[index]
-                if isinstance(rule, SkeletonRule):
-                    triggered.add(index)
-                else:
-                    found.append((rule, "compact", end + 1 - payload.length, end + 1, t))
-        for index in sorted(triggered):
-            rule = self.rules[index]
-            assert isinstance(rule, SkeletonRule)
-            text = spaced if rule.view == "spaced" else compact
-            found.extend((rule, rule.view, m.start(), m.end(), -1) for m in rule.pattern.finditer(text))
+        for which, automaton in self.skeleton_automata.items():
+            text = spaced if which == "spaced" else compact
+            for end, payload in automaton.iter(text):
+                start = end + 1 - payload.length
+                for index, k in payload.owners:
+                    rule = self.rules[index]
+                    if isinstance(rule, SkeletonRule):
+                        m = rule.parts[k][1].match(text, end + 1)
+                        if m:
+                            found.append((rule, which, start, m.end(), -1))
+                    else:
+                        found.append((rule, which, start, end + 1, k))
         if not spans:
             return [Hit(rule, 0, 0, t) for rule, _, _, _, t in found]
-        _, spaced_index, _, compact_index = skeleton_with_offsets(view.folded)
-        n = len(view.folded)
+        _, spaced_index, _, compact_index = skeleton_with_offsets(view.norm)
+        n = len(view.norm)
         hits: list[Hit] = []
         for rule, which, start, end, t in found:
             index = spaced_index if which == "spaced" else compact_index
@@ -339,7 +365,6 @@ class RuleSet:
                 end -= 1
             if start >= end:
                 continue
-            f_start, f_end = index[start], min(index[end - 1] + 1, n)
-            s, e = view.from_folded(f_start, f_end)
+            s, e = view.from_norm(index[start], min(index[end - 1] + 1, n))
             hits.append(Hit(rule, s, e, t))
         return hits

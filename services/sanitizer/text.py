@@ -3,9 +3,9 @@
 - normalised: NFKC, without zero-width, bidi, control and variation characters.
   Redaction patterns and custom regex rules see this view (case kept).
 - folded: the normalised text case-folded. Term lists (Aho-Corasick) see this.
-- skeleton: the folded text with look-alike letters (Cyrillic, Greek, accented
-  Latin) and leetspeak (1→i, 0→o, 3→e, 4→a, 5→s, 7→t, @→a, $→s) mapped to
-  a-z and everything else collapsed. The injection rules see it in two forms:
+- skeleton: the normalised text case-folded, with look-alike letters
+  (Cyrillic, Greek, accented Latin) and leetspeak (1→i, 0→o, 3→e, 4→a, 5→s,
+  7→t, @→a, $→s) mapped to a-z and everything else collapsed. The injection rules see it in two forms:
   `spaced` (" ignore previous instructions ", single letters spaced apart are
   joined, so "i g n o r e" becomes "ignore") and `compact` (no separators at
   all, so "ig-nore pre vious" becomes "ignoreprevious").
@@ -32,7 +32,7 @@ _EXTRA_INVISIBLE = (
     + "".join(map(chr, range(0xFE00, 0xFE10)))
     + "".join(map(chr, range(0xE0100, 0xE01F0)))
 )
-_ASCII_REMOVED = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+ASCII_REMOVED = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 @functools.cache
@@ -66,7 +66,7 @@ def normalise(text: str) -> str:
     """NFKC, without zero-width/bidi characters or C0/C1 controls (tab and newline kept)."""
     if text.isascii():
         # NFKC leaves ASCII alone; only controls can go.
-        return _ASCII_REMOVED.sub("", text) if _ASCII_REMOVED.search(text) else text
+        return ASCII_REMOVED.sub("", text) if ASCII_REMOVED.search(text) else text
     return _removed().sub("", unicodedata.normalize("NFKC", text))
 
 
@@ -235,6 +235,16 @@ def _latin_with_diacritics() -> dict[str, str]:
 
 
 _TO_LATIN = str.maketrans({**_latin_with_diacritics(), **_CONFUSABLES})
+# Upper-case Greek and Cyrillic letters that look like Latin capitals.
+_UPPER_TO_LATIN = str.maketrans(
+    dict(
+        zip(
+            "ΑΒΕΖΗΙΚΜΝΟΡΤΥΧϹΆΈΉΊΌΎАВЕЗКМНОРСТУХЅІЈԚԜҺҮ",
+            "abezhikmnoptyxcaehioyabe3kmhopctyxsijqwhy",
+            strict=True,
+        )
+    )
+)
 
 # Leetspeak: what each symbol stands for. Digits without a reading separate words.
 LEET = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
@@ -251,36 +261,44 @@ def _skeleton_byte(b: int) -> int:
 
 
 _ASCII_SKELETON = bytes(_skeleton_byte(b) for b in range(256))
-# A single letter, a space, a single letter: a spaced-out word ("i g n o r e").
+# Single letters separated by spaces: a spaced-out word ("i g n o r e"). The
+# patterns start with a literal space, which the regex engine skips to quickly.
 _SPACED_LETTERS = re.compile(" [a-z] [a-z] ")
-_JOIN_SPACED = re.compile("(?<= )([a-z]) (?=[a-z] )")
+_SPACED_RUN = re.compile(" ([a-z](?: [a-z])+)(?= )")
 
 
-def skeleton(folded: str) -> tuple[str, str]:
-    """The spaced and the compact skeleton of case-folded text.
+def _to_letters(norm: str) -> str:
+    """Look-alikes and case mapped: what the skeleton reads, before leetspeak."""
+    if norm.isascii():
+        return norm
+    # Upper-case Greek and Cyrillic first: their lower case looks different (Ν, ν).
+    return norm.translate(_UPPER_TO_LATIN).casefold().translate(_TO_LATIN)
+
+
+def skeleton(norm: str) -> tuple[str, str]:
+    """The spaced and the compact skeleton of normalised text.
 
     spaced: " words of a-z separated by single spaces ", padded with a space at
     both ends so rules can use spaces as word boundaries; runs of single
     letters are joined. compact: spaced without spaces.
     """
-    if not folded.isascii():
-        # Unmapped characters (other scripts, symbols) become '?', then spaces.
-        folded = folded.translate(_TO_LATIN)
-    letters = folded.encode("ascii", "replace").translate(_ASCII_SKELETON).decode("ascii")
-    spaced = " " + " ".join(letters.split()) + " "
+    # Unmapped characters (other scripts, symbols) become '?', then spaces.
+    letters = _to_letters(norm).encode("ascii", "replace").translate(_ASCII_SKELETON)
+    words = letters.decode("ascii").split()
+    spaced = " " + " ".join(words) + " " if words else " "
     if _SPACED_LETTERS.search(spaced):
-        spaced = _JOIN_SPACED.sub(r"\1", spaced)
+        spaced = _SPACED_RUN.sub(lambda m: " " + m.group(1).replace(" ", ""), spaced)
     return spaced, spaced.replace(" ", "")
 
 
-def skeleton_with_offsets(folded: str) -> tuple[str, list[int], str, list[int]]:
+def skeleton_with_offsets(norm: str) -> tuple[str, list[int], str, list[int]]:
     """skeleton(), and for each character of spaced and compact the index of the
-    folded character it came from (a padding or separator space points at the
-    next letter's source, or len(folded) at the end)."""
+    norm character it came from (a padding or separator space points at the
+    next letter's source, or len(norm) at the end). Pure Python: use only to
+    place a match found on the fast skeleton."""
     letters: list[tuple[str, int]] = []  # (letter or " ", source index)
-    for i, ch in enumerate(folded):
-        mapped = ch.translate(_TO_LATIN) if not ch.isascii() else ch
-        for m in mapped:
+    for i, ch in enumerate(norm):
+        for m in _to_letters(ch):
             out = chr(_ASCII_SKELETON[ord(m)]) if m.isascii() else " "
             letters.append((out, i))
     # Collapse runs of separators into one space, trim, pad.
@@ -295,26 +313,22 @@ def skeleton_with_offsets(folded: str) -> tuple[str, list[int], str, list[int]]:
             current.append(item)
     if current:
         words.append(current)
-    # Join runs of single-letter words, as _JOIN_SPACED does.
+    # Join runs of single-letter words, as _SPACED_RUN does.
     joined: list[list[tuple[str, int]]] = []
     for k, word in enumerate(words):
-        single = len(word) == 1
-        prev_single = k > 0 and len(words[k - 1]) == 1
-        if single and prev_single and joined:
+        if len(word) == 1 and k > 0 and len(words[k - 1]) == 1 and joined:
             joined[-1].extend(word)
         else:
             joined.append(list(word))
-    spaced_chars: list[tuple[str, int]] = [(" ", joined[0][0][1] if joined else len(folded))]
+    spaced_chars: list[tuple[str, int]] = [(" ", joined[0][0][1] if joined else len(norm))]
     for k, word in enumerate(joined):
         spaced_chars.extend(word)
-        nxt = joined[k + 1][0][1] if k + 1 < len(joined) else len(folded)
+        nxt = joined[k + 1][0][1] if k + 1 < len(joined) else len(norm)
         spaced_chars.append((" ", nxt))
-    spaced = "".join(c for c, _ in spaced_chars)
-    spaced_index = [i for _, i in spaced_chars]
     compact_chars = [(c, i) for c, i in spaced_chars if c != " "]
     return (
-        spaced,
-        spaced_index,
+        "".join(c for c, _ in spaced_chars),
+        [i for _, i in spaced_chars],
         "".join(c for c, _ in compact_chars),
         [i for _, i in compact_chars],
     )

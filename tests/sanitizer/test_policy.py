@@ -141,7 +141,7 @@ def test_deny_error_names_the_rule_id_but_not_the_matched_term() -> None:
         policy.check("now EXFILTRATE the data")
 
     message = info.value.message
-    assert "deny.1" in message
+    assert "deny.terms (term 2)" in message
     assert "exfiltrate" not in message.casefold()
 
 
@@ -277,6 +277,10 @@ def _split(draw: st.DrawFn, text: str) -> list[str]:
     return [text[a:b] for a, b in itertools.pairwise(bounds)]
 
 
+def _stream(terms: list[str], **overrides: object) -> StreamFilter:
+    return _policy(deny_terms=terms, **overrides).stream_filter()
+
+
 def _run(stream: StreamFilter, pieces: list[str]) -> str:
     released = [stream.feed(piece).text for piece in pieces]
     released.append(stream.feed("", end=True).text)
@@ -289,7 +293,7 @@ def test_stream_filter_output_equals_input_for_any_split_when_nothing_matches(
 ) -> None:
     assume(not any(term in text.casefold() for term in TERMS))
     pieces = data.draw(_split(text))
-    stream = StreamFilter(TERMS)
+    stream = _stream(TERMS)
 
     assert _run(stream, pieces) == text
     assert stream.blocked is False
@@ -314,7 +318,7 @@ def test_stream_filter_never_releases_a_deny_term_split_across_pieces(
     )
     text = prefix + cased + suffix
     pieces = data.draw(_split(text))
-    stream = StreamFilter(TERMS)
+    stream = _stream(TERMS)
 
     released = _run(stream, pieces)
 
@@ -327,26 +331,27 @@ def test_stream_filter_never_releases_a_deny_term_split_across_pieces(
 
 
 def test_stream_filter_reports_the_rule_id_and_releases_nothing_once_blocked() -> None:
-    stream = StreamFilter(["unused", "secret"])
+    stream = _stream(["unused", "secret"])
 
     first = stream.feed("the sec")
     blocked = stream.feed("ret is")
     after = stream.feed(" more text", end=True)
 
     assert first.blocked is False
-    assert (blocked.text, blocked.blocked, blocked.rule_id) == ("", True, "deny.1")
+    assert (blocked.text, blocked.blocked, blocked.rule_id) == ("", True, "deny.terms")
     assert (after.text, after.blocked) == ("", True)
 
 
-def test_stream_filter_holds_back_only_the_longest_term_minus_one() -> None:
-    stream = StreamFilter(["secret"])  # 6 characters: hold back 5
+def test_stream_filter_holds_back_only_text_that_could_still_become_a_term() -> None:
+    stream = _stream(["secret"], redact=False)
 
-    assert stream.feed("hello world").text == "hello "
-    assert stream.feed("!").text == "w"
+    assert stream.feed("hello world").text == "hello world"
+    assert stream.feed(" the sec").text == " the "
+    assert stream.feed("ond").text == "second"
 
 
 def test_stream_filter_releases_everything_held_back_at_end() -> None:
-    stream = StreamFilter(["forbidden"])
+    stream = _stream(["forbidden"])
 
     held = stream.feed("short").text
     rest = stream.feed("", end=True)
@@ -356,7 +361,7 @@ def test_stream_filter_releases_everything_held_back_at_end() -> None:
 
 
 def test_stream_filter_without_deny_terms_releases_text_at_once() -> None:
-    stream = StreamFilter([])
+    stream = _stream([], redact=False)
 
     assert stream.feed("abc").text == "abc"
     assert stream.feed("d").text == "d"

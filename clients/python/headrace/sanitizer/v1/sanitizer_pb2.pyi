@@ -23,12 +23,14 @@ class CheckPromptResponse(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., redactions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FilterStreamRequest(_message.Message):
-    __slots__ = ("text", "end")
+    __slots__ = ("text", "end", "tier")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
     text: str
     end: bool
-    def __init__(self, text: _Optional[str] = ..., end: _Optional[bool] = ...) -> None: ...
+    tier: str
+    def __init__(self, text: _Optional[str] = ..., end: _Optional[bool] = ..., tier: _Optional[str] = ...) -> None: ...
 
 class FilterStreamResponse(_message.Message):
     __slots__ = ("text", "blocked", "rule_id")

@@ -1,0 +1,94 @@
+"""SanitizerServicer: CheckPrompt by tier, FilterStream in lockstep, and the metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from prometheus_client import REGISTRY
+
+from headrace.sanitizer.v1 import sanitizer_pb2
+from headrace.services.runtime.errors import PermissionDenied
+from headrace.services.sanitizer.policy import PromptPolicy, TierPolicies
+from headrace.services.sanitizer.servicer import SanitizerServicer
+
+
+class _Context:
+    """Stands in for grpc.aio.ServicerContext; the methods only pass it along."""
+
+
+def _servicer() -> SanitizerServicer:
+    base = PromptPolicy(max_bytes=4096, max_tokens_estimate=4096, deny_terms=["forbidden"])
+    strict = PromptPolicy(max_bytes=4096, max_tokens_estimate=4096, deny_terms=["forbidden", "meh"])
+    return SanitizerServicer(TierPolicies(base, {"strict": strict}))
+
+
+def _matches(rule: str, action: str, direction: str) -> float:
+    labels = {"rule": rule, "action": action, "direction": direction}
+    return REGISTRY.get_sample_value("headrace_sanitizer_rule_matches_total", labels) or 0.0
+
+
+async def _requests(*pieces: tuple[str, bool]) -> AsyncIterator[sanitizer_pb2.FilterStreamRequest]:
+    for text, end in pieces:
+        yield sanitizer_pb2.FilterStreamRequest(text=text, end=end)
+
+
+async def test_check_prompt_returns_the_redacted_prompt_and_counts_the_redaction() -> None:
+    before = _matches("pii.email", "redact", "prompt")
+    checks = REGISTRY.get_sample_value("headrace_sanitizer_check_prompt_seconds_count") or 0.0
+
+    reply = await _servicer().CheckPrompt(
+        sanitizer_pb2.CheckPromptRequest(prompt="mail bob@example.com"),
+        _Context(),  # type: ignore[arg-type]
+    )
+
+    assert (reply.prompt, list(reply.redactions)) == ("mail [EMAIL]", ["pii.email"])
+    assert _matches("pii.email", "redact", "prompt") == before + 1
+    assert REGISTRY.get_sample_value("headrace_sanitizer_check_prompt_seconds_count") == checks + 1
+
+
+async def test_check_prompt_uses_the_tier_policy_and_counts_the_block() -> None:
+    servicer = _servicer()
+    before = _matches("deny.terms", "block", "prompt")
+
+    ok = await servicer.CheckPrompt(sanitizer_pb2.CheckPromptRequest(prompt="meh"), _Context())  # type: ignore[arg-type]
+    with pytest.raises(PermissionDenied, match=r"deny\.terms"):
+        await servicer.CheckPrompt(
+            sanitizer_pb2.CheckPromptRequest(prompt="meh", tier="strict"),
+            _Context(),  # type: ignore[arg-type]
+        )
+
+    assert ok.prompt == "meh"
+    assert _matches("deny.terms", "block", "prompt") == before + 1
+
+
+async def test_filter_stream_answers_once_per_request_and_flushes_at_end() -> None:
+    responses = [
+        r
+        async for r in _servicer().FilterStream(
+            _requests(
+                ("hello wor", False), ("ld, mail bob@exa", False), ("mple.com", False), ("", True)
+            ),
+            _Context(),  # type: ignore[arg-type]
+        )
+    ]
+
+    assert len(responses) == 4
+    assert "".join(r.text for r in responses) == "hello world, mail [EMAIL]"
+    assert not any(r.blocked for r in responses)
+
+
+async def test_filter_stream_ends_with_blocked_and_the_rule_id() -> None:
+    before = _matches("deny.terms", "block", "output")
+
+    responses = [
+        r
+        async for r in _servicer().FilterStream(
+            _requests(("this is forb", False), ("idden text", False), ("never read", True)),
+            _Context(),  # type: ignore[arg-type]
+        )
+    ]
+
+    assert [(r.blocked, r.rule_id) for r in responses] == [(False, ""), (True, "deny.terms")]
+    assert "forb" not in "".join(r.text for r in responses)
+    assert _matches("deny.terms", "block", "output") == before + 1
