@@ -77,8 +77,10 @@ def gateway(stub: router_pb2_grpc.RouterServiceStub, token: str, max_tokens: int
             pieces += 1
         if message.finish_reason:
             usage = message.usage.completion_tokens
-    # Decode rate over the tokens between the first and the last text message.
-    return Run(first - started, _decode_tps(first, last, pieces), usage)
+    # Decode rate over the tokens between the first and the last text message. The
+    # output filter may release a word of several tokens as one message, so count
+    # the tokens the model reports, not the messages.
+    return Run(first - started, _decode_tps(first, last, usage or pieces), usage)
 
 
 def concurrent(target: str, token: str, streams: int, max_tokens: int) -> float:
