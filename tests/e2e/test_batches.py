@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,10 +34,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
     with running_suite(
         tmp_path_factory.mktemp("batch-home"),
         tiny_model,
-        extra_env={
-            "HEADRACE_BATCH_QUEUE": f"headrace.test.{uuid.uuid4().hex[:8]}",
-            "HEADRACE_BATCH_PREFETCH": "1",
-        },
+        extra_env={"HEADRACE_BATCH_PREFETCH": "1"},
     ) as running:
         yield running
 

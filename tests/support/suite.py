@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,12 @@ class RunningSuite:
         return out.stdout.strip().splitlines()[-1]
 
     def stop(self, timeout: float = 30.0) -> int:
+        try:
+            return self._stop(timeout)
+        finally:
+            delete_test_queue(self.env.get("HEADRACE_BATCH_QUEUE", ""))
+
+    def _stop(self, timeout: float) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
@@ -89,6 +96,26 @@ class RunningSuite:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         return self.process.returncode
+
+
+def delete_test_queue(name: str) -> None:
+    """Remove a suite's own durable batch queue from the shared broker (best effort)."""
+    if not name.startswith("headrace.test."):
+        return
+    import asyncio
+
+    import aio_pika
+
+    async def delete() -> None:
+        connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/", timeout=2)
+        async with connection:
+            channel = await connection.channel()
+            await channel.queue_delete(name)
+
+    try:
+        asyncio.run(delete())
+    except Exception:  # no broker, or the queue is already gone
+        pass
 
 
 def alive(pid: int) -> bool:
@@ -154,6 +181,9 @@ def start_suite(
         "HEADRACE_RESTART_BACKOFF_SECONDS": "0.2",
         "HEADRACE_GRACE_SECONDS": "3",
         "HEADRACE_STOP_TIMEOUT_SECONDS": "10",
+        # Each suite has its own batch queue on the shared broker (deleted on stop),
+        # so no test consumes another's, or a developer's, batch items.
+        "HEADRACE_BATCH_QUEUE": f"headrace.test.{uuid.uuid4().hex[:12]}",
         # Redis outlives test runs: no token quotas unless a test sets its own tiers.
         "HEADRACE_TIERS": '{"free": {"requests_per_minute": 100000}, "unlimited": {}}',
         **(extra_env or {}),
