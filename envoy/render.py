@@ -32,6 +32,9 @@ class EnvoyLayout:
     host: str = "127.0.0.1"
     clusters: list[Cluster] = field(default_factory=list)
     health_interval_s: float = 1.0
+    descriptor_path: str = ""
+    """A FileDescriptorSet of the public API; when set, the public listener also
+    transcodes JSON over HTTP (POST /headrace.router.v1.RouterService/<Rpc>)."""
 
 
 def render(layout: EnvoyLayout) -> str:
@@ -47,7 +50,34 @@ def render(layout: EnvoyLayout) -> str:
         admin_port=layout.admin_port,
         clusters=layout.clusters,
         health_interval_s=layout.health_interval_s,
+        descriptor_path=layout.descriptor_path,
     )
+
+
+def public_descriptor_set() -> bytes:
+    """The public API's FileDescriptorSet (with its imports), for the JSON transcoder.
+
+    Built from the generated modules rather than by running protoc, so an installed
+    package needs no .proto files at run time.
+    """
+    from google.protobuf import descriptor_pb2
+
+    from headrace.router.v1 import router_pb2
+
+    files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+
+    def add(file_descriptor: object) -> None:
+        name = file_descriptor.name  # type: ignore[attr-defined]
+        if name in files:
+            return
+        for dependency in file_descriptor.dependencies:  # type: ignore[attr-defined]
+            add(dependency)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file_descriptor.CopyToProto(proto)  # type: ignore[attr-defined]
+        files[name] = proto
+
+    add(router_pb2.DESCRIPTOR)
+    return descriptor_pb2.FileDescriptorSet(file=list(files.values())).SerializeToString()
 
 
 def envoy_binary() -> str:

@@ -7,6 +7,7 @@ in-flight streams drain, then the internal services and Envoy).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -18,7 +19,14 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from headrace.envoy.render import Cluster, EnvoyLayout, envoy_binary, render, validate
+from headrace.envoy.render import (
+    Cluster,
+    EnvoyLayout,
+    envoy_binary,
+    public_descriptor_set,
+    render,
+    validate,
+)
 from headrace.services.launcher.settings import LauncherSettings
 from headrace.services.launcher.supervisor import Child, stop_with_parent
 from headrace.services.runtime.logs import get_logger
@@ -111,7 +119,11 @@ class Suite:
         self.home.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(exist_ok=True)
         config = self.home / "envoy.yaml"
-        config.write_text(render(envoy_layout(self.settings, self.eps)))
+        descriptor = self.home / "public-api.binpb"
+        descriptor.write_bytes(public_descriptor_set())
+        layout = envoy_layout(self.settings, self.eps)
+        layout = dataclasses.replace(layout, descriptor_path=str(descriptor))
+        config.write_text(render(layout))
         checked = validate(config)
         if checked.returncode != 0:
             raise RuntimeError(f"Envoy rejects {config}: {checked.stderr.strip()[-2000:]}")

@@ -352,3 +352,54 @@ def test_sigint_stops_every_process(
     time.sleep(0.2)
     assert [name for name, pid in pids.items() if alive(pid)] == []
     assert '"suite_stopped"' in running.log()
+
+
+def test_curl_streams_a_generation_through_the_rest_route(suite: RunningSuite) -> None:
+    body = json.dumps({"prompt": "Hello REST", "bypassCache": True, "params": {"maxTokens": 8}})
+    out = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-N",
+            "--fail-with-body",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            f"authorization: Bearer {suite.token()}",
+            "-d",
+            body,
+            f"http://{suite.public}/headrace.router.v1.RouterService/Generate",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    messages = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    assert len(messages) >= 3, out.stdout
+    assert messages[-1]["finishReason"] == "FINISH_REASON_LENGTH"
+    assert messages[-1]["usage"]["completionTokens"] == 8
+    assert "".join(m.get("text", "") for m in messages)
+
+
+def test_the_rest_route_maps_errors_to_http_status(suite: RunningSuite) -> None:
+    out = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            json.dumps({"prompt": "no token"}),
+            f"http://{suite.public}/headrace.router.v1.RouterService/Generate",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert out.stdout == "401"
