@@ -9,12 +9,13 @@ STAMP := $(VENV)/.installed
 GPU ?=
 CUDA_STAMP := $(VENV)/.cuda-built
 
-.PHONY: up test gen gen-check lint bench install model clean help
+.PHONY: up test gen gen-node node gen-check lint bench install model clean help
 
 help:
 	@echo "make up      set up .venv and .headrace/, then run every service and Envoy (Ctrl-C stops)"
 	@echo "make test    set up, then run the whole test suite"
 	@echo "make gen     regenerate Python code from protos/ (buf generate)"
+	@echo "make gen-node regenerate the Node client's code (clients/node/gen)"
 	@echo "make lint    ruff, buf lint, buf breaking, generated-code drift check"
 	@echo "make bench   gateway vs in-process llama-cpp-python benchmarks"
 
@@ -42,13 +43,22 @@ model: install
 up: model
 	HEADRACE_STOP_WITH_PARENT=true exec $(BIN)/headrace up
 
-test: install
+# The Node client's dependencies (for its end-to-end test); skipped without npm.
+node:
+	@if command -v npm >/dev/null; then \
+	  npm ci --prefix clients/node --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the Node client test will be skipped"; fi
+
+test: install node
 	$(BIN)/python -m pytest -q
 
 gen: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/buf generate
 	find clients/python/headrace -path '*/v1' -type d -exec touch {}/__init__.py \; \
 	  -exec sh -c 'touch "$$(dirname {})/__init__.py"' \;
+
+gen-node: install node
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/buf generate --template buf.gen.node.yaml
 
 gen-check: install
 	$(BIN)/python -m pytest -q tests/test_generated_code.py

@@ -45,3 +45,23 @@ def test_generated_python_matches_protos(tmp_path: Path) -> None:
         if not filecmp.cmp(tmp_path / "clients" / "python" / p, GENERATED / p, shallow=False)
     ]
     assert drifted == [], f"run `make gen`: stale generated code {drifted}"
+
+
+def test_generated_node_code_matches_protos(tmp_path: Path) -> None:
+    import pytest
+
+    if not (REPO / "clients" / "node" / "node_modules" / ".bin" / "protoc-gen-es").exists():
+        pytest.skip("needs `make node` (npm ci in clients/node)")
+    result = _buf("generate", "--template", "buf.gen.node.yaml", "-o", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    fresh_root = tmp_path / "clients" / "node" / "gen"
+    committed_root = REPO / "clients" / "node" / "gen"
+    fresh = {p.relative_to(fresh_root) for p in fresh_root.rglob("*") if p.is_file()}
+    committed = {p.relative_to(committed_root) for p in committed_root.rglob("*") if p.is_file()}
+    assert fresh == committed, "run `make gen-node`"
+    drifted = [
+        str(p)
+        for p in sorted(fresh)
+        if not filecmp.cmp(fresh_root / p, committed_root / p, shallow=False)
+    ]
+    assert drifted == [], f"run `make gen-node`: stale {drifted}"
