@@ -6,8 +6,9 @@ import grpc
 
 from headrace.router.v1 import router_pb2, router_pb2_grpc
 from headrace.services.router.audit import AuditLog
+from headrace.services.router.batch_jobs import BatchJobs
 from headrace.services.router.batches import BatchWorker, open_queue, open_results
-from headrace.services.router.orchestrator import Backends, BatchJobs, Orchestrator
+from headrace.services.router.orchestrator import Backends, Orchestrator
 from headrace.services.router.servicer import RouterServicer
 from headrace.services.router.settings import RouterSettings
 from headrace.services.runtime.channels import internal_channel

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 import grpc
 
 from headrace.router.v1 import router_pb2, router_pb2_grpc
-from headrace.services.router.orchestrator import BatchJobs, Orchestrator
+from headrace.services.router.batch_jobs import BatchJobs
+from headrace.services.router.orchestrator import Orchestrator
 from headrace.services.runtime.credentials import credential_from
 from headrace.types.v1 import types_pb2
 
