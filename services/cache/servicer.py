@@ -152,6 +152,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         first_key: cache_pb2.CacheKey | None = None
         chunks: list[str] = []
         final: Final | None = None
+        stored = False
         try:
             async for message in request_iterator:
                 if not key:
@@ -172,6 +173,13 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
                             message.usage.completion_tokens,
                         )
                     break
+            if final is not None and cacheable:
+                # Stored before the flight closes: an identical request arriving in
+                # between follows the flight, one arriving after finds the entry.
+                entry = Entry(
+                    chunks, final.finish_reason, final.prompt_tokens, final.completion_tokens
+                )
+                stored = await self._cache.store.put(key, entry, self._ttl)
         finally:
             # A stream that ends without `complete` (cancelled, failed, filtered)
             # fails its flight and stores nothing.
@@ -183,8 +191,6 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         if not cacheable:
             metrics.STORES.labels("not_cacheable").inc()
             return cache_pb2.StoreResponse(stored=False)
-        entry = Entry(chunks, final.finish_reason, final.prompt_tokens, final.completion_tokens)
-        stored = await self._cache.store.put(key, entry, self._ttl)
         metrics.STORES.labels("stored" if stored else "rejected").inc()
         if stored:
             self._counts["stores"] += 1

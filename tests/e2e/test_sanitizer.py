@@ -74,12 +74,16 @@ def test_output_is_cut_at_a_deny_term_and_never_shows_it(
 def test_card_numbers_and_cloud_keys_are_answered_but_stored_nowhere(
     suite: RunningSuite, stub: router_pb2_grpc.RouterServiceStub
 ) -> None:
-    prompt = f"Card {CARD}, key {AWS}. Which is which? {uuid.uuid4().hex[:6]}"
-    request = router_pb2.GenerateRequest(
-        prompt=prompt, params=types_pb2.SamplingParams(max_tokens=8, temperature=0.0)
-    )
-    messages = list(stub.Generate(request, metadata=metadata(suite), timeout=30))
-    assert messages[-1].finish_reason
+    for _ in range(10):
+        # A response the deny term ("dog") cuts is not cached: try another prompt.
+        prompt = f"Card {CARD}, key {AWS}. Which is which? {uuid.uuid4().hex[:6]}"
+        request = router_pb2.GenerateRequest(
+            prompt=prompt, params=types_pb2.SamplingParams(max_tokens=8, temperature=0.0)
+        )
+        messages = list(stub.Generate(request, metadata=metadata(suite), timeout=30))
+        if messages[-1].finish_reason == types_pb2.FINISH_REASON_LENGTH:
+            break
+    assert messages[-1].finish_reason == types_pb2.FINISH_REASON_LENGTH
     replay = list(stub.Generate(request, metadata=metadata(suite), timeout=30))
     assert replay[0].cached
     time.sleep(0.5)  # audit writer
