@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 import grpc
 
@@ -53,13 +57,30 @@ def sampling_params(
     return params
 
 
-class Client:
-    """`async with Client(token=...) as c: async for r in c.stream("Hi"): ...`"""
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 
-    def __init__(self, target: str = DEFAULT_TARGET, token: str | None = None) -> None:
+
+class Client:
+    """`async with Client(token=...) as c: async for r in c.stream("Hi"): ...`
+
+    A stream that fails with UNAVAILABLE before its first message is retried with
+    exponential backoff (`retries` times, from `backoff_s`, doubling, with jitter);
+    once a message has arrived, an error ends the stream, so text is never repeated.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        token: str | None = None,
+        *,
+        retries: int = 3,
+        backoff_s: float = 0.2,
+    ) -> None:
         self._channel = grpc.aio.insecure_channel(target)
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._retries = retries
+        self._backoff_s = backoff_s
 
     async def __aenter__(self) -> Client:
         return self
@@ -75,7 +96,7 @@ class Client:
     async def close(self) -> None:
         await self._channel.close()
 
-    def stream(
+    async def stream(
         self,
         prompt: str,
         *,
@@ -85,11 +106,45 @@ class Client:
         bypass_cache: bool = False,
         timeout: float | None = None,
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
-        """The Generate stream: text deltas, then a last message with finish_reason and usage."""
+        """The Generate stream: text deltas, then a last message with finish_reason and usage.
+
+        `timeout` is the whole request's deadline, retries included.
+        """
         request = router_pb2.GenerateRequest(
             prompt=prompt, model=model, task=task, params=params, bypass_cache=bypass_cache
         )
-        return self._stub.Generate(request, metadata=self._metadata, timeout=timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = self._backoff_s
+        for attempt in range(self._retries + 1):
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            call = self._stub.Generate(request, metadata=self._metadata, timeout=remaining)
+            received = False
+            try:
+                async for message in call:
+                    received = True
+                    yield message
+                return
+            except grpc.aio.AioRpcError as exc:
+                if received or exc.code() not in RETRYABLE or attempt == self._retries:
+                    raise
+                wait = delay * (0.5 + random.random())
+                if deadline is not None and time.monotonic() + wait >= deadline:
+                    raise
+                await asyncio.sleep(wait)
+                delay *= 2
+
+    async def generate_many(
+        self, prompts: Sequence[str], *, concurrency: int = 4, **kwargs: Any
+    ) -> list[GenerateResult | BaseException]:
+        """Every prompt's whole response, at most `concurrency` in flight; a failed
+        prompt's slot holds its exception, in the prompts' order."""
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one(prompt: str) -> GenerateResult:
+            async with slots:
+                return await self.generate(prompt, **kwargs)
+
+        return await asyncio.gather(*(one(p) for p in prompts), return_exceptions=True)
 
     async def generate(self, prompt: str, **kwargs: object) -> GenerateResult:
         """The whole response of one Generate."""
