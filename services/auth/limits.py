@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from headrace.services.auth.settings import TierLimits
 from headrace.services.runtime.errors import ResourceExhausted
 from headrace.services.runtime.logs import get_logger
+from headrace.services.runtime.redis_client import connect_redis
 
 log = get_logger(__name__)
 
@@ -312,14 +313,9 @@ async def open_limits(
     tiers: dict[str, TierLimits], url: str, timeout_s: float
 ) -> tuple[Limits, redis.Redis | None]:
     """Limits on Redis when it answers a PING now, otherwise in-process (logged)."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1.0)
-    try:
-        await asyncio.wait_for(client.ping(), 1.0)
-    except (RedisError, OSError, TimeoutError) as exc:
-        await client.aclose()
-        log.warning(
-            "redis_unreachable_limits_in_process", url=url, error=str(exc) or type(exc).__name__
-        )
+    client, error = await connect_redis(url)
+    if client is None:
+        log.warning("redis_unreachable_limits_in_process", url=url, error=error)
         return Limits(tiers, MemoryLimitStore()), None
     log.info("limits_backend_redis", url=url)
     return Limits(tiers, RedisLimitStore(client, timeout_s)), client

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from headrace.services.cache import metrics
 from headrace.services.runtime.logs import get_logger
+from headrace.services.runtime.redis_client import connect_redis
 
 log = get_logger(__name__)
 
@@ -208,16 +209,6 @@ class RedisStore:
         await self._client.aclose()
 
 
-async def _connect(url: str) -> redis.Redis | None:
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1.0)
-    try:
-        await asyncio.wait_for(client.ping(), 1.0)
-    except (RedisError, OSError, TimeoutError):
-        await client.aclose()
-        return None
-    return client
-
-
 class ResponseCache:
     """The store in use: Redis when it answers, else an in-process LRU that hands
     over to Redis as soon as Redis answers (checked every `reconnect_s`)."""
@@ -238,11 +229,11 @@ class ResponseCache:
         self._probe: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        client = await _connect(self._url)
+        client, error = await connect_redis(self._url)
         if client is not None:
             self._use_redis(client)
             return
-        log.warning("redis_unreachable_using_memory_cache", url=self._url)
+        log.warning("redis_unreachable_using_memory_cache", url=self._url, error=error)
         metrics.BACKEND_UP.set(0)
         self._probe = asyncio.create_task(self._reconnect(), name="cache-redis-probe")
 
@@ -254,7 +245,7 @@ class ResponseCache:
     async def _reconnect(self) -> None:
         while True:
             await asyncio.sleep(self._reconnect_s)
-            client = await _connect(self._url)
+            client, _ = await connect_redis(self._url)
             if client is not None:
                 self._use_redis(client)
                 return

@@ -25,9 +25,9 @@ from typing import Any, Protocol
 
 import aio_pika
 import redis.asyncio as redis
-from redis.exceptions import RedisError
 
 from headrace.services.runtime.logs import get_logger
+from headrace.services.runtime.redis_client import connect_redis
 
 log = get_logger(__name__)
 
@@ -261,14 +261,9 @@ async def open_queue(url: str, queue: str, prefetch: int) -> JobQueue:
 
 async def open_results(url: str, ttl_s: int) -> tuple[ResultStore, redis.Redis | None]:
     """Redis when it answers now, otherwise an in-process store (logged)."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2.0)
-    try:
-        await asyncio.wait_for(client.ping(), 1.0)
-    except (RedisError, OSError, TimeoutError) as exc:
-        await client.aclose()
-        log.warning(
-            "redis_unreachable_batch_results_in_process", error=str(exc) or type(exc).__name__
-        )
+    client, error = await connect_redis(url, socket_timeout=2.0)
+    if client is None:
+        log.warning("redis_unreachable_batch_results_in_process", error=error)
         return MemoryResults(), None
     return RedisResults(client, ttl_s), client
 
