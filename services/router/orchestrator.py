@@ -27,7 +27,7 @@ from headrace.sanitizer.v1 import sanitizer_pb2, sanitizer_pb2_grpc
 from headrace.services.router.audit import AuditLog, now_iso
 from headrace.services.router.experiments import Arm, Experiments
 from headrace.services.router.settings import RouterSettings
-from headrace.services.router.tasks import Route, TaskRouter
+from headrace.services.router.tasks import Route, TaskRouter, fill_unset
 from headrace.services.runtime.errors import HeadraceError, InvalidArgument, NotFound, Unavailable
 from headrace.services.runtime.interceptors import outgoing_metadata
 from headrace.services.runtime.logs import get_logger, request_id_var
@@ -121,12 +121,7 @@ def claimed_tier(credential: str) -> str:
 
 def with_arm(params: types_pb2.SamplingParams, arm: Arm) -> types_pb2.SamplingParams:
     """The request's parameters with the arm's filling the fields the request left unset."""
-    merged = types_pb2.SamplingParams()
-    merged.CopyFrom(params)
-    for name, value in arm.params.model_dump().items():
-        if value is not None and not merged.HasField(name):
-            setattr(merged, name, value)
-    return merged
+    return fill_unset(params, arm.params.model_dump())
 
 
 def _summary(text: str) -> str:
@@ -160,12 +155,7 @@ class Orchestrator:
 
     def fill_params(self, params: types_pb2.SamplingParams) -> types_pb2.SamplingParams:
         """The request's params with every unset field set to its default."""
-        filled = types_pb2.SamplingParams()
-        filled.CopyFrom(params)
-        for name, value in self._settings.defaults.model_dump().items():
-            if not filled.HasField(name):
-                setattr(filled, name, value)
-        return filled
+        return fill_unset(params, self._settings.defaults.model_dump())
 
     async def authorize(
         self, credential: str, remaining: float | None

@@ -9,6 +9,7 @@ import grpc
 from headrace.router.v1 import router_pb2, router_pb2_grpc
 from headrace.services.router.batch_jobs import BatchJobs
 from headrace.services.router.orchestrator import Orchestrator
+from headrace.services.router.tasks import fill_unset
 from headrace.services.runtime.credentials import credential_from
 from headrace.types.v1 import types_pb2
 
@@ -72,9 +73,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         await self._orchestrator.authorize(credential_from(context), context.time_remaining())
         tasks = []
         for name, preset in sorted(self._orchestrator.tasks.tasks.items()):
-            params = types_pb2.SamplingParams(
-                **{k: v for k, v in preset.params.model_dump().items() if v is not None}
-            )
+            params = fill_unset(types_pb2.SamplingParams(), preset.params.model_dump())
             tasks.append(
                 router_pb2.Task(
                     name=name,

@@ -10,6 +10,7 @@ one is unavailable or overloaded before its first token.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
@@ -96,7 +97,18 @@ DEFAULT_RULES: list[TaskRule] = [
     TaskRule(task="factual", pattern=r"\b(what|who|when|where|which|define|capital of)\b"),
 ]
 
-_FIELDS = ("temperature", "top_p", "top_k", "repeat_penalty", "max_tokens")
+
+def fill_unset(
+    params: types_pb2.SamplingParams, values: Mapping[str, object]
+) -> types_pb2.SamplingParams:
+    """A copy of `params` with each field it leaves unset taken from `values`
+    (None values skipped): explicit parameters always win."""
+    filled = types_pb2.SamplingParams()
+    filled.CopyFrom(params)
+    for name, value in values.items():
+        if value is not None and not filled.HasField(name):
+            setattr(filled, name, value)
+    return filled
 
 
 @dataclass(frozen=True)
@@ -139,11 +151,6 @@ class TaskRouter:
             )
         name = task or self.detect(prompt)
         preset = self.tasks.get(name)
-        merged = types_pb2.SamplingParams()
-        merged.CopyFrom(params)  # explicit request parameters win
-        if preset is not None:
-            for field in _FIELDS:
-                value = getattr(preset.params, field)
-                if value is not None and not merged.HasField(field):
-                    setattr(merged, field, value)
-        return Route(name, merged, list(preset.models) if preset else [])
+        if preset is None:
+            return Route(name, fill_unset(params, {}), [])
+        return Route(name, fill_unset(params, preset.params.model_dump()), list(preset.models))
