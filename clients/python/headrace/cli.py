@@ -58,17 +58,26 @@ def _mint(subject: str, ttl: int | None, scopes: list[str] | None, tier: str) ->
     )
 
 
-def _admin_call(
-    target: str, token: str | None, method: str, request: object, service: str = "auth"
-) -> object:
-    """Call an admin RPC (auth or cache service) through Envoy's public listener."""
+def _user_token(token: str | None, ttl: int = 600) -> str:
+    """The given token, or a short-lived one for the local user minted from the keys."""
+    return token or _mint(f"cli:{getpass.getuser()}", ttl, None, "free")
+
+
+def _admin_token(token: str | None) -> str:
+    """The given token, or a five-minute admin token minted from the local keys."""
+    return token or _mint(f"cli-admin:{getpass.getuser()}", 300, ["admin"], "unlimited")
+
+
+def _call(target: str, bearer: str, service: str, method: str, request: object) -> object:
+    """One unary RPC through Envoy's public listener; a failure exits with its status."""
     from headrace.auth.v1 import auth_pb2_grpc
     from headrace.cache.v1 import cache_pb2_grpc
+    from headrace.router.v1 import router_pb2_grpc
 
-    bearer = token or _mint(f"cli-admin:{getpass.getuser()}", 300, ["admin"], "unlimited")
     stub_class = {
         "auth": auth_pb2_grpc.AuthServiceStub,
         "cache": cache_pb2_grpc.CacheServiceStub,
+        "router": router_pb2_grpc.RouterServiceStub,
     }[service]
 
     async def run() -> object:
@@ -83,6 +92,13 @@ def _admin_call(
                 raise
 
     return asyncio.run(run())
+
+
+def _admin_call(
+    target: str, token: str | None, method: str, request: object, service: str = "auth"
+) -> object:
+    """Call an admin RPC (auth or cache service) with an admin token."""
+    return _call(target, _admin_token(token), service, method, request)
 
 
 def _fail(exc: grpc.aio.AioRpcError) -> None:
@@ -249,27 +265,13 @@ def tasks(target: TargetOption = "127.0.0.1:8080", token: TokenOption = None) ->
     """List task presets: models and sampling parameters."""
     from google.protobuf import json_format
 
-    from headrace.router.v1 import router_pb2, router_pb2_grpc
+    from headrace.router.v1 import router_pb2
 
-    bearer = token or _mint(f"cli:{getpass.getuser()}", 600, None, "free")
-
-    async def run() -> None:
-        async with grpc.aio.insecure_channel(target) as channel:
-            try:
-                reply = await router_pb2_grpc.RouterServiceStub(channel).ListTasks(
-                    router_pb2.ListTasksRequest(),
-                    metadata=(("authorization", f"Bearer {bearer}"),),
-                    timeout=10,
-                )
-            except grpc.aio.AioRpcError as exc:
-                _fail(exc)
-                return
-        for task in reply.tasks:
-            params = json_format.MessageToDict(task.params)
-            models = ", ".join(task.models) or "(default)"
-            typer.echo(f"{task.name:<10} models: {models:<24} params: {params}  {task.description}")
-
-    asyncio.run(run())
+    reply = _call(target, _user_token(token), "router", "ListTasks", router_pb2.ListTasksRequest())
+    for task in reply.tasks:  # type: ignore[attr-defined]
+        params = json_format.MessageToDict(task.params)
+        models = ", ".join(task.models) or "(default)"
+        typer.echo(f"{task.name:<10} models: {models:<24} params: {params}  {task.description}")
 
 
 @app.command()
@@ -281,24 +283,10 @@ def feedback(
     token: TokenOption = None,
 ) -> None:
     """Rate one of your responses (for A/B reports)."""
-    from headrace.router.v1 import router_pb2, router_pb2_grpc
+    from headrace.router.v1 import router_pb2
 
-    bearer = token or _mint(f"cli:{getpass.getuser()}", 600, None, "free")
-
-    async def run() -> None:
-        async with grpc.aio.insecure_channel(target) as channel:
-            try:
-                await router_pb2_grpc.RouterServiceStub(channel).Feedback(
-                    router_pb2.FeedbackRequest(
-                        request_id=request_id, rating=rating, comment=comment
-                    ),
-                    metadata=(("authorization", f"Bearer {bearer}"),),
-                    timeout=10,
-                )
-            except grpc.aio.AioRpcError as exc:
-                _fail(exc)
-
-    asyncio.run(run())
+    request = router_pb2.FeedbackRequest(request_id=request_id, rating=rating, comment=comment)
+    _call(target, _user_token(token), "router", "Feedback", request)
     typer.echo("recorded")
 
 
@@ -342,7 +330,7 @@ def generate(
     from headrace.client import Client, sampling_params
     from headrace.types.v1 import types_pb2
 
-    bearer = token or _mint(f"cli:{getpass.getuser()}", 3600, None, "free")
+    bearer = _user_token(token, ttl=3600)
     params = sampling_params(
         temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stop=stop or ()
     )
@@ -379,7 +367,7 @@ def models(target: TargetOption = "127.0.0.1:8080", token: TokenOption = None) -
     """List the models the gateway serves."""
     from headrace.client import Client
 
-    bearer = token or _mint(f"cli:{getpass.getuser()}", 600, None, "free")
+    bearer = _user_token(token)
 
     async def run() -> None:
         async with Client(target, bearer) as client:
