@@ -13,7 +13,7 @@ import base64
 import json
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,13 +181,17 @@ class Orchestrator:
         """Authorize and check the prompt concurrently; the auth verdict comes first."""
         metadata = outgoing_metadata()
         timeout = self._timeout(remaining)
+
+        def check_prompt(tier: str) -> Awaitable[sanitizer_pb2.CheckPromptResponse]:
+            return self._b.sanitizer.CheckPrompt(
+                sanitizer_pb2.CheckPromptRequest(prompt=request.prompt, tier=tier),
+                timeout=timeout,
+                metadata=metadata,
+            )
+
         if admitted is not None:
             try:
-                checked = await self._b.sanitizer.CheckPrompt(
-                    sanitizer_pb2.CheckPromptRequest(prompt=request.prompt, tier=admitted.tier),
-                    timeout=timeout,
-                    metadata=metadata,
-                )
+                checked = await check_prompt(admitted.tier)
             except grpc.aio.AioRpcError as exc:
                 raise upstream_error("sanitizer", exc) from None
             return admitted, checked
@@ -209,13 +213,7 @@ class Orchestrator:
         # run beside Authorize; the claim is only trusted because Authorize verifies
         # the same token before anything is used. Otherwise the check runs again.
         claimed = claimed_tier(credential)
-        check = asyncio.ensure_future(
-            self._b.sanitizer.CheckPrompt(
-                sanitizer_pb2.CheckPromptRequest(prompt=request.prompt, tier=claimed),
-                timeout=timeout,
-                metadata=metadata,
-            )
-        )
+        check = asyncio.ensure_future(check_prompt(claimed))
         try:
             try:
                 principal = await auth
@@ -224,13 +222,7 @@ class Orchestrator:
             try:
                 checked = await check
                 if principal.tier != claimed:
-                    checked = await self._b.sanitizer.CheckPrompt(
-                        sanitizer_pb2.CheckPromptRequest(
-                            prompt=request.prompt, tier=principal.tier
-                        ),
-                        timeout=timeout,
-                        metadata=metadata,
-                    )
+                    checked = await check_prompt(principal.tier)
             except grpc.aio.AioRpcError as exc:
                 # The prompt was refused after auth reserved quota for it: give it back.
                 if principal.reserved_tokens:
