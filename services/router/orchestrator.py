@@ -197,9 +197,7 @@ class Orchestrator:
             return admitted, checked
         # Reserve the worst case from the token quotas: the prompt (estimated at
         # 4 bytes a token, as the sanitizer does) plus everything max_tokens allows.
-        reserve = (
-            len(request.prompt.encode()) // 4 + 1 + self.fill_params(request.params).max_tokens
-        )
+        reserve = len(request.prompt.encode()) // 4 + 1 + params.max_tokens
         auth = asyncio.ensure_future(
             self._b.auth.Authorize(
                 auth_pb2.AuthorizeRequest(

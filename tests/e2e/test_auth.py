@@ -310,3 +310,15 @@ def test_a_refused_prompt_gives_its_quota_reservation_back(
         assert time.monotonic() < deadline, "a refused request kept its reservation"
         time.sleep(0.1)
     assert code_of(stub, token, max_tokens=40) == grpc.StatusCode.OK
+
+
+def test_the_quota_reservation_uses_the_preset_max_tokens(
+    suite: RunningSuite, stub: router_pb2_grpc.RouterServiceStub
+) -> None:
+    # 100 tokens a day: the dialogue preset's 50 tokens fit, the router's default 256 would not.
+    token = suite.token(unique("preset"), "--tier", "metered")
+    request = router_pb2.GenerateRequest(prompt="Hi", task="dialogue", bypass_cache=True)
+    messages = list(
+        stub.Generate(request, metadata=(("authorization", f"Bearer {token}"),), timeout=30)
+    )
+    assert messages[-1].usage.completion_tokens <= 50
