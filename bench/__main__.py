@@ -159,7 +159,7 @@ def lookup_latency(internal: str, calls: int = 300) -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5, help="alternating pairs")
+    parser.add_argument("--rounds", type=int, default=9, help="alternating pairs")
     parser.add_argument("--max-tokens", type=int, default=128)
     args = parser.parse_args()
 
@@ -218,6 +218,13 @@ def main() -> int:
     print(
         f"| time to first token, ms (median) | {l_ttft * 1000:.1f} | {r_ttft * 1000:.1f} "
         f"| +{(r_ttft - l_ttft) * 1000:.1f} ms |"
+    )
+    # The spread over the pairs, so a reader can tell a margin from noise.
+    ratios = sorted(r.decode_tps / lo.decode_tps for lo, r in zip(local, remote, strict=True))
+    overheads = sorted((r.ttft_s - lo.ttft_s) * 1000 for lo, r in zip(local, remote, strict=True))
+    print(
+        f"| per pair, min–max ({len(ratios)} pairs) | | | decode {ratios[0]:.3f}–{ratios[-1]:.3f}, "
+        f"first token +{overheads[0]:.1f}–{overheads[-1]:.1f} ms |"
     )
     print()
     print("| concurrent streams (gateway) | aggregate tokens/s | vs 1 stream |")

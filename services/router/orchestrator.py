@@ -511,9 +511,11 @@ class Orchestrator:
                     if verdict is grpc.aio.EOF:
                         raise Unavailable("the output filter ended early; retry the request")
                     if verdict.text:
+                        # The client first: the cache copy is written when the next
+                        # piece is asked for, off the path to the client's screen.
+                        yield router_pb2.GenerateResponse(text=verdict.text, model=key.model)
                         if store is not None:
                             await store.write(cache_pb2.StoreRequest(text=verdict.text))
-                        yield router_pb2.GenerateResponse(text=verdict.text, model=key.model)
                     if verdict.blocked:
                         blocked = True
                         break
