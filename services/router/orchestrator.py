@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import time
 from collections import OrderedDict
@@ -37,6 +38,8 @@ from headrace.types.v1 import types_pb2
 log = get_logger(__name__)
 
 SUMMARY_CHARS = 120
+TIER_HINTS = 4096
+"""API keys whose tier the router remembers (by SHA-256 digest, never the key itself)."""
 # Before its first token, a model that answers with these is skipped for the next.
 FALLBACK_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
@@ -145,6 +148,9 @@ class Orchestrator:
         self.experiments = Experiments(settings.experiments)
         # request id → (subject, arm label) of recent successful requests, for Feedback.
         self._recent: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        # API key digest → the tier auth last gave it: lets the prompt check run
+        # beside Authorize under the right policy (a JWT names its tier itself).
+        self._tier_hints: OrderedDict[bytes, str] = OrderedDict()
         self.catalog = ModelCatalog(backends.inference, settings.models_refresh_seconds)
         self.tasks = TaskRouter(settings.tasks, settings.task_rules, settings.default_task)
         self._background: set[asyncio.Task[None]] = set()
@@ -211,12 +217,18 @@ class Orchestrator:
         # run beside Authorize; the claim is only trusted because Authorize verifies
         # the same token before anything is used. Otherwise the check runs again.
         claimed = claimed_tier(credential)
+        digest = None
+        if not claimed:
+            digest = hashlib.sha256(credential.encode()).digest()
+            claimed = self._tier_hints.get(digest, "")
         check = asyncio.ensure_future(check_prompt(claimed))
         try:
             try:
                 principal = await auth
             except grpc.aio.AioRpcError as exc:
                 raise upstream_error("auth", exc) from None
+            if digest is not None:
+                self._hint_tier(digest, principal.tier)
             try:
                 checked = await check
                 if principal.tier != claimed:
@@ -351,6 +363,13 @@ class Orchestrator:
                 cached=audit["cached"],
                 latency_ms=audit["latency_ms"],
             )
+
+    def _hint_tier(self, digest: bytes, tier: str) -> None:
+        """Only a hint: a wrong one costs a second prompt check, never a wrong policy."""
+        self._tier_hints[digest] = tier
+        self._tier_hints.move_to_end(digest)
+        while len(self._tier_hints) > TIER_HINTS:
+            self._tier_hints.popitem(last=False)
 
     def _remember(self, request_id: str, subject: str, arm: str) -> None:
         self._recent[request_id] = (subject, arm)

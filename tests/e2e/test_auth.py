@@ -322,3 +322,32 @@ def test_the_quota_reservation_uses_the_preset_max_tokens(
         stub.Generate(request, metadata=(("authorization", f"Bearer {token}"),), timeout=30)
     )
     assert messages[-1].usage.completion_tokens <= 50
+
+
+def test_an_api_key_caller_gets_one_prompt_check_once_its_tier_is_known(
+    suite: RunningSuite, stub: router_pb2_grpc.RouterServiceStub
+) -> None:
+    """The tier picks the sanitizer's policy; a JWT names it, an API key does not. The
+    first request with a key checks the prompt again under the tier auth gives; later
+    ones run the one check beside Authorize, under the tier remembered for the key."""
+    key = (
+        cli(suite, "apikey", "create", "--subject", unique("svc"), "--tier", "unlimited")
+        .strip()
+        .splitlines()[-1]
+    )
+
+    def checks() -> float:
+        return suite.metric(
+            "sanitizer",
+            "grpc_server_started_total",
+            grpc_service="headrace.sanitizer.v1.SanitizerService",
+            grpc_method="CheckPrompt",
+        )
+
+    before = checks()
+    assert code_of(stub, key) == grpc.StatusCode.OK
+    first = checks() - before
+    assert first == 2, "the first check ran under the default policy, then the key's tier's"
+    for _ in range(3):
+        assert code_of(stub, key) == grpc.StatusCode.OK
+    assert checks() - before - first == 3, "one check per request once the tier is known"
