@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -60,15 +61,17 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         self._background: set[asyncio.Task[None]] = set()
         self._counts = {"hit": 0, "shared": 0, "semantic": 0, "miss": 0, "stores": 0}
 
-    def _key(self, key: cache_pb2.CacheKey) -> tuple[str, bool]:
+    def _key(self, key: cache_pb2.CacheKey) -> tuple[str, bool, dict[str, Any]]:
+        """The Redis key, whether the params allow caching, and the params as a dict."""
         params = json_format.MessageToDict(key.params, preserving_proto_field_name=True)
         subject = key.subject if self._per_subject else ""
         return (
             cache_key(key.model, key.prompt, params, subject, key.revision),
             is_cacheable(params),
+            params,
         )
 
-    def _semantic_scope(self, key: cache_pb2.CacheKey) -> str | None:
+    def _semantic_scope(self, key: cache_pb2.CacheKey, params: dict[str, Any]) -> str | None:
         """The scope a prompt is compared within, or None when semantic matching is off."""
         if self._semantic is None:
             return None
@@ -76,7 +79,6 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
             return None
         if self._semantic_tasks and key.task not in self._semantic_tasks:
             return None
-        params = json_format.MessageToDict(key.params, preserving_proto_field_name=True)
         subject = key.subject if self._per_subject else ""
         return cache_key(key.model, "", params, subject, key.revision) + ":" + key.task
 
@@ -98,7 +100,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         self, request: cache_pb2.LookupRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[cache_pb2.LookupResponse]:
         started = time.perf_counter()
-        key, cacheable = self._key(request.key)
+        key, cacheable, params = self._key(request.key)
         entry = await self._cache.store.get(key) if cacheable else None
         if entry is not None:
             self._count("hit")
@@ -107,7 +109,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
                 yield message
             return
         flight = self._flights.get(key) if cacheable else None
-        scope = self._semantic_scope(request.key) if cacheable and flight is None else None
+        scope = self._semantic_scope(request.key, params) if cacheable and flight is None else None
         if scope is not None and self._semantic is not None:
             match = await self._semantic.nearest(scope, request.key.prompt)
             similar = await self._cache.store.get(match[0]) if match else None
@@ -150,6 +152,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         cacheable = False
         flight = None
         first_key: cache_pb2.CacheKey | None = None
+        params: dict[str, Any] = {}
         chunks: list[str] = []
         final: Final | None = None
         stored = False
@@ -158,7 +161,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
                 if not key:
                     if not message.HasField("key"):
                         raise InvalidArgument("the first StoreRequest must carry the key")
-                    key, cacheable = self._key(message.key)
+                    key, cacheable, params = self._key(message.key)
                     first_key = message.key
                     flight = self._flights.claim(key) if cacheable else None
                 if message.text:
@@ -194,7 +197,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         metrics.STORES.labels("stored" if stored else "rejected").inc()
         if stored:
             self._counts["stores"] += 1
-            scope = self._semantic_scope(first_key) if first_key is not None else None
+            scope = self._semantic_scope(first_key, params) if first_key is not None else None
             if scope is not None and self._semantic is not None:
                 # Embedding takes tens of ms: off the request's path.
                 task = asyncio.create_task(self._semantic.add(scope, first_key.prompt, key))
