@@ -4,8 +4,9 @@ Starts the whole suite (Envoy → router → auth/sanitizer/cache → inference)
 ports with the default model, loads the same GGUF in this process with
 llama-cpp-python, and alternates pairs of identical greedy requests (cache bypassed),
 so machine noise hits both sides alike. Prints decode tokens/s for both and their
-ratio, time to first token and the gateway's overhead, and aggregate tokens/s through
-the gateway at 1, 4 and 8 concurrent streams.
+ratio, time to first token and the gateway's overhead (also for a tier whose sanitizer
+policy has no output rule, which skips the streaming output filter), and aggregate
+tokens/s through the gateway at 1, 4 and 8 concurrent streams.
 
     make bench                      # or: .venv/bin/python -m bench --rounds 5
 """
@@ -13,6 +14,7 @@ the gateway at 1, 4 and 8 concurrent streams.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -31,6 +33,7 @@ from headrace.services.inference.settings import DEFAULT_MODEL
 from headrace.types.v1 import types_pb2
 from tests.support.suite import start_suite
 
+BENCH_TIER = {"requests_per_minute": 1_000_000, "tokens_per_day": 1_000_000_000}
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
 
@@ -179,23 +182,29 @@ def main() -> int:
         model,
         extra_env={
             "HEADRACE_MODELS": f'[{{"name":"bench","path":"{model}"}}]',
-            "HEADRACE_TIERS": '{"bench": {"requests_per_minute": 1000000, "tokens_per_day": 1000000000}}',
+            "HEADRACE_TIERS": json.dumps({"bench": BENCH_TIER, "bench-unfiltered": BENCH_TIER}),
+            # A tier whose policy has no output rule: no FilterStream, nothing held back.
+            "HEADRACE_TIER_POLICIES": json.dumps({"bench-unfiltered": {"redact": False}}),
         },
     )
     try:
         token = suite.token("bench", "--tier", "bench")
+        unfiltered_token = suite.token("bench", "--tier", "bench-unfiltered")
         with grpc.insecure_channel(suite.public) as channel:
             stub = router_pb2_grpc.RouterServiceStub(channel)
             gateway(stub, token, 8)  # warm both sides
             in_process(llm, 8)
+            gateway(stub, unfiltered_token, 8)
             local: list[Run] = []
             remote: list[Run] = []
+            unfiltered: list[Run] = []
             for i in range(args.rounds):
-                pair = [
+                steps = [
                     lambda: local.append(in_process(llm, args.max_tokens)),
                     lambda: remote.append(gateway(stub, token, args.max_tokens)),
+                    lambda: unfiltered.append(gateway(stub, unfiltered_token, args.max_tokens)),
                 ]
-                for step in pair if i % 2 == 0 else reversed(pair):
+                for step in steps if i % 2 == 0 else reversed(steps):
                     # Let the previous run's threads (llama.cpp's OpenMP workers
                     # spin after a decode) go idle, so neither side pays for the other.
                     time.sleep(0.25)
@@ -218,6 +227,15 @@ def main() -> int:
     print(
         f"| time to first token, ms (median) | {l_ttft * 1000:.1f} | {r_ttft * 1000:.1f} "
         f"| +{(r_ttft - l_ttft) * 1000:.1f} ms |"
+    )
+    u_tps, u_ttft = med(r.decode_tps for r in unfiltered), med(r.ttft_s for r in unfiltered)
+    print(
+        f"| decode tokens/s, tier without output rules | {l_tps:.1f} | {u_tps:.1f} "
+        f"| {u_tps / l_tps:.3f} |"
+    )
+    print(
+        f"| time to first token, ms, tier without output rules | {l_ttft * 1000:.1f} "
+        f"| {u_ttft * 1000:.1f} | +{(u_ttft - l_ttft) * 1000:.1f} ms |"
     )
     # The spread over the pairs, so a reader can tell a margin from noise.
     ratios = sorted(r.decode_tps / lo.decode_tps for lo, r in zip(local, remote, strict=True))

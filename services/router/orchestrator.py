@@ -299,7 +299,13 @@ class Orchestrator:
                 )
                 sent = False
                 try:
-                    stream = self._stream(key, request.bypass_cache, remaining, principal.tier)
+                    stream = self._stream(
+                        key,
+                        request.bypass_cache,
+                        remaining,
+                        principal.tier,
+                        filtered=not checked.output_unfiltered,
+                    )
                     async for response in stream:
                         sent = True
                         response.request_id = audit["request_id"]
@@ -458,7 +464,13 @@ class Orchestrator:
         task.add_done_callback(self._background.discard)
 
     async def _stream(
-        self, key: cache_pb2.CacheKey, bypass_cache: bool, remaining: float | None, tier: str = ""
+        self,
+        key: cache_pb2.CacheKey,
+        bypass_cache: bool,
+        remaining: float | None,
+        tier: str = "",
+        *,
+        filtered: bool = True,
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
         if not bypass_cache:
             replayed = False
@@ -467,7 +479,7 @@ class Orchestrator:
                 yield response
             if replayed:
                 return
-        async for response in self._generate(key, bypass_cache, remaining, tier):
+        async for response in self._generate(key, bypass_cache, remaining, tier, filtered):
             yield response
 
     async def _replay(
@@ -504,16 +516,29 @@ class Orchestrator:
             call.cancel()
 
     async def _generate(
-        self, key: cache_pb2.CacheKey, bypass_cache: bool, remaining: float | None, tier: str = ""
+        self,
+        key: cache_pb2.CacheKey,
+        bypass_cache: bool,
+        remaining: float | None,
+        tier: str = "",
+        filtered: bool = True,
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
-        """Inference → output filter → client, teeing the filtered text into the cache."""
+        """Inference → output filter → client, teeing the filtered text into the cache.
+
+        Without `filtered` (the sanitizer said the tier's policy has no output rule)
+        the pieces go to the client as they come, with no FilterStream round trip.
+        """
         metadata = outgoing_metadata()
         generation = self._b.inference.Generate(
             inference_pb2.GenerateRequest(prompt=key.prompt, model=key.model, params=key.params),
             timeout=remaining,
             metadata=metadata,
         )
-        output_filter = self._b.sanitizer.FilterStream(timeout=remaining, metadata=metadata)
+        output_filter = (
+            self._b.sanitizer.FilterStream(timeout=remaining, metadata=metadata)
+            if filtered
+            else None
+        )
         store = None if bypass_cache else self._b.cache.Store(metadata=metadata)
         try:
             if store is not None:
@@ -523,12 +548,15 @@ class Orchestrator:
             try:
                 async for piece in generation:
                     end = piece.finish_reason != types_pb2.FINISH_REASON_UNSPECIFIED
-                    await output_filter.write(
-                        sanitizer_pb2.FilterStreamRequest(text=piece.text, end=end, tier=tier)
-                    )
-                    verdict = await output_filter.read()
-                    if verdict is grpc.aio.EOF:
-                        raise Unavailable("the output filter ended early; retry the request")
+                    if output_filter is None:
+                        verdict = sanitizer_pb2.FilterStreamResponse(text=piece.text)
+                    else:
+                        await output_filter.write(
+                            sanitizer_pb2.FilterStreamRequest(text=piece.text, end=end, tier=tier)
+                        )
+                        verdict = await output_filter.read()
+                        if verdict is grpc.aio.EOF:
+                            raise Unavailable("the output filter ended early; retry the request")
                     if verdict.text:
                         # The client first: the cache copy is written when the next
                         # piece is asked for, off the path to the client's screen.
@@ -566,6 +594,7 @@ class Orchestrator:
                     log.warning("cache_store_failed", error=str(exc))
         finally:
             generation.cancel()
-            output_filter.cancel()
+            if output_filter is not None:
+                output_filter.cancel()
             if store is not None and not store.done():
                 store.cancel()

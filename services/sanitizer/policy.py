@@ -117,6 +117,8 @@ class PromptPolicy:
         self.active_rules = [r for r in active if not disabled_by(r.id, self.disabled_rules)]
         self.prompt_rules = RuleSet(self.active_rules, Direction.PROMPT)
         self.output_rules = RuleSet(self.active_rules, Direction.OUTPUT)
+        self.filters_output = bool(self.output_rules.rules)
+        """Whether any rule acts on output; without one, responses need no FilterStream."""
         warm_up()
 
     def _limit(self, prompt: str) -> str:

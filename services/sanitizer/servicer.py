@@ -28,7 +28,11 @@ class SanitizerServicer(sanitizer_pb2_grpc.SanitizerServiceServicer):
             verdict = policy.evaluate(request.prompt)
         metrics.record(verdict.hits, Direction.PROMPT)
         checked = accept(verdict)
-        return sanitizer_pb2.CheckPromptResponse(prompt=checked.text, redactions=checked.redactions)
+        return sanitizer_pb2.CheckPromptResponse(
+            prompt=checked.text,
+            redactions=checked.redactions,
+            output_unfiltered=not policy.filters_output,
+        )
 
     async def FilterStream(
         self,

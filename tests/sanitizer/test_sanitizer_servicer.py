@@ -92,3 +92,32 @@ async def test_filter_stream_ends_with_blocked_and_the_rule_id() -> None:
     assert [(r.blocked, r.rule_id) for r in responses] == [(False, ""), (True, "deny.terms")]
     assert "forb" not in "".join(r.text for r in responses)
     assert _matches("deny.terms", "block", "output") == before + 1
+
+
+@pytest.mark.parametrize(
+    ("policy", "unfiltered"),
+    [
+        (PromptPolicy(max_bytes=4096, max_tokens_estimate=4096), False),
+        (PromptPolicy(max_bytes=4096, max_tokens_estimate=4096, redact=False), True),
+        (
+            PromptPolicy(max_bytes=4096, max_tokens_estimate=4096, redact=False, deny_terms=["x"]),
+            False,
+        ),
+        (
+            PromptPolicy(
+                max_bytes=4096, max_tokens_estimate=4096, disabled_rules=["pii", "secret"]
+            ),
+            True,
+        ),
+    ],
+)
+async def test_check_prompt_says_when_the_tier_has_no_output_rule(
+    policy: PromptPolicy, unfiltered: bool
+) -> None:
+    """Only a policy with no rule that acts on output (injection rules read prompts
+    only) lets the router skip FilterStream; the default, redaction on, never does."""
+    reply = await SanitizerServicer(TierPolicies(policy)).CheckPrompt(
+        sanitizer_pb2.CheckPromptRequest(prompt="hello"),
+        _Context(),  # type: ignore[arg-type]
+    )
+    assert reply.output_unfiltered is unfiltered

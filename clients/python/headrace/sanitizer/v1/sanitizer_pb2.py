@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%headrace/sanitizer/v1/sanitizer.proto\x12\x15headrace.sanitizer.v1\"@\n\x12\x43heckPromptRequest\x12\x16\n\x06prompt\x18\x01 \x01(\tR\x06prompt\x12\x12\n\x04tier\x18\x02 \x01(\tR\x04tier\"M\n\x13\x43heckPromptResponse\x12\x16\n\x06prompt\x18\x01 \x01(\tR\x06prompt\x12\x1e\n\nredactions\x18\x02 \x03(\tR\nredactions\"O\n\x13\x46ilterStreamRequest\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x10\n\x03\x65nd\x18\x02 \x01(\x08R\x03\x65nd\x12\x12\n\x04tier\x18\x03 \x01(\tR\x04tier\"]\n\x14\x46ilterStreamResponse\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x18\n\x07\x62locked\x18\x02 \x01(\x08R\x07\x62locked\x12\x17\n\x07rule_id\x18\x03 \x01(\tR\x06ruleId2\xe5\x01\n\x10SanitizerService\x12\x64\n\x0b\x43heckPrompt\x12).headrace.sanitizer.v1.CheckPromptRequest\x1a*.headrace.sanitizer.v1.CheckPromptResponse\x12k\n\x0c\x46ilterStream\x12*.headrace.sanitizer.v1.FilterStreamRequest\x1a+.headrace.sanitizer.v1.FilterStreamResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%headrace/sanitizer/v1/sanitizer.proto\x12\x15headrace.sanitizer.v1\"@\n\x12\x43heckPromptRequest\x12\x16\n\x06prompt\x18\x01 \x01(\tR\x06prompt\x12\x12\n\x04tier\x18\x02 \x01(\tR\x04tier\"z\n\x13\x43heckPromptResponse\x12\x16\n\x06prompt\x18\x01 \x01(\tR\x06prompt\x12\x1e\n\nredactions\x18\x02 \x03(\tR\nredactions\x12+\n\x11output_unfiltered\x18\x03 \x01(\x08R\x10outputUnfiltered\"O\n\x13\x46ilterStreamRequest\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x10\n\x03\x65nd\x18\x02 \x01(\x08R\x03\x65nd\x12\x12\n\x04tier\x18\x03 \x01(\tR\x04tier\"]\n\x14\x46ilterStreamResponse\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x18\n\x07\x62locked\x18\x02 \x01(\x08R\x07\x62locked\x12\x17\n\x07rule_id\x18\x03 \x01(\tR\x06ruleId2\xe5\x01\n\x10SanitizerService\x12\x64\n\x0b\x43heckPrompt\x12).headrace.sanitizer.v1.CheckPromptRequest\x1a*.headrace.sanitizer.v1.CheckPromptResponse\x12k\n\x0c\x46ilterStream\x12*.headrace.sanitizer.v1.FilterStreamRequest\x1a+.headrace.sanitizer.v1.FilterStreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,11 +34,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKPROMPTREQUEST']._serialized_start=64
   _globals['_CHECKPROMPTREQUEST']._serialized_end=128
   _globals['_CHECKPROMPTRESPONSE']._serialized_start=130
-  _globals['_CHECKPROMPTRESPONSE']._serialized_end=207
-  _globals['_FILTERSTREAMREQUEST']._serialized_start=209
-  _globals['_FILTERSTREAMREQUEST']._serialized_end=288
-  _globals['_FILTERSTREAMRESPONSE']._serialized_start=290
-  _globals['_FILTERSTREAMRESPONSE']._serialized_end=383
-  _globals['_SANITIZERSERVICE']._serialized_start=386
-  _globals['_SANITIZERSERVICE']._serialized_end=615
+  _globals['_CHECKPROMPTRESPONSE']._serialized_end=252
+  _globals['_FILTERSTREAMREQUEST']._serialized_start=254
+  _globals['_FILTERSTREAMREQUEST']._serialized_end=333
+  _globals['_FILTERSTREAMRESPONSE']._serialized_start=335
+  _globals['_FILTERSTREAMRESPONSE']._serialized_end=428
+  _globals['_SANITIZERSERVICE']._serialized_start=431
+  _globals['_SANITIZERSERVICE']._serialized_end=660
 # @@protoc_insertion_point(module_scope)

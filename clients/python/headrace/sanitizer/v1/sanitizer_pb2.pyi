@@ -15,12 +15,14 @@ class CheckPromptRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., tier: _Optional[str] = ...) -> None: ...
 
 class CheckPromptResponse(_message.Message):
-    __slots__ = ("prompt", "redactions")
+    __slots__ = ("prompt", "redactions", "output_unfiltered")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     REDACTIONS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_UNFILTERED_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     redactions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, prompt: _Optional[str] = ..., redactions: _Optional[_Iterable[str]] = ...) -> None: ...
+    output_unfiltered: bool
+    def __init__(self, prompt: _Optional[str] = ..., redactions: _Optional[_Iterable[str]] = ..., output_unfiltered: _Optional[bool] = ...) -> None: ...
 
 class FilterStreamRequest(_message.Message):
     __slots__ = ("text", "end", "tier")

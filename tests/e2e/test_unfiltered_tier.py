@@ -1,0 +1,73 @@
+"""A tier whose sanitizer policy has no output rule streams without FilterStream.
+
+The default policy redacts output, so every response goes through the sanitizer's
+FilterStream, which holds back the last word (it might begin an e-mail address) and
+costs a round trip per piece. An operator may turn output rules off for a trusted
+tier; then the router streams inference's pieces straight to the client.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from headrace.router.v1 import router_pb2, router_pb2_grpc
+from headrace.types.v1 import types_pb2
+from tests.support.suite import RunningSuite, running_suite
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[RunningSuite]:
+    with running_suite(
+        tmp_path_factory.mktemp("unfiltered-home"),
+        tiny_model,
+        extra_env={
+            "HEADRACE_TIERS": json.dumps({"free": {}, "trusted": {}}),
+            "HEADRACE_TIER_POLICIES": json.dumps({"trusted": {"redact": False}}),
+        },
+    ) as running:
+        yield running
+
+
+def filter_streams(suite: RunningSuite) -> float:
+    return suite.metric(
+        "sanitizer",
+        "grpc_server_started_total",
+        grpc_service="headrace.sanitizer.v1.SanitizerService",
+        grpc_method="FilterStream",
+    )
+
+
+def generate(
+    suite: RunningSuite, stub: router_pb2_grpc.RouterServiceStub, tier: str
+) -> list[router_pb2.GenerateResponse]:
+    request = router_pb2.GenerateRequest(
+        prompt="Hello world",
+        bypass_cache=True,
+        params=types_pb2.SamplingParams(max_tokens=12, temperature=0.0),
+    )
+    token = suite.token(f"{tier}-user", "--tier", tier)
+    return list(stub.Generate(request, metadata=(("authorization", f"Bearer {token}"),), timeout=30))
+
+
+def test_the_trusted_tier_skips_the_output_filter_and_gets_the_same_text(
+    suite: RunningSuite, stub: router_pb2_grpc.RouterServiceStub
+) -> None:
+    before = filter_streams(suite)
+    filtered = generate(suite, stub, "free")
+    assert filter_streams(suite) == before + 1, "the default policy filters output"
+
+    unfiltered = generate(suite, stub, "trusted")
+    assert filter_streams(suite) == before + 1, "no FilterStream for a tier without output rules"
+
+    text = "".join(m.text for m in unfiltered)
+    assert text and text == "".join(m.text for m in filtered)
+    assert unfiltered[-1].finish_reason == filtered[-1].finish_reason
+    assert unfiltered[-1].usage.completion_tokens == filtered[-1].usage.completion_tokens
+    # Unfiltered, every token is its own message: nothing is held back.
+    assert len([m for m in unfiltered if m.text]) == unfiltered[-1].usage.completion_tokens
