@@ -52,7 +52,9 @@ def generate(
         params=types_pb2.SamplingParams(max_tokens=12, temperature=0.0),
     )
     token = suite.token(f"{tier}-user", "--tier", tier)
-    return list(stub.Generate(request, metadata=(("authorization", f"Bearer {token}"),), timeout=30))
+    return list(
+        stub.Generate(request, metadata=(("authorization", f"Bearer {token}"),), timeout=30)
+    )
 
 
 def test_the_trusted_tier_skips_the_output_filter_and_gets_the_same_text(
