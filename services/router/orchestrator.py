@@ -25,6 +25,7 @@ from headrace.cache.v1 import cache_pb2, cache_pb2_grpc
 from headrace.inference.v1 import inference_pb2, inference_pb2_grpc
 from headrace.router.v1 import router_pb2
 from headrace.sanitizer.v1 import sanitizer_pb2, sanitizer_pb2_grpc
+from headrace.services.router import metrics
 from headrace.services.router.audit import AuditLog, now_iso
 from headrace.services.router.experiments import Arm, Experiments
 from headrace.services.router.settings import RouterSettings
@@ -264,12 +265,15 @@ class Orchestrator:
             "cached": False,
         }
         response_text: list[str] = []
+        # Metric labels: set only from settings and the catalog, never the request.
+        labels = {"model": "", "task": "", "arm": ""}
+        first_token: float | None = None
         admitted = principal
         principal = None
         try:
             validate_params(request.params, self._settings.max_tokens_limit)
             route = self.tasks.route(request.task, request.prompt, request.params)
-            audit["task"] = route.task
+            audit["task"] = labels["task"] = route.task
             params = self.fill_params(route.params)
             principal, checked = await self._admit(request, params, credential, remaining, admitted)
             audit["subject"] = principal.subject
@@ -278,7 +282,7 @@ class Orchestrator:
             assignment = self.experiments.for_request(route.task, principal.subject)
             arm_label = ""
             if assignment is not None:
-                arm_label = audit["arm"] = assignment.label
+                arm_label = audit["arm"] = labels["arm"] = assignment.label
                 # The arm's parameters sit between the request's own and the preset's.
                 route = self.tasks.route(
                     route.task, request.prompt, with_arm(request.params, assignment.arm)
@@ -288,7 +292,7 @@ class Orchestrator:
                 params = self.fill_params(route.params)
             candidates = await self._candidates(request.model, route.models, remaining)
             for attempt, info in enumerate(candidates):
-                audit["model"] = info.name
+                audit["model"] = labels["model"] = info.name
                 key = cache_pb2.CacheKey(
                     model=info.name,
                     revision=info.revision,
@@ -312,6 +316,8 @@ class Orchestrator:
                         response.task = route.task
                         response.arm = arm_label
                         response_text.append(response.text)
+                        if response.text and first_token is None:
+                            first_token = time.perf_counter() - started
                         if response.cached:
                             audit["cached"] = True
                         if response.finish_reason:
@@ -356,7 +362,17 @@ class Orchestrator:
                 )
                 if used != principal.reserved_tokens:
                     self._settle(principal, used)
-            audit["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
+            elapsed = time.perf_counter() - started
+            audit["latency_ms"] = round(elapsed * 1000, 2)
+            metrics.record(
+                **labels,
+                code=audit["status"],
+                cached=audit["cached"],
+                seconds=elapsed,
+                first_token_seconds=first_token,
+                prompt_tokens=audit.get("prompt_tokens", 0),
+                completion_tokens=audit.get("completion_tokens", 0),
+            )
             if audit["subject"] is not None:
                 # Only text that passed the sanitizer's filter is ever summarised.
                 audit["response_summary"] = _summary("".join(response_text))
