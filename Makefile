@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 GPU ?=
 CUDA_STAMP := $(VENV)/.cuda-built
 
-.PHONY: up test gen gen-node node gen-check lint bench install model clean help
+.PHONY: up test gen gen-node node gen-check lint bench load install model clean help
 
 help:
 	@echo "make up      set up .venv and .headrace/, then run every service and Envoy (Ctrl-C stops)"
@@ -18,6 +18,7 @@ help:
 	@echo "make gen-node regenerate the Node client's code (clients/node/gen)"
 	@echo "make lint    ruff, buf lint, buf breaking, generated-code drift check"
 	@echo "make bench   gateway vs in-process llama-cpp-python benchmarks"
+	@echo "make load    locust against a suite with 2 inference replicas (LOAD_ARGS=...)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -71,6 +72,11 @@ lint: install gen-check
 
 bench: model
 	$(BIN)/python -m bench
+
+# Its own suite on free ports unless LOAD_ARGS has --target (e.g. a running `make up`).
+LOAD_ARGS ?= --users 8 --duration 60
+load: model
+	$(BIN)/python -m bench.load $(LOAD_ARGS)
 
 clean:
 	rm -rf $(VENV) .headrace .pytest_cache
