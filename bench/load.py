@@ -29,6 +29,7 @@ grpc_gevent.init_gevent()
 import argparse  # noqa: E402
 import ipaddress  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import random  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -265,6 +266,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=None, help="stop after this many")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--replicas", type=int, default=2, help="inference replicas")
+    parser.add_argument("--threads", type=int, default=0, help="per replica (default: split)")
     parser.add_argument("--model", type=Path, default=None, help="GGUF (default: Gemma 3 270M)")
     parser.add_argument("--target", default=None, help="a running suite's public host:port")
     parser.add_argument("--allow-remote", action="store_true")
@@ -298,13 +300,21 @@ def main() -> int:
 
         model = args.model or resolve_path(DEFAULT_MODEL, Path(".headrace").resolve())
         home = Path(tempfile.mkdtemp(prefix="headrace-load-"))
-        print(f"starting a suite with {args.replicas} inference replicas, model {model.name}")
+        threads = args.threads or max(1, (os.cpu_count() or 1) // args.replicas)
+        print(
+            f"starting a suite with {args.replicas} inference replicas "
+            f"({threads} decode threads each), model {model.name}"
+        )
         suite = start_suite(
             home,
             model,
             replicas=args.replicas,
             extra_env={
-                "HEADRACE_MODELS": json.dumps([{"name": "load", "path": str(model)}]),
+                # Replicas share the machine's cores: 2 decode threads each on 2 cores
+                # would fight over them (llama.cpp's threads spin), so split them.
+                "HEADRACE_MODELS": json.dumps(
+                    [{"name": "load", "path": str(model), "threads": threads}]
+                ),
                 "HEADRACE_TIERS": json.dumps({"load": {}}),
             },
         )
