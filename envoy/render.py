@@ -11,6 +11,8 @@ from pathlib import Path
 
 import jinja2
 
+from headrace.services.runtime.tls import CertPaths
+
 TEMPLATE = Path(__file__).with_name("envoy.yaml.j2")
 
 
@@ -35,6 +37,9 @@ class EnvoyLayout:
     descriptor_path: str = ""
     """A FileDescriptorSet of the public API; when set, the public listener also
     transcodes JSON over HTTP (POST /headrace.router.v1.RouterService/<Rpc>)."""
+    tls: CertPaths | None = None
+    """With certificates: TLS on the public listener, mTLS on the internal one and to
+    every service."""
 
 
 def render(layout: EnvoyLayout) -> str:
@@ -51,6 +56,7 @@ def render(layout: EnvoyLayout) -> str:
         clusters=layout.clusters,
         health_interval_s=layout.health_interval_s,
         descriptor_path=layout.descriptor_path,
+        tls=layout.tls,
     )
 
 

@@ -45,7 +45,9 @@ async def make_service() -> Service:
         settings.memory_cache_entries,
         settings.redis_reconnect_seconds,
     )
-    channel = internal_channel(settings.internal_target)
+    channel = internal_channel(
+        settings.internal_target, settings.cert_paths if settings.tls else None
+    )
     semantic = (
         await asyncio.to_thread(semantic_index, settings) if settings.semantic_cache else None
     )

@@ -30,6 +30,7 @@ from headrace.envoy.render import (
 from headrace.services.launcher.settings import LauncherSettings
 from headrace.services.launcher.supervisor import Child, stop_with_parent
 from headrace.services.runtime.logs import get_logger
+from headrace.services.runtime.tls import CertPaths, channel_credentials, make_certs
 
 log = get_logger(__name__)
 
@@ -85,8 +86,13 @@ def envoy_layout(settings: LauncherSettings, eps: list[Endpoint]) -> EnvoyLayout
     )
 
 
-async def _serving(target: str) -> bool:
-    async with grpc.aio.insecure_channel(target) as channel:
+async def _serving(target: str, credentials: grpc.ChannelCredentials | None = None) -> bool:
+    channel = (
+        grpc.aio.insecure_channel(target)
+        if credentials is None
+        else grpc.aio.secure_channel(target, credentials)
+    )
+    async with channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=1.0
@@ -113,6 +119,11 @@ class Suite:
         self.eps = endpoints(settings)
         self.run_dir = self.home / "run"
         self.children: dict[str, Child] = {}
+        self.certs = (
+            CertPaths((settings.certs_dir or self.home / "certs").resolve())
+            if settings.tls
+            else None
+        )
 
     def prepare(self) -> Path:
         """Create .headrace/ and the rendered Envoy config (auth makes its own keys)."""
@@ -122,7 +133,11 @@ class Suite:
         descriptor = self.home / "public-api.binpb"
         descriptor.write_bytes(public_descriptor_set())
         layout = envoy_layout(self.settings, self.eps)
-        layout = dataclasses.replace(layout, descriptor_path=str(descriptor))
+        if self.certs is not None:
+            written = make_certs(self.certs)
+            if written:
+                log.info("certificates_written", directory=str(self.certs.root))
+        layout = dataclasses.replace(layout, descriptor_path=str(descriptor), tls=self.certs)
         config.write_text(render(layout))
         checked = validate(config)
         if checked.returncode != 0:
@@ -173,9 +188,13 @@ class Suite:
         deadline = time.monotonic() + s.ready_timeout_seconds
         pending = {ep.name: f"{s.host}:{ep.port}" for ep in self.eps}
         pending["envoy"] = f"{s.host}:{s.public_port}"
+        internal = public = None
+        if self.certs is not None:
+            internal = channel_credentials(self.certs)
+            public = grpc.ssl_channel_credentials(self.certs.ca.read_bytes())
         while pending:
             for name, target in list(pending.items()):
-                ok = await _serving(target)
+                ok = await _serving(target, public if name == "envoy" else internal)
                 if ok and name == "envoy":
                     ok = await asyncio.to_thread(_envoy_ready, f"{s.host}:{s.admin_port}")
                 if ok:

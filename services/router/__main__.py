@@ -26,7 +26,9 @@ def make_service() -> Service:
         "feedback",
         settings.audit_retention_days,
     )
-    channel = internal_channel(settings.internal_target)
+    channel = internal_channel(
+        settings.internal_target, settings.cert_paths if settings.tls else None
+    )
 
     workers: list[BatchWorker] = []
     redis_clients: list[object] = []

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import grpc
 
+from headrace.services.runtime.tls import CertPaths, channel_credentials
+
 _OPTIONS = [
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
@@ -13,6 +15,9 @@ _OPTIONS = [
 ]
 
 
-def internal_channel(target: str) -> grpc.aio.Channel:
-    """An insecure channel to Envoy's internal listener (loopback only)."""
-    return grpc.aio.insecure_channel(target, options=_OPTIONS)
+def internal_channel(target: str, tls: CertPaths | None = None) -> grpc.aio.Channel:
+    """A channel to Envoy's internal listener: plaintext on loopback, or mTLS with the
+    suite's internal certificate when `tls` is given (HEADRACE_TLS)."""
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=_OPTIONS)
+    return grpc.aio.secure_channel(target, channel_credentials(tls), options=_OPTIONS)

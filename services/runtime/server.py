@@ -19,6 +19,7 @@ from headrace.services.runtime.interceptors import ServiceInterceptor
 from headrace.services.runtime.logs import configure_logging, get_logger
 from headrace.services.runtime.metrics import start_metrics_server
 from headrace.services.runtime.settings import ServiceSettings
+from headrace.services.runtime.tls import server_credentials
 
 log = get_logger(__name__)
 
@@ -69,7 +70,12 @@ async def serve(service: Service, stop: asyncio.Event | None = None) -> None:
         server,
     )
     address = f"{settings.host}:{settings.port}"
-    if server.add_insecure_port(address) == 0:
+    if settings.tls:
+        # mTLS: only a caller with a certificate from the suite's CA gets in (Envoy).
+        port = server.add_secure_port(address, server_credentials(settings.cert_paths))
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
         raise RuntimeError(f"cannot listen on {address}: port in use?")
     start_metrics_server(settings.host, settings.metrics_port)
     await server.start()
@@ -78,6 +84,7 @@ async def serve(service: Service, stop: asyncio.Event | None = None) -> None:
     log.info(
         "serving",
         address=address,
+        tls=settings.tls,
         metrics=f"http://{settings.host}:{settings.metrics_port}/metrics",
         services=names,
     )

@@ -20,6 +20,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from headrace.services.runtime.tls import CertPaths
+
 
 def config_file() -> Path:
     """The headrace.toml this process reads (it may not exist)."""
@@ -55,6 +57,16 @@ class HeadraceSettings(BaseSettings):
 
     home: Path = Path(".headrace")
     """Where keys, models, audit logs and rendered config live."""
+    tls: bool = False
+    """TLS on Envoy's public listener and mTLS on every internal hop (Envoy ↔ services),
+    with the certificates `headrace certs` writes to certs_dir (docs/security.md)."""
+    certs_dir: Path | None = None
+    """Where the CA and certificates live; default <home>/certs."""
+
+    @property
+    def cert_paths(self) -> CertPaths:
+        return CertPaths(self.certs_dir or self.home / "certs")
+
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -80,8 +80,10 @@ def _call(target: str, bearer: str, service: str, method: str, request: object) 
         "router": router_pb2_grpc.RouterServiceStub,
     }[service]
 
+    from headrace.client import open_channel
+
     async def run() -> object:
-        async with grpc.aio.insecure_channel(target) as channel:
+        async with open_channel(target) as channel:
             stub = stub_class(channel)
             try:
                 return await getattr(stub, method)(
@@ -104,6 +106,30 @@ def _admin_call(
 def _fail(exc: grpc.aio.AioRpcError) -> None:
     typer.secho(f"error: {exc.code().name}: {exc.details()}", fg="red", err=True)
     raise typer.Exit(2)
+
+
+@app.command()
+def certs(
+    san: Annotated[
+        list[str] | None,
+        typer.Option(help="Another name or IP for the certificates (repeatable)."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace existing certificates.")] = False,
+    days: Annotated[int, typer.Option(help="Validity of the two certificates.")] = 365,
+) -> None:
+    """Write the CA and certificates for HEADRACE_TLS under HEADRACE_HOME/certs."""
+    from headrace.services.runtime.settings import HeadraceSettings
+
+    paths = HeadraceSettings().cert_paths
+    from headrace.services.runtime.tls import make_certs
+
+    written = make_certs(paths, list(san or []), force=force, days=days)
+    if not written:
+        typer.echo(f"certificates exist in {paths.root} (--force replaces them)")
+        return
+    for path in written:
+        typer.echo(f"wrote {path}")
+    typer.echo(f"clients verify the gateway with {paths.ca} (HEADRACE_CA_CERT)")
 
 
 @app.command()

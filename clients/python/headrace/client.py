@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -16,6 +18,19 @@ from headrace.router.v1 import router_pb2, router_pb2_grpc
 from headrace.types.v1 import types_pb2
 
 DEFAULT_TARGET = "127.0.0.1:8080"
+CA_CERT_ENV = "HEADRACE_CA_CERT"
+"""A CA certificate (PEM) to verify the gateway with: TLS instead of plaintext."""
+
+
+def open_channel(target: str, ca_cert: str | os.PathLike[str] | None = None) -> grpc.aio.Channel:
+    """A channel to the gateway: TLS verified with `ca_cert` (or $HEADRACE_CA_CERT,
+    e.g. .headrace/certs/ca.pem when the suite runs with HEADRACE_TLS=true), else
+    plaintext."""
+    ca = ca_cert or os.environ.get(CA_CERT_ENV)
+    if not ca:
+        return grpc.aio.insecure_channel(target)
+    credentials = grpc.ssl_channel_credentials(Path(ca).read_bytes())
+    return grpc.aio.secure_channel(target, credentials)
 
 
 @dataclass
@@ -75,8 +90,9 @@ class Client:
         *,
         retries: int = 3,
         backoff_s: float = 0.2,
+        ca_cert: str | os.PathLike[str] | None = None,
     ) -> None:
-        self._channel = grpc.aio.insecure_channel(target)
+        self._channel = open_channel(target, ca_cert)
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._retries = retries
