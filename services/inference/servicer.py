@@ -9,6 +9,7 @@ import grpc
 from headrace.inference.v1 import inference_pb2, inference_pb2_grpc
 from headrace.services.inference.engine import FinishReason, Sampling
 from headrace.services.inference.registry import ModelRegistry
+from headrace.services.runtime import tracing
 from headrace.services.runtime.logs import get_logger
 from headrace.services.runtime.params import validate_params
 from headrace.types.v1 import types_pb2
@@ -51,10 +52,23 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         engine = self._registry.get(request.model)
         validate_params(request.params, self._max_tokens_limit)
         sampling = sampling_from_proto(request.params, engine.spec.default_max_tokens)
+        span = tracing.current_span()
         async for delta in engine.generate(request.prompt, sampling):
             if delta.finish_reason is None:
+                if span is not None and delta.text:
+                    span.add_event("first_token")
+                    span = None
                 yield inference_pb2.GenerateResponse(text=delta.text, model=engine.name)
                 continue
+            if (span := tracing.current_span()) is not None:
+                span.set_attributes(
+                    {
+                        "headrace.model": engine.name,
+                        "headrace.finish_reason": delta.finish_reason.value,
+                        "headrace.prompt_tokens": delta.prompt_tokens,
+                        "headrace.completion_tokens": delta.completion_tokens,
+                    }
+                )
             log.info(
                 "generation_finished",
                 model=engine.name,

@@ -30,6 +30,7 @@ from headrace.services.router.audit import AuditLog, now_iso
 from headrace.services.router.experiments import Arm, Experiments
 from headrace.services.router.settings import RouterSettings
 from headrace.services.router.tasks import Route, TaskRouter, fill_unset
+from headrace.services.runtime import tracing
 from headrace.services.runtime.errors import HeadraceError, InvalidArgument, NotFound, Unavailable
 from headrace.services.runtime.interceptors import outgoing_metadata
 from headrace.services.runtime.logs import get_logger, request_id_var
@@ -318,6 +319,8 @@ class Orchestrator:
                         response_text.append(response.text)
                         if response.text and first_token is None:
                             first_token = time.perf_counter() - started
+                            if (span := tracing.current_span()) is not None:
+                                span.add_event("first_token")
                         if response.cached:
                             audit["cached"] = True
                         if response.finish_reason:
@@ -364,6 +367,18 @@ class Orchestrator:
                     self._settle(principal, used)
             elapsed = time.perf_counter() - started
             audit["latency_ms"] = round(elapsed * 1000, 2)
+            if (span := tracing.current_span()) is not None:
+                span.set_attributes(
+                    {
+                        "headrace.model": labels["model"] or metrics.NONE,
+                        "headrace.task": labels["task"] or metrics.NONE,
+                        "headrace.arm": labels["arm"] or metrics.NONE,
+                        "headrace.cached": audit["cached"],
+                        "headrace.finish_reason": audit.get("finish_reason", ""),
+                        "headrace.prompt_tokens": audit.get("prompt_tokens", 0),
+                        "headrace.completion_tokens": audit.get("completion_tokens", 0),
+                    }
+                )
             metrics.record(
                 **labels,
                 code=audit["status"],

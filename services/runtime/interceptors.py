@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import structlog
 
-from headrace.services.runtime import metrics
+from headrace.services.runtime import metrics, tracing
 from headrace.services.runtime.errors import HeadraceError
 from headrace.services.runtime.logs import (
     REQUEST_ID_HEADER,
@@ -61,9 +61,23 @@ class _Call:
         self.request_id = rid or new_request_id()
         self.code = grpc.StatusCode.OK
         self.started = 0.0
+        self.metadata = metadata
+        self._traced: Any = None  # the server span's context manager, when tracing
 
     def begin(self) -> None:
         request_id_var.set(self.request_id)
+        if tracing.enabled():
+            self._traced = tracing.server_span(
+                f"{self.service}/{self.method}",
+                self.metadata,
+                {
+                    "rpc.system": "grpc",
+                    "rpc.service": self.service,
+                    "rpc.method": self.method,
+                    "headrace.request_id": self.request_id,
+                },
+            )
+            self.span = self._traced.__enter__()
         structlog.contextvars.bind_contextvars(rpc=f"{self.service}/{self.method}")
         labels = (self.service, self.method, self.kind)
         metrics.RPC_STARTED.labels(*labels).inc()
@@ -82,6 +96,14 @@ class _Call:
         if code == grpc.StatusCode.OK and isinstance(ctx_code, grpc.StatusCode):
             code = ctx_code
         metrics.RPC_HANDLED.labels(*labels, code.name).inc()
+        if self._traced is not None:
+            self.span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code != grpc.StatusCode.OK:
+                from opentelemetry.trace import Status, StatusCode
+
+                self.span.set_status(Status(StatusCode.ERROR, code.name))
+            self._traced.__exit__(None, None, None)
+            self._traced = None
 
     async def fail(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         """Turn an exception into a status on the call (context.abort raises)."""
@@ -188,4 +210,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 def outgoing_metadata(*extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
     """Metadata for a call to another service: carries the current request id."""
     rid = request_id_var.get()
-    return ((REQUEST_ID_HEADER, rid), *extra) if rid else tuple(extra)
+    metadata = ((REQUEST_ID_HEADER, rid), *extra) if rid else tuple(extra)
+    if tracing.enabled():
+        carrier: dict[str, str] = {}
+        tracing.inject(carrier)  # the current span becomes the callee's parent
+        metadata = (*metadata, *carrier.items())
+    return metadata

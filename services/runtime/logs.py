@@ -28,6 +28,17 @@ def _add_request_id(
     return event
 
 
+def _add_trace_ids(
+    _logger: object, _name: str, event: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """trace_id / span_id of the RPC being served, when tracing is on."""
+    from headrace.services.runtime import tracing
+
+    if tracing.enabled():
+        event.update(tracing.log_ids())
+    return event
+
+
 def configure_logging(service: str, level: str = "INFO", json: bool = True) -> None:
     """Send structlog and stdlib logging to stderr, one JSON object per line."""
     renderer: structlog.types.Processor = (
@@ -38,6 +49,7 @@ def configure_logging(service: str, level: str = "INFO", json: bool = True) -> N
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _add_request_id,
+        _add_trace_ids,
         lambda _l, _n, e: {"service": service, **e},
     ]
     structlog.configure(

@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from headrace.services.runtime import tracing
 from headrace.services.runtime.interceptors import ServiceInterceptor
 from headrace.services.runtime.logs import configure_logging, get_logger
 from headrace.services.runtime.metrics import start_metrics_server
@@ -101,6 +102,7 @@ async def serve(service: Service, stop: asyncio.Event | None = None) -> None:
     await server.stop(settings.grace_seconds)
     if service.close is not None:
         await service.close()
+    tracing.shutdown()  # flushes the spans still queued
     log.info("stopped")
 
 
@@ -108,6 +110,10 @@ def run(make_service: Callable[[], Awaitable[Service]] | Callable[[], Service], 
     """Entry point of a service process: logs, then serve until told to stop."""
     settings = ServiceSettings()
     configure_logging(name, settings.log_level, settings.log_json)
+    if settings.tracing_enabled:
+        tracing.configure(
+            name.split("-")[0], settings.tracing_endpoint, settings.tracing_sample_ratio
+        )
 
     async def main() -> None:
         made = make_service()

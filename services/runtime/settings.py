@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pydantic import Field
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -93,6 +94,12 @@ class ServiceSettings(HeadraceSettings):
     grace_seconds: float = 10.0
     """On SIGTERM, in-flight streams get this long to finish before they are cancelled."""
     max_concurrent_rpcs: int | None = None
+    tracing_enabled: bool = False
+    """OpenTelemetry spans for every RPC, exported over OTLP/HTTP (docs/tracing.md)."""
+    tracing_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    """OTLP/HTTP traces endpoint (an OpenTelemetry Collector, Jaeger, Tempo, ...)."""
+    tracing_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Share of new traces kept; a sampled caller's trace is always continued."""
     uvloop: bool = True
     """Run the service on uvloop (libuv) instead of asyncio's default loop: less CPU per
     message, which on a small machine is CPU the model's decode threads keep."""

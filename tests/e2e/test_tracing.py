@@ -1,0 +1,189 @@
+"""Tracing on: one Generate is one OpenTelemetry trace across the five services.
+
+A tiny OTLP/HTTP collector runs inside the test; the suite exports to it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import grpc
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from headrace.router.v1 import router_pb2, router_pb2_grpc
+from headrace.types.v1 import types_pb2
+from tests.support.suite import RunningSuite, running_suite
+
+pytestmark = pytest.mark.e2e
+
+
+class Collector:
+    """Receives OTLP/HTTP protobuf exports; keeps (service, span) pairs."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, object]] = []
+        self.lock = threading.Lock()
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = ExportTraceServiceRequest.FromString(body)
+                with collector.lock:
+                    for resource_spans in request.resource_spans:
+                        attributes = {
+                            a.key: a.value.string_value for a in resource_spans.resource.attributes
+                        }
+                        service = attributes.get("service.name", "")
+                        for scope in resource_spans.scope_spans:
+                            collector.spans.extend((service, s) for s in scope.spans)
+                reply = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+
+    def trace(self, trace_id: bytes) -> list[tuple[str, object]]:
+        with self.lock:
+            return [(svc, s) for svc, s in self.spans if s.trace_id == trace_id]
+
+    def wait_for(self, predicate: object, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():  # type: ignore[operator]
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"not seen in {timeout}s: {[(svc, s.name) for svc, s in self.spans]}")
+
+
+def attributes(span: object) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for a in span.attributes:  # type: ignore[attr-defined]
+        value = a.value
+        out[a.key] = getattr(value, value.WhichOneof("value"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def collector() -> Iterator[Collector]:
+    c = Collector()
+    yield c
+    c.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def suite(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, collector: Collector
+) -> Iterator[RunningSuite]:
+    with running_suite(
+        tmp_path_factory.mktemp("tracing-home"),
+        tiny_model,
+        extra_env={
+            "HEADRACE_TRACING_ENABLED": "true",
+            "HEADRACE_TRACING_ENDPOINT": collector.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",  # ms: export promptly for the test
+        },
+    ) as running:
+        yield running
+
+
+def router_span(collector: Collector, request_id: str) -> object | None:
+    with collector.lock:
+        for svc, span in collector.spans:
+            if (
+                svc == "headrace-router"
+                and span.name.endswith("/Generate")
+                and attributes(span).get("headrace.request_id") == request_id
+            ):
+                return span
+    return None
+
+
+def test_one_generate_is_one_trace_across_every_service_with_the_request_id(
+    suite: RunningSuite, stub: router_pb2_grpc.RouterServiceStub, collector: Collector
+) -> None:
+    request_id = f"trace-{uuid.uuid4().hex[:12]}"
+    request = router_pb2.GenerateRequest(
+        prompt=f"Trace me {uuid.uuid4().hex[:6]}",
+        params=types_pb2.SamplingParams(max_tokens=4, temperature=0.0),
+    )
+    metadata = (("authorization", f"Bearer {suite.token('tracer')}"), ("x-request-id", request_id))
+    messages = list(stub.Generate(request, metadata=metadata, timeout=30))
+    assert messages[-1].request_id == request_id
+
+    collector.wait_for(lambda: router_span(collector, request_id) is not None)
+    root = router_span(collector, request_id)
+    assert root is not None
+    expected = {
+        "headrace-auth": "headrace.auth.v1.AuthService/Authorize",
+        "headrace-sanitizer": "headrace.sanitizer.v1.SanitizerService/CheckPrompt",
+        "headrace-cache": "headrace.cache.v1.CacheService/Lookup",
+        "headrace-inference": "headrace.inference.v1.InferenceService/Generate",
+    }
+
+    def complete() -> bool:
+        names = {(svc, s.name) for svc, s in collector.trace(root.trace_id)}
+        return (
+            all(item in names for item in expected.items())
+            and (
+                "headrace-sanitizer",
+                "headrace.sanitizer.v1.SanitizerService/FilterStream",
+            )
+            in names
+        )
+
+    collector.wait_for(complete)
+    spans = collector.trace(root.trace_id)
+    for service, name in expected.items():
+        child = next(s for svc, s in spans if svc == service and s.name == name)
+        # Each service's span is a child of the router's, across Envoy's hop.
+        assert child.parent_span_id == root.span_id, name
+        assert attributes(child)["headrace.request_id"] == request_id
+        assert child.kind == child.SPAN_KIND_SERVER
+    root_attrs = attributes(root)
+    assert root_attrs["headrace.model"] == "tiny"
+    assert root_attrs["headrace.completion_tokens"] == 4
+    assert any(e.name == "first_token" for e in root.events)
+    inference = next(s for _, s in spans if s.name == expected["headrace-inference"])
+    assert attributes(inference)["headrace.completion_tokens"] == 4
+    # The audit line names the same request id.
+    audit = "".join(p.read_text() for p in (suite.home / "audit").glob("*"))
+    assert any(
+        json.loads(line).get("request_id") == request_id for line in audit.splitlines() if line
+    )
+
+
+def test_a_refused_request_is_an_error_span(
+    suite: RunningSuite, stub: router_pb2_grpc.RouterServiceStub, collector: Collector
+) -> None:
+    request_id = f"bad-{uuid.uuid4().hex[:12]}"
+    request = router_pb2.GenerateRequest(prompt="Hello")
+    metadata = (("authorization", "Bearer not.a.token"), ("x-request-id", request_id))
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.Generate(request, metadata=metadata, timeout=30))
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    collector.wait_for(lambda: router_span(collector, request_id) is not None)
+    root = router_span(collector, request_id)
+    assert root.status.code == root.status.STATUS_CODE_ERROR
+    assert root.status.message == "UNAUTHENTICATED"
