@@ -23,10 +23,13 @@ def active_requests(admin: str, timeout: float = 2.0) -> int:
     url = f"http://{admin}/stats?format=json&filter={ACTIVE}$"
     with urllib.request.urlopen(url, timeout=timeout) as reply:
         stats = json.load(reply).get("stats", [])
+    # http.<listener>.downstream_rq_active; the admin's own counts this very request.
     return sum(
         int(s.get("value", 0))
         for s in stats
-        if s.get("name", "").startswith("http.") and s.get("name", "").endswith(ACTIVE)
+        if s.get("name", "").startswith("http.")
+        and not s.get("name", "").startswith("http.admin.")
+        and s.get("name", "").endswith(ACTIVE)
     )
 
 
