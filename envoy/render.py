@@ -6,7 +6,7 @@ import importlib.metadata
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import jinja2
@@ -16,12 +16,21 @@ from headrace.services.runtime.tls import CertPaths
 TEMPLATE = Path(__file__).with_name("envoy.yaml.j2")
 
 
+CLUSTERS = ("router", "auth", "sanitizer", "cache", "inference")
+"""The clusters the template routes to; a layout needs every one."""
+
+
 @dataclass(frozen=True)
 class Cluster:
-    """An upstream service and the ports of its replicas."""
+    """An upstream service: the ports of its replicas on the layout's host, or DNS names."""
 
     name: str
-    ports: list[int]
+    ports: list[int] = field(default_factory=list)
+    dns: list[tuple[str, int]] = field(default_factory=list)
+    """Hostnames and ports instead of ports on the layout's host: the cluster is then
+    STRICT_DNS and Envoy balances over every address a name resolves to, re-resolving
+    every few seconds (a Kubernetes headless Service, or a Compose service with
+    replicas, resolves to one address per ready replica)."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,11 @@ class EnvoyLayout:
     tls: CertPaths | None = None
     """With certificates: TLS on the public listener, mTLS on the internal one and to
     every service."""
+    admin_host: str = ""
+    """Where the admin interface listens; empty: `host`. In a container the listeners
+    bind 0.0.0.0 while the admin (which can stop Envoy) stays on loopback."""
+    dns_refresh_s: float = 5.0
+    """How often STRICT_DNS clusters resolve their names again."""
 
 
 def render(layout: EnvoyLayout) -> str:
@@ -53,6 +67,8 @@ def render(layout: EnvoyLayout) -> str:
         public_port=layout.public_port,
         internal_port=layout.internal_port,
         admin_port=layout.admin_port,
+        admin_host=layout.admin_host or layout.host,
+        dns_refresh_s=layout.dns_refresh_s,
         clusters=layout.clusters,
         health_interval_s=layout.health_interval_s,
         descriptor_path=layout.descriptor_path,
@@ -108,6 +124,56 @@ def envoy_binary() -> str:
     return found
 
 
+def parse_dns_target(text: str) -> tuple[str, str, int]:
+    """`CLUSTER=HOST:PORT` (e.g. `inference=inference.headrace.svc.cluster.local:50051`)
+    as (cluster, host, port); ValueError with the reason when it is not one."""
+    cluster, sep, address = text.partition("=")
+    host, colon, port = address.rpartition(":")
+    if not sep or not colon or not host or not port.isdigit():
+        raise ValueError(f"{text!r}: expected CLUSTER=HOST:PORT, e.g. router=router:50051")
+    if cluster not in CLUSTERS:
+        raise ValueError(f"{text!r}: unknown cluster {cluster!r}; clusters: {', '.join(CLUSTERS)}")
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: port out of range")
+    return cluster, host, int(port)
+
+
+def dns_clusters(targets: list[str]) -> list[Cluster]:
+    """One STRICT_DNS cluster per name from `CLUSTER=HOST:PORT` targets (a cluster may be
+    named more than once: each host is resolved); every cluster of CLUSTERS is needed."""
+    hosts: dict[str, list[tuple[str, int]]] = {}
+    for target in targets:
+        cluster, host, port = parse_dns_target(target)
+        hosts.setdefault(cluster, []).append((host, port))
+    missing = [name for name in CLUSTERS if name not in hosts]
+    if missing:
+        raise ValueError(f"no --dns target for: {', '.join(missing)}")
+    return [Cluster(name, dns=hosts[name]) for name in CLUSTERS]
+
+
+def validate_layout(layout: EnvoyLayout) -> subprocess.CompletedProcess[str]:
+    """`envoy --mode validate` on a layout's rendering, with the files it names (the API
+    descriptor, certificates) replaced by local stand-ins: a config rendered for another
+    machine's paths (a container image, a Secret mount) can be checked here."""
+    import tempfile
+
+    from headrace.services.runtime.tls import make_certs
+
+    with tempfile.TemporaryDirectory(prefix="headrace-envoy-") as tmp:
+        root = Path(tmp)
+        if layout.descriptor_path:
+            descriptor = root / "public-api.binpb"
+            descriptor.write_bytes(public_descriptor_set())
+            layout = replace(layout, descriptor_path=str(descriptor))
+        if layout.tls is not None:
+            certs = CertPaths(root / "certs")
+            make_certs(certs)
+            layout = replace(layout, tls=certs)
+        config = root / "envoy.yaml"
+        config.write_text(render(layout))
+        return validate(config)
+
+
 def validate(config_path: Path) -> subprocess.CompletedProcess[str]:
     """`envoy --mode validate` on a rendered config."""
     return subprocess.run(
@@ -117,3 +183,72 @@ def validate(config_path: Path) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`headrace envoy render`: the config for services reached by DNS name, checked with
+    `envoy --mode validate`, its first line the command that made it (to render it again)."""
+    import argparse
+    import shlex
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="headrace envoy render",
+        description="Render Envoy's config for services reached by DNS name (Compose, "
+        "Kubernetes): every address a name resolves to is a replica (STRICT_DNS).",
+    )
+    parser.add_argument(
+        "--dns",
+        action="append",
+        required=True,
+        metavar="CLUSTER=HOST:PORT",
+        help=f"one or more per cluster ({', '.join(CLUSTERS)}), e.g. router=router:50051",
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="public and internal listeners bind here")
+    parser.add_argument("--admin-host", default="127.0.0.1", help="the admin interface binds here")
+    parser.add_argument("--public-port", type=int, default=8080)
+    parser.add_argument("--internal-port", type=int, default=8081)
+    parser.add_argument("--admin-port", type=int, default=9901)
+    parser.add_argument(
+        "--descriptor", default="", help="the public API descriptor's path where Envoy runs"
+    )
+    parser.add_argument(
+        "--certs-dir", default="", help="certificates' directory where Envoy runs: TLS and mTLS"
+    )
+    parser.add_argument("-o", "--output", default="-", help="a file, or - for stdout")
+    args = parser.parse_args(argv)
+    try:
+        clusters = dns_clusters(args.dns)
+    except ValueError as exc:
+        parser.error(str(exc))
+    layout = EnvoyLayout(
+        public_port=args.public_port,
+        internal_port=args.internal_port,
+        admin_port=args.admin_port,
+        host=args.host,
+        admin_host=args.admin_host,
+        clusters=clusters,
+        descriptor_path=args.descriptor,
+        tls=CertPaths(Path(args.certs_dir)) if args.certs_dir else None,
+    )
+    checked = validate_layout(layout)
+    if checked.returncode != 0:
+        print(f"Envoy rejects the config: {checked.stderr.strip()[-2000:]}", file=sys.stderr)
+        return 1
+    command = ["headrace", "envoy", "render", "--host", args.host, "--admin-host", args.admin_host]
+    command += ["--public-port", str(args.public_port), "--internal-port", str(args.internal_port)]
+    command += ["--admin-port", str(args.admin_port)]
+    command += ["--descriptor", args.descriptor] if args.descriptor else []
+    command += ["--certs-dir", args.certs_dir] if args.certs_dir else []
+    for target in args.dns:
+        command += ["--dns", target]
+    text = f"# Rendered by: {shlex.join(command)}\n{render(layout)}"
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

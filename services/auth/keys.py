@@ -9,6 +9,7 @@ race-free (write to a temp file, then a hard link that fails if it exists).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -112,6 +113,12 @@ class KeyStore:
 
     def ensure(self) -> None:
         """Create the first key if there is none yet (safe to race)."""
+        if (self.directory / "active").exists():
+            # Provisioned keys may be a read-only mount (a Kubernetes Secret) that this
+            # process may not chmod: tighten the directory where allowed, else use it.
+            with contextlib.suppress(OSError):
+                os.chmod(self.directory, 0o700)
+            return
         self._ensure_directory()
         if (self.directory / "active").exists():
             return

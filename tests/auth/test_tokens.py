@@ -445,3 +445,21 @@ def test_jwks_key_verifies_an_issued_token(
     public_key = jwt.algorithms.ECAlgorithm.from_jwk(json.dumps(jwk))
     claims = jwt.decode(token, public_key, algorithms=["ES256"], audience="headrace")
     assert claims["sub"] == "alice"
+
+
+def test_keys_on_a_read_only_mount_are_used_as_they_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Kubernetes Secret mounts the keys read-only, in a directory the service may not
+    chmod: provisioned keys are used as they are."""
+    directory = tmp_path / "keys"
+    KeyStore(directory).ensure()
+    active = (directory / "active").read_text()
+
+    def refuse(path: object, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted", str(path))
+
+    monkeypatch.setattr(os, "chmod", refuse)
+    loaded, keys = KeyStore(directory).load()
+
+    assert loaded == active and set(keys) == {active}

@@ -22,6 +22,8 @@ cache_app = typer.Typer(help="The response cache (needs the running suite).", no
 app.add_typer(cache_app, name="cache")
 experiments_app = typer.Typer(help="A/B experiments (reads HEADRACE_HOME).", no_args_is_help=True)
 app.add_typer(experiments_app, name="experiments")
+envoy_app = typer.Typer(help="Envoy's configuration for other hosts.", no_args_is_help=True)
+app.add_typer(envoy_app, name="envoy")
 
 TargetOption = Annotated[
     str, typer.Option("--target", envvar="HEADRACE_TARGET", help="Envoy's public address.")
@@ -138,6 +140,18 @@ def up() -> None:
     from headrace.services.launcher.__main__ import main as launcher_main
 
     raise typer.Exit(launcher_main())
+
+
+@envoy_app.command(
+    "render",
+    add_help_option=False,
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def envoy_render(ctx: typer.Context) -> None:
+    """Envoy's config for services reached by DNS name (Compose, Kubernetes); --help for more."""
+    from headrace.envoy.render import main as render_main
+
+    raise typer.Exit(render_main(ctx.args))
 
 
 @token_app.command("issue")
