@@ -416,6 +416,8 @@ def prometheus(suite: RunningSuite, tmp_path_factory: pytest.TempPathFactory) ->
     )
     base = f"http://127.0.0.1:{port}"
     try:
+        # Prometheus hands discovered targets to its scrapers after ~5 s; then three
+        # scrapes give every rate() two samples and the rules a few evaluations.
         deadline = time.monotonic() + 30
         while True:
             assert server.poll() is None, (home / "prometheus.log").read_text()[-2000:]
@@ -429,7 +431,7 @@ def prometheus(suite: RunningSuite, tmp_path_factory: pytest.TempPathFactory) ->
             evaluated = [g["lastEvaluation"] for g in rules["groups"]]  # type: ignore[index]
             if (
                 result
-                and float(result[0]["value"][1]) >= 4
+                and float(result[0]["value"][1]) >= 3
                 and evaluated
                 and not any(e.startswith("0001") for e in evaluated)
             ):
