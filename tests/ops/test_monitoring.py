@@ -1,7 +1,8 @@
 """Monitoring as shipped: the Prometheus config and alert rules pass promtool (and the
-alerts' own unit tests), the Grafana dashboard is well-formed, and every metric the
+alerts' own unit tests), the Grafana dashboard is well-formed, every metric the
 dashboard and alerts query, and every metric the services export, is real and
-documented (checked against a running suite)."""
+documented (checked against a running suite), and a real Prometheus on the shipped
+config scrapes that suite, evaluates the rules cleanly and answers every panel."""
 
 from __future__ import annotations
 
