@@ -38,7 +38,7 @@ GENERATION_TOKENS = Counter(
 )
 REQUESTS = Counter(
     "headrace_inference_requests_total",
-    "Finished generations by finish reason (stop, length, cancelled, error).",
+    "Finished generations by finish reason (stop, length, cancelled).",
     ["model", "finish_reason"],
 )
 REJECTED = Counter(
