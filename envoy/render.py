@@ -35,6 +35,11 @@ class EnvoyLayout:
     descriptor_path: str = ""
     """A FileDescriptorSet of the public API; when set, the public listener also
     transcodes JSON over HTTP (POST /headrace.router.v1.RouterService/<Rpc>)."""
+    stream_window_bytes: int = 1048576
+    """HTTP/2 window of each stream, both sides: with buffer_limit_bytes, what Envoy
+    holds per stream for a client that reads slowly."""
+    buffer_limit_bytes: int = 1048576
+    """Envoy's per-connection (HTTP/2: per-stream) buffer limit; 1 MiB is Envoy's default."""
 
 
 def render(layout: EnvoyLayout) -> str:
@@ -51,6 +56,8 @@ def render(layout: EnvoyLayout) -> str:
         clusters=layout.clusters,
         health_interval_s=layout.health_interval_s,
         descriptor_path=layout.descriptor_path,
+        stream_window_bytes=layout.stream_window_bytes,
+        buffer_limit_bytes=layout.buffer_limit_bytes,
     )
 
 
