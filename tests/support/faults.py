@@ -106,8 +106,7 @@ class PrivateRedis:
     def start(self) -> None:
         assert REDIS_SERVER is not None
         self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
-            + ["--save", "", "--appendonly", "no"],
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
