@@ -64,8 +64,15 @@ class Backends:
 
 
 # How gRPC reports a stream that Envoy reset because its upstream went away after
-# the response began (a replica killed mid-stream): INTERNAL, naming RST_STREAM.
-_RESET_DETAILS = ("RST_STREAM", "Stream removed", "Socket closed", "Connection reset")
+# the response began (a replica killed mid-stream): INTERNAL, naming RST_STREAM - or,
+# for a message sent on such a stream, "Internal error from Core".
+_RESET_DETAILS = (
+    "RST_STREAM",
+    "Stream removed",
+    "Socket closed",
+    "Connection reset",
+    "Internal error from Core",
+)
 
 
 def upstream_error(service: str, exc: grpc.aio.AioRpcError) -> BaseException:
