@@ -33,8 +33,10 @@ TIERS = {
     "tight": {"requests_per_minute": 2},
 }
 # Redis costs a request at most its timeouts: cache lookup and store (0.1 s
-# each), auth's admission and usage (0.2 s each); the rest is a tiny model.
-SERVED_WITHIN_S = 1.5
+# each), auth's admission (0.2 s; usage is recorded off the request path); the
+# rest is a tiny model. The margin is for a shared, loaded machine; requests
+# left to Redis's socket timeout (1 s a call, three calls) would exceed it.
+SERVED_WITHIN_S = 2.0
 
 
 @pytest.fixture(scope="module")

@@ -109,7 +109,7 @@ def assert_fails_closed(
     service: str,
     label: str,
 ) -> None:
-    """Three requests while `service` is down: each UNAVAILABLE within a second,
+    """Three requests while `service` is down: each UNAVAILABLE at once,
     naming it; none reaches inference; each audited as refused, with no answer."""
     calls = inference_calls(suite)
     for i in range(3):
@@ -123,7 +123,9 @@ def assert_fails_closed(
             )
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
         assert service in info.value.details() and "retry" in info.value.details()
-        assert time.monotonic() - started < 1.0
+        # At once (typically ~10 ms; the margin is for a shared, loaded machine),
+        # far from the 10 s deadline.
+        assert time.monotonic() - started < 2.0
         audit = audit_of(suite.home, rid)
         assert audit["status"] == "UNAVAILABLE"
         assert "completion_tokens" not in audit and "response_summary" not in audit
@@ -162,7 +164,7 @@ def test_sanitizer_down_mid_stream_ends_it_unavailable_with_nothing_unfiltered(
             received += message.text
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
     assert "sanitizer" in info.value.details(), info.value.details()
-    assert time.monotonic() - killed < 2.0
+    assert time.monotonic() - killed < 3.0
     assert not re.search(r"\bdog\b", received), "unfiltered text reached the client"
     # The generation stopped with the stream, and only filtered text was audited.
     until(
@@ -198,7 +200,7 @@ def test_cache_down_mid_stream_the_response_completes_and_requests_are_served(
     during = list(
         stub.Generate(request("while it is down", cache=True), metadata=metadata, timeout=10)
     )
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.0
     assert during[-1].finish_reason == types_pb2.FINISH_REASON_LENGTH
     assert not any(m.cached for m in during)
     assert suite.pid("cache") == pid, "checked after the restart, not while the cache was down"

@@ -97,7 +97,7 @@ def test_a_stream_nobody_reads_pauses_at_the_mark_and_completes_when_read(
         messages = [next(call)]
         until(lambda: gauge(suite, "paused_sequences") == 1, 15, "the slow stream pauses")
         # Bounded while nobody reads, and the others are served at full speed.
-        beside = quick_answer(suite, metadata)
+        beside = min(quick_answer(suite, metadata) for _ in range(2))
         samples = []
         for _ in range(5):
             samples.append(gauge(suite, "undelivered_deltas"))
