@@ -43,6 +43,11 @@ class EnvoyLayout:
     host: str = "127.0.0.1"
     clusters: list[Cluster] = field(default_factory=list)
     health_interval_s: float = 1.0
+    stream_window_bytes: int = 1048576
+    """HTTP/2 window of each stream, both sides: with buffer_limit_bytes, what Envoy
+    holds per stream for a client that reads slowly."""
+    buffer_limit_bytes: int = 1048576
+    """Envoy's per-connection (HTTP/2: per-stream) buffer limit; 1 MiB is Envoy's default."""
     descriptor_path: str = ""
     """A FileDescriptorSet of the public API; when set, the public listener also
     transcodes JSON over HTTP (POST /headrace.router.v1.RouterService/<Rpc>)."""
@@ -71,6 +76,8 @@ def render(layout: EnvoyLayout) -> str:
         dns_refresh_s=layout.dns_refresh_s,
         clusters=layout.clusters,
         health_interval_s=layout.health_interval_s,
+        stream_window_bytes=layout.stream_window_bytes,
+        buffer_limit_bytes=layout.buffer_limit_bytes,
         descriptor_path=layout.descriptor_path,
         tls=layout.tls,
     )

@@ -23,6 +23,7 @@ async def make_service() -> Service:
         settings.home,
         settings.slots,
         settings.queue_size,
+        settings.stream_buffer_tokens,
     )
 
     async def register(server: grpc.aio.Server) -> list[str]:

@@ -13,6 +13,11 @@ free slot whose cached tokens share the longest prefix with its prompt, and
 only the rest of the prompt is evaluated (a shared system prompt is computed
 once per slot). A cancelled request is dropped within one decode step and its
 slot is free for the next one.
+
+Backpressure: a sequence whose consumer (its gRPC stream, so its client) has
+`stream_buffer` deltas not yet taken is skipped in the batch - paused, KV cells
+and slot kept - until the consumer has taken half of them; the others decode on
+at full speed. When every sequence is paused the decode thread sleeps.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -110,6 +116,14 @@ class _Request:
     budget: int = 0
     text: TextAssembler | None = None
     arrived: float = field(default_factory=time.perf_counter)
+    # Backpressure: text deltas queued for the consumer, and taken by it. Each
+    # counter has a single writer (`emitted` the decode thread, `taken` the event
+    # loop), so `+= 1` never loses an update without a lock; a reader may see the
+    # other one a step old, which only moves a pause or a resume by one token.
+    emitted: int = 0
+    taken: int = 0
+    paused: bool = False
+    """Set by the decode thread while it skips this sequence for a full buffer."""
 
 
 @dataclass(eq=False)
@@ -140,11 +154,14 @@ class LlamaEngine:
         slots: int,
         queue_size: int,
         model: internals.LlamaModel | None = None,
+        stream_buffer: int = 256,
     ) -> None:
         self.spec = spec
         self.name = spec.name
         self.slots = slots
         self.queue_size = queue_size
+        self.stream_buffer = max(stream_buffer, 1)
+        """Undelivered deltas at which a sequence stops decoding until its consumer reads."""
         threads = spec.threads or os.cpu_count() or 1
         self.gpu_layers = default_gpu_layers() if spec.gpu_layers is None else spec.gpu_layers
         started = time.perf_counter()
@@ -183,6 +200,13 @@ class LlamaEngine:
         self._active = 0
         self._wake = threading.Condition()
         self._closing = False
+        engine = weakref.ref(self)
+        metrics.PAUSED_SEQUENCES.labels(spec.name).set_function(
+            lambda: e.paused_sequences() if (e := engine()) else 0
+        )
+        metrics.UNDELIVERED_DELTAS.labels(spec.name).set_function(
+            lambda: e.undelivered_deltas() if (e := engine()) else 0
+        )
         self._thread = threading.Thread(target=self._loop, name=f"decode-{spec.name}", daemon=True)
         self._thread.start()
         log.info(
@@ -271,11 +295,18 @@ class LlamaEngine:
             self._wake.notify()
         first = last = 0.0
         finished: FinishReason | None = None
+        resume_at = self.stream_buffer // 2
         try:
             while finished is None:
                 item = await queue.get()
                 if isinstance(item, BaseException):
                     raise item
+                request.taken += 1
+                if request.paused and request.emitted - request.taken <= resume_at:
+                    # Half drained: wake the decode thread in case it sleeps
+                    # because every sequence it holds is paused.
+                    with self._wake:
+                        self._wake.notify()
                 now = time.perf_counter()
                 if item.text:
                     if not first:
@@ -300,6 +331,14 @@ class LlamaEngine:
                 metrics.REQUESTS.labels(self.name, FinishReason.CANCELLED.value).inc()
                 with self._wake:
                     self._wake.notify()
+
+    def paused_sequences(self) -> int:
+        """Sequences not decoding now because their consumer is behind."""
+        return sum(1 for s in self._slots if s.request is not None and s.request.paused)
+
+    def undelivered_deltas(self) -> int:
+        """Deltas decoded but not yet taken by their consumers, all sequences together."""
+        return sum(max(r.emitted - r.taken, 0) for s in self._slots if (r := s.request) is not None)
 
     def close(self) -> None:
         self.close_context()
@@ -414,7 +453,8 @@ class LlamaEngine:
                 metrics.QUEUE_DEPTH.labels(self.name).set(len(self._waiting))
                 metrics.BUSY_SLOTS.labels(self.name).set(self._active)
             try:
-                self._step()
+                if not self._step():
+                    self._wait_for_consumers()
             except Exception as exc:  # a failed decode fails its requests, not the thread
                 log.exception("decode_failed", model=self.name)
                 for slot in self._slots:
@@ -424,8 +464,25 @@ class LlamaEngine:
                         slot.cached.clear()
                         self._release(slot)
 
-    def _step(self) -> None:
-        """One llama_decode over every active sequence."""
+    def _wait_for_consumers(self) -> None:
+        """Nothing was decodable: sleep until a consumer drains, a request is
+        cancelled or can be admitted, or the engine closes."""
+        with self._wake:
+            if self._closing or (self._waiting and self._active < self.slots):
+                return
+            for slot in self._slots:
+                request = slot.request
+                if request is not None and (
+                    request.cancel.is_set()
+                    or not request.paused
+                    or request.emitted - request.taken < self.stream_buffer
+                ):
+                    return
+            # Consumers notify when half drained; the timeout is only a safety net.
+            self._wake.wait(timeout=1.0)
+
+    def _step(self) -> bool:
+        """One llama_decode over every active sequence; False when none could decode."""
         batch = self._batch
         capacity = self.spec.batch_size
         n = 0
@@ -438,6 +495,12 @@ class LlamaEngine:
                 self._release(slot)
                 continue
             if request.next_token is not None and n < capacity:
+                if request.emitted - request.taken >= self.stream_buffer:
+                    # Its consumer is behind (a slow client): keep the KV cells and
+                    # the sampled token, and decode the others without it.
+                    request.paused = True
+                    continue
+                request.paused = False
                 self._put(slot, request.next_token, n, logits=True)
                 sample_at.append((slot, n))
                 request.next_token = None
@@ -455,7 +518,7 @@ class LlamaEngine:
                     sample_at.append((slot, n))
                 n += 1
         if n == 0:
-            return
+            return False
         batch.n_tokens = n
         metrics.BATCH_SIZE.labels(self.name).observe(len(sample_at))
         status = llama_cpp.llama_decode(self._ctx.ctx, batch)
@@ -482,8 +545,10 @@ class LlamaEngine:
                 self._finish(slot, FinishReason.LENGTH, text + request.text.finish())
                 continue
             if text:
+                request.emitted += 1
                 request.emit(Delta(text))
             request.next_token = token
+        return True
 
     def _put(self, slot: _Slot, token: int, i: int, *, logits: bool) -> None:
         batch = self._batch

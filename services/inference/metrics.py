@@ -64,3 +64,14 @@ PREFIX_REUSED_TOKENS = Counter(
     "Prompt tokens whose KV cells were reused from a slot's cache instead of evaluated.",
     ["model"],
 )
+PAUSED_SEQUENCES = Gauge(
+    "headrace_inference_paused_sequences",
+    "Sequences holding their slot but not decoding, because their client reads slower "
+    "than the model writes (HEADRACE_STREAM_BUFFER_TOKENS deltas are waiting for it).",
+    ["model"],
+)
+UNDELIVERED_DELTAS = Gauge(
+    "headrace_inference_undelivered_deltas",
+    "Decoded deltas (about one per token) not yet taken by their streams, all together.",
+    ["model"],
+)

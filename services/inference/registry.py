@@ -39,7 +39,13 @@ class ModelRegistry:
 
     @classmethod
     def load(
-        cls, specs: list[ModelSpec], default: str, home: Path, slots: int, queue_size: int
+        cls,
+        specs: list[ModelSpec],
+        default: str,
+        home: Path,
+        slots: int,
+        queue_size: int,
+        stream_buffer: int = 256,
     ) -> ModelRegistry:
         engines: dict[str, LlamaEngine] = {}
         weights: dict[tuple[Path, int | None], LlamaEngine] = {}
@@ -49,7 +55,12 @@ class ModelRegistry:
             path = resolve_path(spec, home)
             shared = weights.get((path, spec.gpu_layers))
             engine = LlamaEngine(
-                spec, path, slots, queue_size, model=shared.model if shared else None
+                spec,
+                path,
+                slots,
+                queue_size,
+                model=shared.model if shared else None,
+                stream_buffer=stream_buffer,
             )
             weights.setdefault((path, spec.gpu_layers), engine)
             engines[spec.name] = engine

@@ -77,3 +77,7 @@ class InferenceSettings(ServiceSettings):
     queue_size: int = Field(default=16, ge=0)
     """Requests that may wait for a slot; beyond that RESOURCE_EXHAUSTED at once."""
     max_tokens_limit: int = Field(default=4096, ge=1)
+    stream_buffer_tokens: int = Field(default=256, ge=1)
+    """Decoded deltas (about one per token) a stream may have waiting for its client;
+    past this its sequence pauses (keeping its slot and KV cells) until the client
+    reads. Bounds what a slow client costs without slowing the others."""

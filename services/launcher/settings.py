@@ -31,6 +31,12 @@ class LauncherSettings(HeadraceSettings):
     """After SIGTERM, a process gets this long before SIGKILL."""
     envoy_concurrency: int = Field(default=1, ge=1)
     envoy_log_level: str = "warning"
+    envoy_stream_window_bytes: int = Field(default=1048576, ge=65535, le=2**31 - 1)
+    """HTTP/2 stream window Envoy grants and asks for (the RFC minimum is 65535)."""
+    envoy_buffer_limit_bytes: int = Field(default=1048576, ge=1024)
+    """Envoy's buffer per connection (per stream on HTTP/2). With the window, what a
+    client that stops reading can make Envoy hold, per stream, before backpressure
+    reaches the router and then inference."""
     stop_with_parent: bool = False
     """Stop (as on SIGTERM) when the parent process dies; `make up` sets it, so a
     SIGTERM sent to make stops the suite too."""

@@ -83,6 +83,8 @@ def envoy_layout(settings: LauncherSettings, eps: list[Endpoint]) -> EnvoyLayout
         admin_port=settings.admin_port,
         host=settings.host,
         clusters=clusters,
+        stream_window_bytes=settings.envoy_stream_window_bytes,
+        buffer_limit_bytes=settings.envoy_buffer_limit_bytes,
     )
 
 

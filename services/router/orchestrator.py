@@ -65,16 +65,46 @@ class Backends:
         )
 
 
+# How gRPC reports a stream that Envoy reset because its upstream went away after
+# the response began (a replica killed mid-stream): INTERNAL, naming RST_STREAM - or,
+# for a message sent on such a stream, "Internal error from Core".
+_RESET_DETAILS = (
+    "RST_STREAM",
+    "Stream removed",
+    "Socket closed",
+    "Connection reset",
+    "Internal error from Core",
+)
+
+
 def upstream_error(service: str, exc: grpc.aio.AioRpcError) -> BaseException:
     """A failed internal call as the client should see it."""
-    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+    code, details = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
         return Unavailable(
-            f"the {service} service is unavailable ({exc.details()}); retry in a few seconds"
+            f"the {service} service is unavailable ({details}); retry in a few seconds"
+        )
+    if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN) and any(
+        marker in details for marker in _RESET_DETAILS
+    ):
+        return Unavailable(
+            f"the {service} service went away mid-request ({details}); retry the request"
         )
     if exc.code() == grpc.StatusCode.ABORTED:
         # A shared (single-flight) generation stopped: retrying is the remedy.
         return Unavailable(exc.details() or "retry the request")
     return exc
+
+
+# A cache.Store call that failed: the cache is optional, so a cache service that
+# fails mid-stream costs the response its cache copy, never the response.
+_STORE_ERRORS = (grpc.aio.AioRpcError, asyncio.InvalidStateError)
+
+
+def _store_failed(store: grpc.aio.StreamStreamCall, exc: BaseException) -> None:
+    """Give up this response's cache copy (logged); the caller drops the call."""
+    log.warning("cache_store_failed", error=str(exc) or type(exc).__name__)
+    store.cancel()
 
 
 class ModelCatalog:
@@ -573,7 +603,11 @@ class Orchestrator:
         store = None if bypass_cache else self._b.cache.Store(metadata=metadata)
         try:
             if store is not None:
-                await store.write(cache_pb2.StoreRequest(key=key))
+                try:
+                    await store.write(cache_pb2.StoreRequest(key=key))
+                except _STORE_ERRORS as exc:
+                    _store_failed(store, exc)
+                    store = None
             final: inference_pb2.GenerateResponse | None = None
             blocked = False
             try:
@@ -582,18 +616,32 @@ class Orchestrator:
                     if output_filter is None:
                         verdict = sanitizer_pb2.FilterStreamResponse(text=piece.text)
                     else:
-                        await output_filter.write(
-                            sanitizer_pb2.FilterStreamRequest(text=piece.text, end=end, tier=tier)
-                        )
-                        verdict = await output_filter.read()
+                        try:
+                            await output_filter.write(
+                                sanitizer_pb2.FilterStreamRequest(
+                                    text=piece.text, end=end, tier=tier
+                                )
+                            )
+                            verdict = await output_filter.read()
+                        except grpc.aio.AioRpcError as exc:
+                            # Fail closed: no filter, no more text.
+                            raise upstream_error("sanitizer", exc) from None
+                        except asyncio.InvalidStateError:  # the filter's call already ended
+                            verdict = grpc.aio.EOF
                         if verdict is grpc.aio.EOF:
-                            raise Unavailable("the output filter ended early; retry the request")
+                            raise Unavailable(
+                                "the sanitizer's output filter ended early; retry the request"
+                            )
                     if verdict.text:
                         # The client first: the cache copy is written when the next
                         # piece is asked for, off the path to the client's screen.
                         yield router_pb2.GenerateResponse(text=verdict.text, model=key.model)
                         if store is not None:
-                            await store.write(cache_pb2.StoreRequest(text=verdict.text))
+                            try:
+                                await store.write(cache_pb2.StoreRequest(text=verdict.text))
+                            except _STORE_ERRORS as exc:
+                                _store_failed(store, exc)
+                                store = None
                     if verdict.blocked:
                         blocked = True
                         break
@@ -611,12 +659,16 @@ class Orchestrator:
             else:
                 raise Unavailable("inference ended without a final message; retry the request")
             if store is not None and not blocked:
-                await store.write(
-                    cache_pb2.StoreRequest(
-                        complete=True, finish_reason=last.finish_reason, usage=last.usage
+                try:
+                    await store.write(
+                        cache_pb2.StoreRequest(
+                            complete=True, finish_reason=last.finish_reason, usage=last.usage
+                        )
                     )
-                )
-                await store.done_writing()
+                    await store.done_writing()
+                except _STORE_ERRORS as exc:
+                    _store_failed(store, exc)
+                    store = None
             yield last
             if store is not None and not blocked:
                 try:
