@@ -296,10 +296,12 @@ class LlamaEngine:
         first = last = 0.0
         finished: FinishReason | None = None
         resume_at = self.stream_buffer // 2
+        failed = False
         try:
             while finished is None:
                 item = await queue.get()
                 if isinstance(item, BaseException):
+                    failed = True  # the engine's failure (or shutdown), not the client's
                     raise item
                 request.taken += 1
                 if request.paused and request.emitted - request.taken <= resume_at:
@@ -327,8 +329,11 @@ class LlamaEngine:
                 # Cancelled, disconnected or past its deadline: the decode thread
                 # drops it at its next step and frees the slot.
                 request.cancel.set()
-                metrics.CANCELLATIONS.labels(self.name).inc()
-                metrics.REQUESTS.labels(self.name, FinishReason.CANCELLED.value).inc()
+                if failed:
+                    metrics.REQUESTS.labels(self.name, "error").inc()
+                else:
+                    metrics.CANCELLATIONS.labels(self.name).inc()
+                    metrics.REQUESTS.labels(self.name, FinishReason.CANCELLED.value).inc()
                 with self._wake:
                     self._wake.notify()
 

@@ -140,3 +140,25 @@ async def test_top_k_one_is_greedy_at_any_temperature(engine: LlamaEngine) -> No
         await collect(engine, PROMPT, Sampling(max_tokens=24, temperature=1.5, top_k=1, seed=3))
     )
     assert top1 == greedy
+
+
+async def test_a_failed_decode_is_counted_as_an_error_not_a_cancellation(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = LlamaEngine(ModelSpec(name="failing", path=str(tiny_model)), tiny_model, 1, 1)
+    try:
+
+        def broken_step() -> bool:
+            raise RuntimeError("llama_decode returned -1")
+
+        monkeypatch.setattr(engine, "_step", broken_step)
+        before = metric("headrace_inference_requests_total", model="failing", finish_reason="error")
+        with pytest.raises(RuntimeError, match="llama_decode"):
+            await collect(engine, "Hello", Sampling(max_tokens=4))
+        assert (
+            metric("headrace_inference_requests_total", model="failing", finish_reason="error")
+            == before + 1
+        )
+        assert metric("headrace_inference_cancellations_total", model="failing") == 0
+    finally:
+        engine.close()
