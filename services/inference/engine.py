@@ -125,6 +125,11 @@ class _Request:
     paused: bool = False
     """Set by the decode thread while it skips this sequence for a full buffer."""
 
+    @property
+    def undelivered(self) -> int:
+        """Deltas decoded for this request that its consumer has not taken yet."""
+        return self.emitted - self.taken
+
 
 @dataclass(eq=False)
 class _Slot:
@@ -304,7 +309,7 @@ class LlamaEngine:
                     failed = True  # the engine's failure (or shutdown), not the client's
                     raise item
                 request.taken += 1
-                if request.paused and request.emitted - request.taken <= resume_at:
+                if request.paused and request.undelivered <= resume_at:
                     # Half drained: wake the decode thread in case it sleeps
                     # because every sequence it holds is paused.
                     with self._wake:
@@ -343,7 +348,7 @@ class LlamaEngine:
 
     def undelivered_deltas(self) -> int:
         """Deltas decoded but not yet taken by their consumers, all sequences together."""
-        return sum(max(r.emitted - r.taken, 0) for s in self._slots if (r := s.request) is not None)
+        return sum(max(r.undelivered, 0) for s in self._slots if (r := s.request) is not None)
 
     def close(self) -> None:
         self.close_context()
@@ -480,7 +485,7 @@ class LlamaEngine:
                 if request is not None and (
                     request.cancel.is_set()
                     or not request.paused
-                    or request.emitted - request.taken < self.stream_buffer
+                    or request.undelivered < self.stream_buffer
                 ):
                     return
             # Consumers notify when half drained; the timeout is only a safety net.
@@ -500,7 +505,7 @@ class LlamaEngine:
                 self._release(slot)
                 continue
             if request.next_token is not None and n < capacity:
-                if request.emitted - request.taken >= self.stream_buffer:
+                if request.undelivered >= self.stream_buffer:
                     # Its consumer is behind (a slow client): keep the KV cells and
                     # the sampled token, and decode the others without it.
                     request.paused = True
