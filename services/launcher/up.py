@@ -121,11 +121,7 @@ class Suite:
         self.eps = endpoints(settings)
         self.run_dir = self.home / "run"
         self.children: dict[str, Child] = {}
-        self.certs = (
-            CertPaths((settings.certs_dir or self.home / "certs").resolve())
-            if settings.tls
-            else None
-        )
+        self.certs = CertPaths(settings.cert_paths.root.resolve()) if settings.tls else None
 
     def prepare(self) -> Path:
         """Create .headrace/ and the rendered Envoy config (auth makes its own keys)."""

@@ -27,15 +27,6 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def redis_server() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    yield server
-    if server.process and server.process.poll() is None:
-        server.kill()
-
-
-@pytest.fixture(scope="module")
 def suite(
     tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, redis_server: PrivateRedis
 ) -> Iterator[RunningSuite]:

@@ -40,14 +40,6 @@ SERVED_WITHIN_S = 2.0
 
 
 @pytest.fixture(scope="module")
-def redis_server() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture(scope="module")
 def suite(
     tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, redis_server: PrivateRedis
 ) -> Iterator[RunningSuite]:

@@ -121,10 +121,9 @@ def certs(
 ) -> None:
     """Write the CA and certificates for HEADRACE_TLS under HEADRACE_HOME/certs."""
     from headrace.services.runtime.settings import HeadraceSettings
-
-    paths = HeadraceSettings().cert_paths
     from headrace.services.runtime.tls import make_certs
 
+    paths = HeadraceSettings().cert_paths
     written = make_certs(paths, list(san or []), force=force, days=days)
     if not written:
         typer.echo(f"certificates exist in {paths.root} (--force replaces them)")
