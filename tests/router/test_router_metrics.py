@@ -165,31 +165,24 @@ async def test_an_unknown_model_is_counted_under_none_and_makes_no_series(
     orchestrator: Orchestrator,
 ) -> None:
     task = orchestrator.tasks.route("", "hello there", types_pb2.SamplingParams()).task
-    before = sum(
-        sample(
-            "headrace_router_requests_total",
-            model="none",
-            task=task,
-            arm=arm,
-            code="NOT_FOUND",
-            cached="false",
+
+    def not_found_under_none() -> float:
+        return sum(
+            sample(
+                "headrace_router_requests_total",
+                model="none",
+                task=task,
+                arm=arm,
+                code="NOT_FOUND",
+                cached="false",
+            )
+            for arm in ("ab/one", "ab/two")
         )
-        for arm in ("ab/one", "ab/two")
-    )
+
+    before = not_found_under_none()
     with pytest.raises(NotFound):
         await generate(orchestrator, model="made-up-by-a-caller")
-    after = sum(
-        sample(
-            "headrace_router_requests_total",
-            model="none",
-            task=task,
-            arm=arm,
-            code="NOT_FOUND",
-            cached="false",
-        )
-        for arm in ("ab/one", "ab/two")
-    )
-    assert after - before == 1
+    assert not_found_under_none() - before == 1
     assert "made-up-by-a-caller" not in label_values("model")
     # Failed before a first token: no first-token observation, no tokens.
     assert sample("headrace_router_time_to_first_token_seconds_count", model="none") == 0
