@@ -337,11 +337,8 @@ def test_an_api_key_caller_gets_one_prompt_check_once_its_tier_is_known(
     )
 
     def checks() -> float:
-        return suite.metric(
-            "sanitizer",
-            "grpc_server_started_total",
-            grpc_service="headrace.sanitizer.v1.SanitizerService",
-            grpc_method="CheckPrompt",
+        return suite.rpcs_started(
+            "sanitizer", "headrace.sanitizer.v1.SanitizerService", "CheckPrompt"
         )
 
     before = checks()

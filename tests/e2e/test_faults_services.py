@@ -73,12 +73,7 @@ def request(prompt: str, max_tokens: int = 8, *, cache: bool = False) -> router_
 
 def inference_calls(suite: RunningSuite) -> float:
     """Generate calls the inference replica has started."""
-    return suite.metric(
-        "inference-0",
-        "grpc_server_started_total",
-        grpc_service="headrace.inference.v1.InferenceService",
-        grpc_method="Generate",
-    )
+    return suite.rpcs_started("inference-0", "headrace.inference.v1.InferenceService", "Generate")
 
 
 def kill(suite: RunningSuite, service: str) -> int:

@@ -35,12 +35,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
 
 
 def filter_streams(suite: RunningSuite) -> float:
-    return suite.metric(
-        "sanitizer",
-        "grpc_server_started_total",
-        grpc_service="headrace.sanitizer.v1.SanitizerService",
-        grpc_method="FilterStream",
-    )
+    return suite.rpcs_started("sanitizer", "headrace.sanitizer.v1.SanitizerService", "FilterStream")
 
 
 def generate(

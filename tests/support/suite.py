@@ -54,6 +54,15 @@ class RunningSuite:
                     return sample.value
         return 0.0
 
+    def rpcs_started(self, process: str, grpc_service: str, grpc_method: str) -> float:
+        """How many calls of one RPC a service process has started (its grpc metrics)."""
+        return self.metric(
+            process,
+            "grpc_server_started_total",
+            grpc_service=grpc_service,
+            grpc_method=grpc_method,
+        )
+
     def pid(self, name: str) -> int:
         return int((self.home / "run" / f"{name}.pid").read_text())
 
