@@ -12,6 +12,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import math
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable
@@ -101,10 +102,48 @@ def upstream_error(service: str, exc: grpc.aio.AioRpcError) -> BaseException:
 _STORE_ERRORS = (grpc.aio.AioRpcError, asyncio.InvalidStateError)
 
 
-def _store_failed(store: grpc.aio.StreamStreamCall, exc: BaseException) -> None:
-    """Give up this response's cache copy (logged); the caller drops the call."""
-    log.warning("cache_store_failed", error=str(exc) or type(exc).__name__)
-    store.cancel()
+async def _store_write(
+    store: grpc.aio.StreamUnaryCall | None, message: cache_pb2.StoreRequest, *, last: bool = False
+) -> grpc.aio.StreamUnaryCall | None:
+    """Send one message of the cache copy (`last` closes the stream); the call, or None
+    once it has failed (the copy is given up, logged, and the response goes on)."""
+    if store is None:
+        return None
+    try:
+        await store.write(message)
+        if last:
+            await store.done_writing()
+    except _STORE_ERRORS as exc:
+        log.warning("cache_store_failed", error=str(exc) or type(exc).__name__)
+        store.cancel()
+        return None
+    return store
+
+
+class _StoreBuffer:
+    """The response text not yet sent to the cache. One cache.Store message per token
+    would cost the router, Envoy and the cache a message each per token; gathering
+    `interval` seconds of text costs single-flight followers at most that much lag.
+    The first piece goes at once, so followers' first token is not held back."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._pieces: list[str] = []
+        self._since = -math.inf
+
+    def add(self, text: str) -> str:
+        """Take a piece; the text to send now ("" while gathering)."""
+        self._pieces.append(text)
+        now = time.monotonic()
+        if now - self._since < self._interval:
+            return ""
+        self._since = now
+        return self.take()
+
+    def take(self) -> str:
+        text = "".join(self._pieces)
+        self._pieces.clear()
+        return text
 
 
 class ModelCatalog:
@@ -601,13 +640,9 @@ class Orchestrator:
             else None
         )
         store = None if bypass_cache else self._b.cache.Store(metadata=metadata)
+        unsent = _StoreBuffer(self._settings.cache_store_interval_ms / 1000)
         try:
-            if store is not None:
-                try:
-                    await store.write(cache_pb2.StoreRequest(key=key))
-                except _STORE_ERRORS as exc:
-                    _store_failed(store, exc)
-                    store = None
+            store = await _store_write(store, cache_pb2.StoreRequest(key=key))
             final: inference_pb2.GenerateResponse | None = None
             blocked = False
             try:
@@ -636,12 +671,8 @@ class Orchestrator:
                         # The client first: the cache copy is written when the next
                         # piece is asked for, off the path to the client's screen.
                         yield router_pb2.GenerateResponse(text=verdict.text, model=key.model)
-                        if store is not None:
-                            try:
-                                await store.write(cache_pb2.StoreRequest(text=verdict.text))
-                            except _STORE_ERRORS as exc:
-                                _store_failed(store, exc)
-                                store = None
+                        if store is not None and (text := unsent.add(verdict.text)):
+                            store = await _store_write(store, cache_pb2.StoreRequest(text=text))
                     if verdict.blocked:
                         blocked = True
                         break
@@ -659,16 +690,16 @@ class Orchestrator:
             else:
                 raise Unavailable("inference ended without a final message; retry the request")
             if store is not None and not blocked:
-                try:
-                    await store.write(
-                        cache_pb2.StoreRequest(
-                            complete=True, finish_reason=last.finish_reason, usage=last.usage
-                        )
-                    )
-                    await store.done_writing()
-                except _STORE_ERRORS as exc:
-                    _store_failed(store, exc)
-                    store = None
+                store = await _store_write(
+                    store,
+                    cache_pb2.StoreRequest(
+                        text=unsent.take(),
+                        complete=True,
+                        finish_reason=last.finish_reason,
+                        usage=last.usage,
+                    ),
+                    last=True,
+                )
             yield last
             if store is not None and not blocked:
                 try:

@@ -50,6 +50,10 @@ class RouterSettings(ServiceSettings):
     """Audit lines waiting to be written; beyond that they are dropped and counted."""
     upstream_timeout_seconds: float = 10.0
     """Deadline for auth, sanitizer and cache calls."""
+    cache_store_interval_ms: float = Field(default=50.0, ge=0.0)
+    """How long the router gathers response text before sending it to the cache as one
+    message (identical requests following this one receive it at that pace); 0 sends
+    every piece as it comes."""
     tasks: dict[str, TaskPreset] = DEFAULT_TASKS
     """Task presets by name (HEADRACE_TASKS as JSON, or [router.tasks.NAME] tables)."""
     task_rules: list[TaskRule] = DEFAULT_RULES
