@@ -5,8 +5,12 @@ sampler chain and KV cells, as llama-server's slots do. A decode thread owns the
 context and loops: admit waiting requests into free slots, build one batch with
 the next token of every decoding sequence plus as much pending prompt as fits,
 call llama_decode once, sample every sequence that produced logits, and hand
-each piece of text to its request's asyncio queue at once. A request that joins
-or leaves never stalls the others.
+the step's pieces of text to their requests' asyncio queues at once, with one
+event-loop wake-up for the whole step. A request that joins or leaves never
+stalls the others. Greedy sequences (temperature 0, no repeat penalty) take the
+highest logit straight from the logits array: the token llama.cpp's greedy
+sampler picks, without building its 262k-entry candidate list (Gemma's
+vocabulary) on the decode thread while the other decode threads wait.
 
 A finished sequence's KV cells stay in its slot; a new request is placed in the
 free slot whose cached tokens share the longest prefix with its prompt, and
@@ -31,12 +35,13 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
 from llama_cpp import _internals as internals
 from llama_cpp import _logger as llama_logger
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -106,10 +111,12 @@ class _Request:
 
     tokens: list[int]
     sampling: Sampling
-    emit: Callable[[Delta | BaseException], None]
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[Delta | BaseException]
     cancel: threading.Event = field(default_factory=threading.Event)
     # decode-thread state
     sampler: llama_cpp.llama_sampler_p | None = None
+    """The sampler chain; None for greedy decoding (the highest logit)."""
     pending: list[int] = field(default_factory=list)
     next_token: int | None = None
     generated: int = 0
@@ -129,6 +136,25 @@ class _Request:
     def undelivered(self) -> int:
         """Deltas decoded for this request that its consumer has not taken yet."""
         return self.emitted - self.taken
+
+    def emit(self, item: Delta | BaseException) -> None:
+        """Hand one item to the request's stream, from any thread."""
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+def _put_all(items: list[tuple[_Request, Delta]]) -> None:
+    for request, delta in items:
+        request.queue.put_nowait(delta)
+
+
+def _deliver(items: list[tuple[_Request, Delta]]) -> None:
+    """Hand a decode step's deltas to their streams: one wake-up per event loop,
+    not one per sequence."""
+    loops: dict[asyncio.AbstractEventLoop, list[tuple[_Request, Delta]]] = {}
+    for request, delta in items:
+        loops.setdefault(request.loop, []).append((request, delta))
+    for loop, batch in loops.items():
+        loop.call_soon_threadsafe(_put_all, batch)
 
 
 @dataclass(eq=False)
@@ -282,10 +308,7 @@ class LlamaEngine:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
         request = _Request(
-            arrived=arrived,
-            tokens=tokens,
-            sampling=sampling,
-            emit=lambda item: loop.call_soon_threadsafe(queue.put_nowait, item),
+            arrived=arrived, tokens=tokens, sampling=sampling, loop=loop, queue=queue
         )
         with self._wake:
             if self._active + len(self._waiting) >= self.slots + self.queue_size:
@@ -422,7 +445,9 @@ class LlamaEngine:
             request.budget = min(
                 request.sampling.max_tokens, self.context_size - len(request.tokens)
             )
-            request.sampler = self._sampler(request.sampling)
+            sampling = request.sampling
+            greedy = sampling.temperature <= 0.0 and sampling.repeat_penalty == 1.0
+            request.sampler = None if greedy else self._sampler(sampling)
             request.text = TextAssembler(request.sampling.stop)
             slot.request = request
             metrics.QUEUE_TIME.labels(self.name).observe(time.perf_counter() - request.arrived)
@@ -438,13 +463,21 @@ class LlamaEngine:
             self._active -= 1
             metrics.BUSY_SLOTS.labels(self.name).set(self._active)
 
-    def _finish(self, slot: _Slot, reason: FinishReason, tail: str = "") -> None:
+    def _finish(self, slot: _Slot, reason: FinishReason, tail: str = "") -> Delta:
+        """Free the slot; the request's last delta, which the caller delivers. The
+        slot is free before the last delta leaves, so a client that sends its next
+        request on receipt always finds the slot free."""
         request = slot.request
         assert request is not None
-        # Free the slot before the last delta leaves, so a client that sends its
-        # next request on receipt always finds the slot free.
         self._release(slot)
-        request.emit(Delta(tail, reason, len(request.tokens), request.generated))
+        return Delta(tail, reason, len(request.tokens), request.generated)
+
+    def _sample(self, request: _Request, index: int) -> int:
+        if request.sampler is not None:
+            return llama_cpp.llama_sampler_sample(request.sampler, self._ctx.ctx, index)
+        # Greedy: the first highest logit, as llama.cpp's greedy sampler picks it.
+        logits = llama_cpp.llama_get_logits_ith(self._ctx.ctx, index)
+        return int(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
 
     def _loop(self) -> None:
         while True:
@@ -534,30 +567,39 @@ class LlamaEngine:
         status = llama_cpp.llama_decode(self._ctx.ctx, batch)
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
-        for slot, index in sample_at:
-            request = slot.request
-            if request is None:
-                continue
-            if request.cancel.is_set():
-                self._release(slot)
-                continue
-            assert request.sampler is not None and request.text is not None
-            token = llama_cpp.llama_sampler_sample(request.sampler, self._ctx.ctx, index)
-            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                self._finish(slot, FinishReason.STOP, request.text.finish())
-                continue
-            request.generated += 1
-            text = request.text.feed(self._piece(token))
-            if request.text.stopped:
-                self._finish(slot, FinishReason.STOP, text)
-                continue
-            if request.generated >= request.budget:
-                self._finish(slot, FinishReason.LENGTH, text + request.text.finish())
-                continue
-            if text:
-                request.emitted += 1
-                request.emit(Delta(text))
-            request.next_token = token
+        out: list[tuple[_Request, Delta]] = []
+        try:
+            for slot, index in sample_at:
+                request = slot.request
+                if request is None:
+                    continue
+                if request.cancel.is_set():
+                    self._release(slot)
+                    continue
+                assert request.text is not None
+                token = self._sample(request, index)
+                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                    out.append(
+                        (request, self._finish(slot, FinishReason.STOP, request.text.finish()))
+                    )
+                    continue
+                request.generated += 1
+                text = request.text.feed(self._piece(token))
+                if request.text.stopped:
+                    out.append((request, self._finish(slot, FinishReason.STOP, text)))
+                    continue
+                if request.generated >= request.budget:
+                    last = self._finish(slot, FinishReason.LENGTH, text + request.text.finish())
+                    out.append((request, last))
+                    continue
+                if text:
+                    request.emitted += 1
+                    out.append((request, Delta(text)))
+                request.next_token = token
+        finally:
+            # Also when a later sequence fails: what was decided is delivered.
+            if out:
+                _deliver(out)
         return True
 
     def _put(self, slot: _Slot, token: int, i: int, *, logits: bool) -> None:

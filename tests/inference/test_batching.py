@@ -93,3 +93,33 @@ async def test_shared_prefix_is_reused_from_the_kv_cache(engine: LlamaEngine) ->
     await collect(engine, system + "Question two?", Sampling(max_tokens=2, temperature=0.0))
     reused = (REGISTRY.get_sample_value(name, labels) or 0.0) - before
     assert reused >= len(engine.tokenize(system)) - 2
+
+
+async def test_a_decode_step_hands_its_deltas_over_with_one_wake_up(engine: LlamaEngine) -> None:
+    # One call_soon_threadsafe per step for all its sequences: each is a wake-up of
+    # the event loop's thread on cores the decode threads are using.
+    loop = asyncio.get_running_loop()
+    calls = 0
+    original = loop.call_soon_threadsafe
+
+    def counting(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    steps = "headrace_inference_batch_size_count"
+    before = REGISTRY.get_sample_value(steps, {"model": engine.name}) or 0.0
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+    try:
+        sampling = Sampling(max_tokens=24, temperature=0.0)
+        # Both requests queued before the decode thread looks: they decode together.
+        with engine._wake:
+            streams = [asyncio.ensure_future(collect(engine, p, sampling)) for p in PROMPTS[:2]]
+            for _ in range(3):
+                await asyncio.sleep(0)
+        a, b = await asyncio.gather(*streams)
+    finally:
+        del loop.call_soon_threadsafe
+    decoded = (REGISTRY.get_sample_value(steps, {"model": engine.name}) or 0.0) - before
+    assert len(a) + len(b) > decoded + 10, "the two sequences shared decode steps"
+    assert calls <= decoded, (calls, decoded, len(a) + len(b))
