@@ -5,8 +5,9 @@ ports with the default model, loads the same GGUF in this process with
 llama-cpp-python, and alternates pairs of identical greedy requests (cache bypassed),
 so machine noise hits both sides alike. Prints decode tokens/s for both and their
 ratio, time to first token and the gateway's overhead (also for a tier whose sanitizer
-policy has no output rule, which skips the streaming output filter), and aggregate
-tokens/s through the gateway at 1, 4 and 8 concurrent streams.
+policy has no output rule, which skips the streaming output filter, and for the
+default path with the cache on: a lookup that misses, then the response stored), and
+aggregate tokens/s through the gateway at 1, 4 and 8 concurrent streams.
 
     make bench                      # or: .venv/bin/python -m bench --rounds 5
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -62,12 +64,22 @@ def in_process(llm: llama_cpp.Llama, max_tokens: int) -> Run:
     return Run(first - started, _decode_tps(first, last, tokens), tokens)
 
 
-def gateway(stub: router_pb2_grpc.RouterServiceStub, token: str, max_tokens: int) -> Run:
+def gateway(
+    stub: router_pb2_grpc.RouterServiceStub,
+    token: str,
+    max_tokens: int,
+    cache_miss_seed: int | None = None,
+) -> Run:
+    """One greedy request through the gateway, the cache bypassed; with
+    `cache_miss_seed` the cache is used as by default, and the seed (part of the
+    cache key, no effect on greedy output) makes it a miss that is then stored."""
     request = router_pb2.GenerateRequest(
         prompt=PROMPT,
-        bypass_cache=True,
+        bypass_cache=cache_miss_seed is None,
         params=types_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.0),
     )
+    if cache_miss_seed is not None:
+        request.params.seed = cache_miss_seed
     started = time.perf_counter()
     first = last = 0.0
     pieces = 0
@@ -162,9 +174,14 @@ def lookup_latency(internal: str, calls: int = 300) -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    # 15 triples: on a shared 2-core VM a single pair's ratio varies by ±10%, so
+    # 15 rounds: on a shared 2-core VM a single pair's ratio varies by ±10%, so
     # fewer rounds leave the medians' uncertainty near the margins being measured.
-    parser.add_argument("--rounds", type=int, default=15, help="alternating triples")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=15,
+        help="alternating rounds (in-process, gateway, no-filter tier, cache on)",
+    )
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument(
         "--concurrency-repeats", type=int, default=3, help="runs of each stream count"
@@ -200,14 +217,21 @@ def main() -> int:
             gateway(stub, token, 8)  # warm both sides
             in_process(llm, 8)
             gateway(stub, unfiltered_token, 8)
+            # Seeds no earlier run used: every cache-path request is a miss.
+            seeds = random.Random().sample(range(1, 2**31), args.rounds + 1)
+            gateway(stub, token, 8, cache_miss_seed=seeds.pop())
             local: list[Run] = []
             remote: list[Run] = []
             unfiltered: list[Run] = []
+            cached: list[Run] = []
             for i in range(args.rounds):
                 steps = [
                     lambda: local.append(in_process(llm, args.max_tokens)),
                     lambda: remote.append(gateway(stub, token, args.max_tokens)),
                     lambda: unfiltered.append(gateway(stub, unfiltered_token, args.max_tokens)),
+                    lambda: cached.append(
+                        gateway(stub, token, args.max_tokens, cache_miss_seed=seeds.pop())
+                    ),
                 ]
                 for step in steps if i % 2 == 0 else reversed(steps):
                     # Let the previous run's threads (llama.cpp's OpenMP workers
@@ -248,6 +272,15 @@ def main() -> int:
     print(
         f"| time to first token, ms, tier without output rules | {l_ttft * 1000:.1f} "
         f"| {u_ttft * 1000:.1f} | +{(u_ttft - l_ttft) * 1000:.1f} ms |"
+    )
+    c_tps, c_ttft = med(r.decode_tps for r in cached), med(r.ttft_s for r in cached)
+    print(
+        f"| decode tokens/s, cache on (a miss, then stored) | {l_tps:.1f} | {c_tps:.1f} "
+        f"| {c_tps / l_tps:.3f} |"
+    )
+    print(
+        f"| time to first token, ms, cache on (a miss) | {l_ttft * 1000:.1f} "
+        f"| {c_ttft * 1000:.1f} | +{(c_ttft - l_ttft) * 1000:.1f} ms |"
     )
     # The spread over the pairs, so a reader can tell a margin from noise.
     ratios = sorted(r.decode_tps / lo.decode_tps for lo, r in zip(local, remote, strict=True))
