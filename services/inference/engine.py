@@ -524,6 +524,15 @@ class LlamaEngine:
             # Consumers notify when half drained; the timeout is only a safety net.
             self._wake.wait(timeout=1.0)
 
+    def _live(self, slot: _Slot) -> _Request | None:
+        """The slot's request, or None: the slot is free, or its request was
+        cancelled (the slot is freed now)."""
+        request = slot.request
+        if request is not None and request.cancel.is_set():
+            self._release(slot)
+            return None
+        return request
+
     def _step(self) -> bool:
         """One llama_decode over every active sequence; False when none could decode."""
         batch = self._batch
@@ -531,11 +540,8 @@ class LlamaEngine:
         n = 0
         sample_at: list[tuple[_Slot, int]] = []
         for slot in self._slots:
-            request = slot.request
+            request = self._live(slot)
             if request is None:
-                continue
-            if request.cancel.is_set():
-                self._release(slot)
                 continue
             if request.next_token is not None and n < capacity:
                 if request.undelivered >= self.stream_buffer:
@@ -570,11 +576,8 @@ class LlamaEngine:
         out: list[tuple[_Request, Delta]] = []
         try:
             for slot, index in sample_at:
-                request = slot.request
+                request = self._live(slot)
                 if request is None:
-                    continue
-                if request.cancel.is_set():
-                    self._release(slot)
                     continue
                 assert request.text is not None
                 token = self._sample(request, index)
