@@ -231,6 +231,8 @@ class LlamaEngine:
         self._active = 0
         self._wake = threading.Condition()
         self._closing = False
+        self.decode_thread_id = 0
+        """The decode thread's native id (0 until it runs)."""
         engine = weakref.ref(self)
         metrics.PAUSED_SEQUENCES.labels(spec.name).set_function(
             lambda: e.paused_sequences() if (e := engine()) else 0
@@ -479,7 +481,22 @@ class LlamaEngine:
         logits = llama_cpp.llama_get_logits_ith(self._ctx.ctx, index)
         return int(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
 
+    def _lower_priority(self) -> None:
+        """Nice this (the decode) thread by spec.decode_nice, before llama.cpp starts
+        its worker threads from it, so that they inherit it."""
+        self.decode_thread_id = threading.get_native_id()
+        if not self.spec.decode_nice:
+            return
+        try:
+            now = os.getpriority(os.PRIO_PROCESS, self.decode_thread_id)
+            os.setpriority(
+                os.PRIO_PROCESS, self.decode_thread_id, min(now + self.spec.decode_nice, 19)
+            )
+        except OSError as exc:  # not Linux-like, or a sandbox that forbids it
+            log.warning("decode_priority_unchanged", model=self.name, error=str(exc))
+
     def _loop(self) -> None:
+        self._lower_priority()
         while True:
             with self._wake:
                 while not self._closing and not self._waiting and self._active == 0:

@@ -42,6 +42,11 @@ class ModelSpec(BaseModel):
     gpu_layers: int | None = None
     """Layers offloaded to the GPU; default: all when llama.cpp has GPU support, else 0."""
     batch_size: int = Field(default=512, ge=1)
+    decode_nice: int = Field(default=5, ge=0, le=19)
+    """How much lower than the service's own the decode threads' CPU priority is (a
+    nice increment; llama.cpp's threads inherit it). On cores shared with the gateway,
+    its short per-token bursts (gRPC, Envoy) then run when they wake instead of
+    waiting for a decode thread's time slice. 0 keeps one priority for all."""
     default_max_tokens: int = Field(default=256, ge=1)
     lora: list[LoraSpec] = []
     """Adapters applied to this entry's context (a LoRA variant of the weights)."""

@@ -201,3 +201,16 @@ async def test_greedy_decoding_skips_llama_cpps_sampler_chain(
     await collect(engine, PROMPT, Sampling(max_tokens=8, temperature=0.0, repeat_penalty=1.3))
     await collect(engine, PROMPT, Sampling(max_tokens=8, temperature=0.7, seed=1))
     assert calls == 16, "a penalty or a temperature still samples through the chain"
+
+
+async def test_decode_threads_run_at_a_lower_cpu_priority_than_the_service(
+    engine: LlamaEngine,
+) -> None:
+    import os
+    import threading
+
+    await collect(engine, PROMPT, Sampling(max_tokens=2, temperature=0.0))
+    service = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    decode = os.getpriority(os.PRIO_PROCESS, engine.decode_thread_id)
+    assert engine.spec.decode_nice == 5
+    assert decode == min(service + 5, 19)
