@@ -50,11 +50,6 @@ def cache_key(
     return f"{model}:{hashlib.sha256(canonical.encode()).hexdigest()}"
 
 
-def is_cacheable(params: dict[str, Any]) -> bool:
-    """Only deterministic requests repeat: greedy decoding or a fixed seed."""
-    return float(params.get("temperature", 1.0)) == 0.0 or "seed" in params
-
-
 @dataclass
 class Entry:
     """A complete response, chunked as it streamed."""

@@ -14,11 +14,12 @@ from headrace.auth.v1 import auth_pb2, auth_pb2_grpc
 from headrace.cache.v1 import cache_pb2, cache_pb2_grpc
 from headrace.services.cache import metrics
 from headrace.services.cache.flights import Final, FlightFailed, Flights
-from headrace.services.cache.responses import Entry, ResponseCache, cache_key, is_cacheable
+from headrace.services.cache.responses import Entry, ResponseCache, cache_key
 from headrace.services.cache.semantic import SemanticIndex
 from headrace.services.runtime.credentials import credential_from
 from headrace.services.runtime.errors import HeadraceError, InvalidArgument, PermissionDenied
 from headrace.services.runtime.interceptors import outgoing_metadata
+from headrace.services.runtime.params import is_deterministic
 from headrace.types.v1 import types_pb2
 
 COMPLETE = (types_pb2.FINISH_REASON_STOP, types_pb2.FINISH_REASON_LENGTH)
@@ -67,7 +68,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         subject = key.subject if self._per_subject else ""
         return (
             cache_key(key.model, key.prompt, params, subject, key.revision),
-            is_cacheable(params),
+            is_deterministic(key.params),
             params,
         )
 

@@ -35,7 +35,7 @@ from headrace.services.runtime import tracing
 from headrace.services.runtime.errors import HeadraceError, InvalidArgument, NotFound, Unavailable
 from headrace.services.runtime.interceptors import outgoing_metadata
 from headrace.services.runtime.logs import get_logger, request_id_var
-from headrace.services.runtime.params import validate_params
+from headrace.services.runtime.params import is_deterministic, validate_params
 from headrace.types.v1 import types_pb2
 
 log = get_logger(__name__)
@@ -375,7 +375,8 @@ class Orchestrator:
                 try:
                     stream = self._stream(
                         key,
-                        request.bypass_cache,
+                        # The cache keeps only what repeats: no lookup, no copy otherwise.
+                        request.bypass_cache or not is_deterministic(params),
                         remaining,
                         principal.tier,
                         filtered=not checked.output_unfiltered,

@@ -1,9 +1,18 @@
-"""Validation of SamplingParams, shared by the router (at the edge) and inference."""
+"""SamplingParams rules shared by the services: validation (the router at the edge,
+and inference) and determinism (the cache keeps, and the router looks up, only
+requests that give the same text every time)."""
 
 from __future__ import annotations
 
 from headrace.services.runtime.errors import InvalidArgument
 from headrace.types.v1 import types_pb2
+
+
+def is_deterministic(params: types_pb2.SamplingParams) -> bool:
+    """The same request gives the same text: greedy decoding (temperature 0) or a
+    fixed seed. An unset temperature is not 0 (the router fills in its default)."""
+    greedy = params.HasField("temperature") and params.temperature == 0.0
+    return greedy or params.HasField("seed")
 
 
 def validate_params(params: types_pb2.SamplingParams, max_tokens_limit: int) -> None:

@@ -22,10 +22,10 @@ from headrace.services.cache.responses import (
     RedisStore,
     ResponseCache,
     cache_key,
-    is_cacheable,
 )
 from headrace.services.cache.servicer import CacheServicer
 from headrace.services.runtime.errors import InvalidArgument
+from headrace.services.runtime.params import is_deterministic
 from headrace.types.v1 import types_pb2
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -95,12 +95,12 @@ def test_cache_key_does_not_confuse_prompt_and_model_boundaries() -> None:
     [{"temperature": 0.0}, {"temperature": 0}, {"seed": "42"}, {"temperature": 0.9, "seed": "0"}],
 )
 def test_is_cacheable_for_greedy_decoding_or_a_fixed_seed(params: dict[str, Any]) -> None:
-    assert is_cacheable(params) is True
+    assert is_deterministic(json_format.ParseDict(params, types_pb2.SamplingParams()))
 
 
 @pytest.mark.parametrize("params", [{}, {"temperature": 0.8}, {"temperature": 1e-3, "top_k": 1}])
 def test_is_not_cacheable_when_sampling_without_a_seed(params: dict[str, Any]) -> None:
-    assert is_cacheable(params) is False
+    assert not is_deterministic(json_format.ParseDict(params, types_pb2.SamplingParams()))
 
 
 # --- Entry ---------------------------------------------------------------------------------

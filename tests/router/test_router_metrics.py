@@ -122,6 +122,8 @@ def label_values(label: str) -> set[str]:
 
 
 async def generate(orchestrator: Orchestrator, **fields: Any) -> list[router_pb2.GenerateResponse]:
+    # Greedy, so the (always hitting) cache is asked: sampling without a seed is not.
+    fields.setdefault("params", types_pb2.SamplingParams(temperature=0.0))
     request = router_pb2.GenerateRequest(prompt="hello there", **fields)
     return [r async for r in orchestrator.generate(request, "credential", remaining=5.0)]
 
