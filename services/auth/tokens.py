@@ -3,12 +3,18 @@
 Verification trusts nothing in the token header but the kid, and only to pick
 one of our own keys: the algorithm is fixed (ES256), so `none` and HS/RS
 confusion cannot apply; iss, aud, exp, nbf, iat and sub are required.
+
+A token that verified is remembered (as Envoy's jwt_authn caches verified JWTs):
+its next use checks only its validity period, not its ES256 signature again,
+which is most of Authorize's own CPU time. Loading keys (a rotation, a removed
+key) forgets every remembered token.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import jwt
@@ -21,6 +27,8 @@ REQUIRED_CLAIMS = ["exp", "iat", "nbf", "sub", "iss", "aud"]
 # Reload the key directory at most this often when a token names an unknown kid
 # (a key created by `headrace token issue` or a rotation after we started).
 RELOAD_INTERVAL_S = 5.0
+VERIFIED_TOKENS = 4096
+"""Verified tokens remembered, most recently used kept."""
 
 
 ADMIN_SCOPE = "admin"
@@ -88,6 +96,8 @@ class TokenVerifier:
     _keys: dict[str, SigningKey] = field(default_factory=dict)
     _loaded_at: float = 0.0
     _signature: tuple[tuple[str, int], ...] = ()
+    # token → (principal, valid from, valid until), both in Unix seconds.
+    _verified: OrderedDict[str, tuple[Principal, float, float]] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
         self.reload()
@@ -100,6 +110,7 @@ class TokenVerifier:
     def reload(self) -> None:
         """Read the key directory again."""
         _, self._keys = self.store.load()
+        self._verified.clear()
         self._signature = self._dir_signature()
         self._loaded_at = time.monotonic()
 
@@ -125,6 +136,20 @@ class TokenVerifier:
 
     def verify(self, token: str) -> Principal:
         """The principal a token names, or Unauthenticated with a plain reason."""
+        known = self._verified.get(token)
+        if known is None:
+            return self._verify_signed(token)
+        principal, valid_from, valid_until = known
+        now, leeway = time.time(), self.settings.leeway_seconds
+        if now > valid_until + leeway:
+            del self._verified[token]
+            raise Unauthenticated("token expired: issue a new one")
+        if now < valid_from - leeway:
+            raise Unauthenticated("token not valid yet (nbf/iat in the future)")
+        self._verified.move_to_end(token)
+        return principal
+
+    def _verify_signed(self, token: str) -> Principal:
         if not token:
             raise Unauthenticated(
                 "missing credential: send metadata 'authorization: Bearer <token>' "
@@ -169,8 +194,14 @@ class TokenVerifier:
             raise Unauthenticated("token subject (sub) is empty")
         scope = claims.get("scope", "")
         tier = claims.get("tier", "free")
-        return Principal(
+        principal = Principal(
             subject=subject,
             scopes=tuple(scope.split()) if isinstance(scope, str) else (),
             tier=tier if isinstance(tier, str) else "free",
         )
+        # PyJWT required exp, nbf and iat as numbers.
+        valid_from = max(float(claims["nbf"]), float(claims["iat"]))
+        self._verified[token] = (principal, valid_from, float(claims["exp"]))
+        while len(self._verified) > VERIFIED_TOKENS:
+            self._verified.popitem(last=False)
+        return principal

@@ -463,3 +463,75 @@ def test_keys_on_a_read_only_mount_are_used_as_they_are(
     loaded, keys = KeyStore(directory).load()
 
     assert loaded == active and set(keys) == {active}
+
+
+# --- verified tokens remembered ----------------------------------------------
+
+
+def test_a_verified_token_is_not_signature_checked_again(
+    store: KeyStore,
+    settings: TokenSettings,
+    verifier: TokenVerifier,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    token = issue_token(store, settings, "alice", scopes=["generate"], tier="pro")
+    first = verifier.verify(token)
+
+    def no_second_check(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("signature verified again")
+
+    monkeypatch.setattr(tokens.jwt, "decode", no_second_check)
+    assert verifier.verify(token) == first == Principal("alice", ("generate",), "pro")
+
+
+def test_a_remembered_token_still_expires(
+    store: KeyStore,
+    settings: TokenSettings,
+    verifier: TokenVerifier,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    token = issue_token(store, settings, "alice", ttl_seconds=60)
+    assert verifier.verify(token).subject == "alice"
+    now = time.time()
+    monkeypatch.setattr(tokens.time, "time", lambda: now + 60 + LEEWAY_S / 2)
+    assert verifier.verify(token).subject == "alice"  # within the leeway
+    monkeypatch.setattr(tokens.time, "time", lambda: now + 60 + LEEWAY_S + 5)
+
+    _assert_rejected(verifier, token, "expired")
+
+
+def test_a_tampered_copy_of_a_remembered_token_is_still_rejected(
+    store: KeyStore, settings: TokenSettings, verifier: TokenVerifier
+) -> None:
+    token = issue_token(store, settings, "alice")
+    verifier.verify(token)
+    header, _, signature = token.split(".")
+    forged = ".".join([header, _json_b64(_claims(sub="mallory")), signature])
+
+    _assert_rejected(verifier, forged, "signature")
+
+
+def test_removing_a_key_forgets_the_tokens_it_signed(
+    store: KeyStore, settings: TokenSettings, verifier: TokenVerifier
+) -> None:
+    old = _active_key(store)
+    token = issue_token(store, settings, "alice")
+    assert verifier.verify(token).subject == "alice"
+    store.create_key(activate=True)
+    (store.directory / f"{old.kid}.pem").unlink()
+    assert verifier.reload_if_changed()
+
+    _assert_rejected(verifier, token, "not signed by a key of this gateway")
+
+
+def test_remembered_tokens_are_bounded(
+    store: KeyStore,
+    settings: TokenSettings,
+    verifier: TokenVerifier,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tokens, "VERIFIED_TOKENS", 3)
+    issued = [issue_token(store, settings, f"user{i}") for i in range(5)]
+    for token in issued:
+        verifier.verify(token)
+    assert list(verifier._verified) == issued[2:]
