@@ -9,6 +9,10 @@ policy has no output rule, which skips the streaming output filter, and for the
 default path with the cache on: a lookup that misses, then the response stored), and
 aggregate tokens/s through the gateway at 1, 4 and 8 concurrent streams.
 
+Time to first token is also measured on its own, in many more short pairs than the
+decode rounds can afford: on a shared 2-core VM one pair's overhead spreads over
+±15 ms, so 15 pairs leave its median uncertain by about ±3 ms.
+
     make bench                      # or: .venv/bin/python -m bench --rounds 5
 """
 
@@ -37,6 +41,7 @@ from tests.support.suite import start_suite
 
 BENCH_TIER = {"requests_per_minute": 1_000_000, "tokens_per_day": 1_000_000_000}
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+TTFT_TOKENS = 8
 
 
 @dataclass
@@ -184,6 +189,12 @@ def main() -> int:
     )
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument(
+        "--ttft-pairs",
+        type=int,
+        default=60,
+        help="alternating in-process/gateway pairs of short requests for first-token time",
+    )
+    parser.add_argument(
         "--concurrency-repeats", type=int, default=3, help="runs of each stream count"
     )
     args = parser.parse_args()
@@ -238,6 +249,21 @@ def main() -> int:
                     # spin after a decode) go idle, so neither side pays for the other.
                     time.sleep(0.25)
                     step()
+            # First token on its own: short requests (decoding goes on after the first
+            # token, as in a long one, while it travels), in-process and gateway
+            # alternating, each pair's order swapped every other pair.
+            ttft_pairs: list[tuple[float, float]] = []
+            for i in range(args.ttft_pairs):
+                time.sleep(0.25)
+                if i % 2 == 0:
+                    here = in_process(llm, TTFT_TOKENS).ttft_s
+                    time.sleep(0.25)
+                    there = gateway(stub, token, TTFT_TOKENS).ttft_s
+                else:
+                    there = gateway(stub, token, TTFT_TOKENS).ttft_s
+                    time.sleep(0.25)
+                    here = in_process(llm, TTFT_TOKENS).ttft_s
+                ttft_pairs.append((here, there))
         llm.close()  # free the cores' caches for the concurrency runs
         # Each level three times, interleaved, median kept: one run of a level
         # varies by ±20% on a shared 2-core VM.
@@ -290,6 +316,16 @@ def main() -> int:
         f"{med(ratios):.3f}–{ratios[-1]:.3f}, first token +{overheads[0]:.1f}–"
         f"{med(overheads):.1f}–{overheads[-1]:.1f} ms |"
     )
+    if ttft_pairs:
+        here = [p[0] * 1000 for p in ttft_pairs]
+        there = [p[1] * 1000 for p in ttft_pairs]
+        each = sorted(b - a for a, b in zip(here, there, strict=True))
+        print(
+            f"| **time to first token, ms, default policy ({len(each)} pairs of "
+            f"{TTFT_TOKENS}-token requests)** | {med(here):.1f} | {med(there):.1f} "
+            f"| **+{med(there) - med(here):.1f} ms** (per-pair median +{med(each):.1f}, "
+            f"middle half +{each[len(each) // 4]:.1f}–{each[(3 * len(each)) // 4]:.1f}) |"
+        )
     print()
     print("| concurrent streams (gateway) | aggregate tokens/s (median) | vs 1 stream | runs |")
     print("|---|---|---|---|")
