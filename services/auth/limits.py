@@ -204,8 +204,10 @@ class RedisLimitStore:
         self, subject: str, tier: str, tokens: int, limits: TierLimits, periods: Periods
     ) -> tuple[int, float]:
         interval, tolerance = _gcra_us(limits.requests_per_minute)
-        outcome, wait_us = await asyncio.wait_for(
-            self._admit(
+        # asyncio.timeout, not wait_for: on every request's path, and wait_for wraps
+        # the call in a task of its own (one more event-loop turn) on Python 3.11.
+        async with asyncio.timeout(self._timeout):
+            outcome, wait_us = await self._admit(
                 keys=self._keys(subject, periods),
                 args=[
                     interval,
@@ -217,9 +219,7 @@ class RedisLimitStore:
                     math.ceil(periods.month_left_s) + 3600,
                     tier,
                 ],
-            ),
-            self._timeout,
-        )
+            )
         return int(outcome), int(wait_us) / 1e6
 
     async def settle(self, subject: str, delta: int, periods: Periods) -> None:

@@ -152,7 +152,8 @@ class RedisStore:
 
     async def get(self, key: str) -> Entry | None:
         try:
-            blob = await asyncio.wait_for(self._client.get(KEY_PREFIX + key), self._timeout)
+            async with asyncio.timeout(self._timeout):  # no task of its own, as wait_for's
+                blob = await self._client.get(KEY_PREFIX + key)
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed("get", exc)
             return None
