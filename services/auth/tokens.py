@@ -12,6 +12,7 @@ key) forgets every remembered token.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -96,8 +97,12 @@ class TokenVerifier:
     _keys: dict[str, SigningKey] = field(default_factory=dict)
     _loaded_at: float = 0.0
     _signature: tuple[tuple[str, int], ...] = ()
-    # token → (principal, valid from, valid until), both in Unix seconds.
+    # token → (principal, valid from, valid until), both in Unix seconds. Keys are
+    # reloaded on a worker thread (the service's key watcher), so the remembered
+    # tokens and the key generation they were verified under change under a lock.
     _verified: OrderedDict[str, tuple[Principal, float, float]] = field(default_factory=OrderedDict)
+    _generation: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.reload()
@@ -109,8 +114,11 @@ class TokenVerifier:
 
     def reload(self) -> None:
         """Read the key directory again."""
-        _, self._keys = self.store.load()
-        self._verified.clear()
+        _, keys = self.store.load()
+        with self._lock:
+            self._keys = keys
+            self._generation += 1
+            self._verified.clear()
         self._signature = self._dir_signature()
         self._loaded_at = time.monotonic()
 
@@ -136,20 +144,24 @@ class TokenVerifier:
 
     def verify(self, token: str) -> Principal:
         """The principal a token names, or Unauthenticated with a plain reason."""
-        known = self._verified.get(token)
+        with self._lock:
+            known = self._verified.get(token)
+            generation = self._generation
+            if known is not None:
+                self._verified.move_to_end(token)
         if known is None:
-            return self._verify_signed(token)
+            return self._verify_signed(token, generation)
         principal, valid_from, valid_until = known
         now, leeway = time.time(), self.settings.leeway_seconds
         if now > valid_until + leeway:
-            del self._verified[token]
+            with self._lock:
+                self._verified.pop(token, None)
             raise Unauthenticated("token expired: issue a new one")
         if now < valid_from - leeway:
             raise Unauthenticated("token not valid yet (nbf/iat in the future)")
-        self._verified.move_to_end(token)
         return principal
 
-    def _verify_signed(self, token: str) -> Principal:
+    def _verify_signed(self, token: str, generation: int) -> Principal:
         if not token:
             raise Unauthenticated(
                 "missing credential: send metadata 'authorization: Bearer <token>' "
@@ -201,7 +213,11 @@ class TokenVerifier:
         )
         # PyJWT required exp, nbf and iat as numbers.
         valid_from = max(float(claims["nbf"]), float(claims["iat"]))
-        self._verified[token] = (principal, valid_from, float(claims["exp"]))
-        while len(self._verified) > VERIFIED_TOKENS:
-            self._verified.popitem(last=False)
+        with self._lock:
+            # Keys reloaded while this token was checked: it may have been checked
+            # against a key that is gone, so it is not remembered.
+            if self._generation == generation:
+                self._verified[token] = (principal, valid_from, float(claims["exp"]))
+                while len(self._verified) > VERIFIED_TOKENS:
+                    self._verified.popitem(last=False)
         return principal

@@ -535,3 +535,31 @@ def test_remembered_tokens_are_bounded(
     for token in issued:
         verifier.verify(token)
     assert list(verifier._verified) == issued[2:]
+
+
+def test_a_token_checked_while_keys_reload_is_not_remembered(
+    store: KeyStore,
+    settings: TokenSettings,
+    verifier: TokenVerifier,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The key watcher reloads on another thread: a token whose signature was being
+    # checked against a key that the reload removed must not be remembered as good.
+    old = _active_key(store)
+    token = issue_token(store, settings, "alice")
+    store.create_key(activate=True)
+    decode = tokens.jwt.decode
+
+    def decode_while_the_key_is_removed(*args: Any, **kwargs: Any) -> Any:
+        claims = decode(*args, **kwargs)
+        (store.directory / f"{old.kid}.pem").unlink()
+        thread = threading.Thread(target=verifier.reload_if_changed)
+        thread.start()
+        thread.join()
+        return claims
+
+    monkeypatch.setattr(tokens.jwt, "decode", decode_while_the_key_is_removed)
+    assert verifier.verify(token).subject == "alice"  # it was good when it was checked
+    monkeypatch.setattr(tokens.jwt, "decode", decode)
+
+    _assert_rejected(verifier, token, "not signed by a key of this gateway")
