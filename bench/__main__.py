@@ -317,13 +317,13 @@ def main() -> int:
         f"{med(overheads):.1f}–{overheads[-1]:.1f} ms |"
     )
     if ttft_pairs:
-        here = [p[0] * 1000 for p in ttft_pairs]
-        there = [p[1] * 1000 for p in ttft_pairs]
-        each = sorted(b - a for a, b in zip(here, there, strict=True))
+        local_ms = [p[0] * 1000 for p in ttft_pairs]
+        gateway_ms = [p[1] * 1000 for p in ttft_pairs]
+        each = sorted(b - a for a, b in zip(local_ms, gateway_ms, strict=True))
         print(
             f"| **time to first token, ms, default policy ({len(each)} pairs of "
-            f"{TTFT_TOKENS}-token requests)** | {med(here):.1f} | {med(there):.1f} "
-            f"| **+{med(there) - med(here):.1f} ms** (per-pair median +{med(each):.1f}, "
+            f"{TTFT_TOKENS}-token requests)** | {med(local_ms):.1f} | {med(gateway_ms):.1f} "
+            f"| **+{med(gateway_ms) - med(local_ms):.1f} ms** (per-pair median +{med(each):.1f}, "
             f"middle half +{each[len(each) // 4]:.1f}–{each[(3 * len(each)) // 4]:.1f}) |"
         )
     print()
