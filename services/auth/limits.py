@@ -114,6 +114,17 @@ class Periods:
         )
 
 
+BYTES_PER_TOKEN = 4
+"""The token estimate of content not yet tokenized, as the sanitizer's size limit counts."""
+
+
+def reservation(content_bytes: int, reserve_tokens: int) -> int:
+    """Tokens to reserve for one request: its content estimated at 4 bytes a token,
+    plus what the caller reserves for the answer (its max_tokens)."""
+    estimate = content_bytes // BYTES_PER_TOKEN + 1 if content_bytes > 0 else 0
+    return estimate + max(reserve_tokens, 0)
+
+
 class LimitStore(Protocol):
     """Where counters live."""
 
@@ -188,8 +199,8 @@ class RedisLimitStore:
     def __init__(self, client: redis.Redis, timeout_s: float) -> None:
         self._client = client
         self._timeout = timeout_s
-        self._admit = client.register_script(ADMIT_LUA)
-        self._settle = client.register_script(SETTLE_LUA)
+        self._admit_script = client.register_script(ADMIT_LUA)
+        self._settle_script = client.register_script(SETTLE_LUA)
 
     @staticmethod
     def _keys(subject: str, periods: Periods) -> list[str]:
@@ -207,7 +218,7 @@ class RedisLimitStore:
         # asyncio.timeout, not wait_for: on every request's path, and wait_for wraps
         # the call in a task of its own (one more event-loop turn) on Python 3.11.
         async with asyncio.timeout(self._timeout):
-            outcome, wait_us = await self._admit(
+            outcome, wait_us = await self._admit_script(
                 keys=self._keys(subject, periods),
                 args=[
                     interval,
@@ -224,7 +235,7 @@ class RedisLimitStore:
 
     async def settle(self, subject: str, delta: int, periods: Periods) -> None:
         await asyncio.wait_for(
-            self._settle(keys=self._keys(subject, periods)[1:3], args=[delta]), self._timeout
+            self._settle_script(keys=self._keys(subject, periods)[1:3], args=[delta]), self._timeout
         )
 
     async def used(self, subject: str, periods: Periods) -> tuple[int, int, str]:

@@ -9,8 +9,9 @@ import grpc
 from headrace.auth.v1 import auth_pb2, auth_pb2_grpc
 from headrace.services.auth.apikeys import ApiKeyRecord
 from headrace.services.auth.authenticator import Authenticator
-from headrace.services.auth.limits import Limits
+from headrace.services.auth.limits import Limits, reservation
 from headrace.services.runtime.credentials import credential_from
+from headrace.services.runtime.errors import PermissionDenied
 
 
 def _key_proto(record: ApiKeyRecord) -> auth_pb2.ApiKey:
@@ -38,7 +39,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         principal = self._auth.authenticate(request.credential)
         self._auth.authorize_model(principal, request.model)
         reserved = await self._limits.admit(
-            principal.subject, principal.tier, request.reserve_tokens
+            principal.subject,
+            principal.tier,
+            reservation(request.content_bytes, request.reserve_tokens),
         )
         return auth_pb2.AuthorizeResponse(
             subject=principal.subject,
@@ -63,8 +66,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.GetUsageResponse:
         caller = self._auth.authenticate(credential_from(context))
         subject = request.subject or caller.subject
-        if subject != caller.subject:
-            self._auth.require_admin(credential_from(context))
+        if subject != caller.subject and not caller.is_admin:
+            raise PermissionDenied("this call needs the 'admin' scope")
         day, month, tier = await self._limits.used(subject)
         tier = tier or (caller.tier if subject == caller.subject else "free")
         limits = self._limits.tier(tier)

@@ -22,6 +22,7 @@ import jwt
 
 from headrace.services.auth.keys import ALGORITHM, KeyStore, SigningKey
 from headrace.services.auth.settings import TokenSettings
+from headrace.services.runtime.credentials import ADMIN_SCOPE
 from headrace.services.runtime.errors import InvalidArgument, Unauthenticated
 
 REQUIRED_CLAIMS = ["exp", "iat", "nbf", "sub", "iss", "aud"]
@@ -32,7 +33,6 @@ VERIFIED_TOKENS = 4096
 """Verified tokens remembered, most recently used kept."""
 
 
-ADMIN_SCOPE = "admin"
 GENERATE_SCOPE = "generate"
 
 

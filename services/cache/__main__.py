@@ -9,6 +9,7 @@ import grpc
 
 from headrace.auth.v1 import auth_pb2_grpc
 from headrace.cache.v1 import cache_pb2, cache_pb2_grpc
+from headrace.services.cache.answers import Answers
 from headrace.services.cache.flights import Flights
 from headrace.services.cache.responses import ResponseCache
 from headrace.services.cache.semantic import LlamaEmbedder, SemanticIndex
@@ -32,7 +33,9 @@ def semantic_index(settings: CacheSettings) -> SemanticIndex:
             packaged.assemble(path)
     log.info("semantic_cache_on", model=str(path), threshold=settings.semantic_threshold)
     return SemanticIndex(
-        LlamaEmbedder(path), settings.semantic_threshold, settings.semantic_max_entries
+        LlamaEmbedder(path, extra_bufts=settings.semantic_extra_buffer_types),
+        settings.semantic_threshold,
+        settings.semantic_max_entries,
     )
 
 
@@ -56,14 +59,16 @@ async def make_service() -> Service:
         await cache.start()
         cache_pb2_grpc.add_CacheServiceServicer_to_server(
             CacheServicer(
-                cache,
-                Flights(settings.flight_start_seconds),
-                settings.cache_ttl_seconds,
-                settings.cache_scope == "subject",
+                Answers(
+                    cache,
+                    Flights(settings.flight_start_seconds),
+                    settings.cache_ttl_seconds,
+                    settings.cache_scope == "subject",
+                    semantic,
+                    frozenset(settings.semantic_models),
+                    frozenset(settings.semantic_tasks),
+                ),
                 auth_pb2_grpc.AuthServiceStub(channel),
-                semantic,
-                frozenset(settings.semantic_models),
-                frozenset(settings.semantic_tasks),
             ),
             server,
         )

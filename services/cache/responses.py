@@ -1,6 +1,7 @@
 """The response cache: keys, entries, and the Redis and in-process stores.
 
 A key is the SHA-256 of a canonical JSON encoding of model and its revision, sanitised prompt
+(or, instead, the opaque content digest the caller made of the request's content)
 and the sampling parameters with defaults filled in (and the subject, when the
 cache is per subject), so equal requests meet and different ones never do. Only
 deterministic requests (temperature 0, or a fixed seed) are cacheable. Stored
@@ -32,17 +33,26 @@ _GLOB_SPECIAL = str.maketrans({c: f"\\{c}" for c in "*?[]\\"})
 
 
 def cache_key(
-    model: str, prompt: str, params: dict[str, Any], subject: str = "", revision: str = ""
+    model: str,
+    prompt: str,
+    params: dict[str, Any],
+    subject: str = "",
+    revision: str = "",
+    digest: str = "",
 ) -> str:
-    """The cache key of a request: `<model>:<hex SHA-256>`."""
+    """The cache key of a request: `<model>:<hex SHA-256>`. A caller's opaque content
+    `digest`, when given, stands for the content (and the prompt is left out)."""
+    fields: dict[str, Any] = {
+        "model": model,
+        "revision": revision,
+        "prompt": "" if digest else prompt,
+        "params": params,
+        "subject": subject,
+    }
+    if digest:
+        fields["digest"] = digest
     canonical = json.dumps(
-        {
-            "model": model,
-            "revision": revision,
-            "prompt": prompt,
-            "params": params,
-            "subject": subject,
-        },
+        fields,
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,

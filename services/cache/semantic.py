@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from headrace.services.runtime.llama_params import ExtraBufts, load_llama
 from headrace.services.runtime.logs import get_logger
 
 log = get_logger(__name__)
@@ -32,11 +33,14 @@ Embedder = Callable[[str], np.ndarray]
 class LlamaEmbedder:
     """Unit-length prompt embeddings from a GGUF model, on a worker thread."""
 
-    def __init__(self, model_path: Path, threads: int | None = None) -> None:
+    def __init__(
+        self, model_path: Path, threads: int | None = None, extra_bufts: ExtraBufts = "auto"
+    ) -> None:
         import llama_cpp
 
-        self._llm = llama_cpp.Llama(
-            model_path=str(model_path),
+        self._llm = load_llama(
+            model_path,
+            extra_bufts=extra_bufts,
             embedding=True,
             pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
             n_ctx=512,

@@ -34,6 +34,9 @@ class CacheSettings(ServiceSettings):
     semantic_embedding_model: str = ""
     """GGUF used to embed prompts; empty means the packaged Gemma 3 270M. A dedicated
     embedding model (e.g. a BGE or nomic-embed GGUF) separates meanings far better."""
+    semantic_extra_buffer_types: Literal["auto", "on", "off"] = "auto"
+    """llama.cpp's extra buffer types for the embedding model, as the inference models'
+    `extra_buffer_types` (auto: off on Intel AMX CPUs, where they crash)."""
     semantic_max_entries: int = 10_000
     flight_start_seconds: float = 10.0
     """A request that missed must start storing within this time, or requests waiting on

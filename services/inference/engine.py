@@ -35,7 +35,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -44,12 +44,17 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 from llama_cpp import _logger as llama_logger
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from headrace.services.inference import metrics
 from headrace.services.inference.settings import ModelSpec
 from headrace.services.inference.text import TextAssembler
-from headrace.services.runtime.errors import InvalidArgument, ResourceExhausted
+from headrace.services.runtime.chat_template import ChatTemplate, TemplateError
+from headrace.services.runtime.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+)
+from headrace.services.runtime.llama_params import choose_extra_bufts, model_params
 from headrace.services.runtime.logs import get_logger
 
 log = get_logger(__name__)
@@ -72,6 +77,25 @@ class Sampling:
     repeat_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    grammar: str | None = None
+    """A GBNF grammar every sampled token must keep the text a prefix of."""
+
+
+Conversation = Sequence[Mapping[str, str]]
+"""Turns as the chat template reads them: {"role": ..., "content": ...}."""
+
+# llama_token_data as numpy sees it (id, logit, p), to hand llama.cpp's samplers a
+# candidate array without a Python loop over the vocabulary.
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
+
+
+def _token_array(data: np.ndarray) -> llama_cpp.llama_token_data_array:
+    return llama_cpp.llama_token_data_array(
+        data=data.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data)),
+        size=len(data),
+        selected=-1,
+        sorted=False,
+    )
 
 
 @dataclass
@@ -117,6 +141,10 @@ class _Request:
     # decode-thread state
     sampler: llama_cpp.llama_sampler_p | None = None
     """The sampler chain; None for greedy decoding (the highest logit)."""
+    grammar: llama_cpp.llama_sampler_p | None = None
+    """The grammar sampler, checked after the chain picks a token (see _sample)."""
+    chat: bool = False
+    """A conversation: a control token (a new turn, the end of one) ends the reply."""
     pending: list[int] = field(default_factory=list)
     next_token: int | None = None
     generated: int = 0
@@ -200,10 +228,11 @@ class LlamaEngine:
         # errors still come through.
         llama_logger.set_verbose(False)
         self._owns_model = model is None
+        self.extra_bufts = choose_extra_bufts(spec.extra_buffer_types)
+        """Whether this engine's weights use llama.cpp's extra buffer types, and why."""
         if model is None:
-            model_params = llama_cpp.llama_model_default_params()
-            model_params.n_gpu_layers = 0x7FFFFFFF if self.gpu_layers < 0 else self.gpu_layers
-            model = internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
+            params = model_params(gpu_layers=self.gpu_layers, extra_bufts=spec.extra_buffer_types)
+            model = internals.LlamaModel(path_model=str(path), params=params, verbose=False)
         self.model = model
         self._model = model
         self._vocab = self._model.vocab
@@ -225,6 +254,7 @@ class LlamaEngine:
         self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
         self._adapters = self._apply_lora(spec)
         self._template = self._chat_template(spec)
+        self._token_ids = np.arange(self._n_vocab, dtype=np.int32)
         self._batch = llama_cpp.llama_batch_init(spec.batch_size, 0, 1)
         self._slots = [_Slot(i) for i in range(slots)]
         self._waiting: deque[_Request] = deque()
@@ -250,6 +280,8 @@ class LlamaEngine:
             slots=slots,
             gpu_layers=self.gpu_layers,
             threads=threads,
+            extra_buffer_types=self.extra_bufts.enabled,
+            extra_buffer_types_reason=self.extra_bufts.reason,
             seconds=round(time.perf_counter() - started, 3),
         )
 
@@ -267,53 +299,96 @@ class LlamaEngine:
                 raise ValueError(f"model {spec.name!r}: llama.cpp refused its LoRA adapters")
         return adapters
 
-    def _chat_template(self, spec: ModelSpec) -> Jinja2ChatFormatter | None:
-        if spec.chat_template is False:
-            return None
-        metadata = self._model.metadata()
-        template = (
-            spec.chat_template
-            if isinstance(spec.chat_template, str)
-            else metadata.get("tokenizer.chat_template")
-        )
-        if not template:
-            raise ValueError(
-                f"model {spec.name!r}: chat_template is on but the GGUF has no "
-                "tokenizer.chat_template; give the template as a string"
-            )
+    def _chat_template(self, spec: ModelSpec) -> ChatTemplate | None:
+        """The template from the registry entry, else the GGUF's, else none."""
+        source = spec.chat_template
+        if source is None or source == "gguf":
+            source = self._model.metadata().get("tokenizer.chat_template")
+            if not source and spec.chat_template == "gguf":
+                raise ValueError(
+                    f"model {spec.name!r}: chat_template is 'gguf' but the GGUF has no "
+                    "tokenizer.chat_template; name a built-in (gemma, chatml) or give a template"
+                )
+            if not source:
+                return None
         vocab = self._vocab
         bos = self._piece(llama_cpp.llama_vocab_bos(vocab), special=True).decode(errors="ignore")
         eos = self._piece(llama_cpp.llama_vocab_eos(vocab), special=True).decode(errors="ignore")
         self._bos_text = bos
-        return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        try:
+            return ChatTemplate(source, bos_token=bos, eos_token=eos)
+        except TemplateError as exc:
+            raise ValueError(f"model {spec.name!r}: {exc}") from None
 
     # ---- event-loop side -------------------------------------------------
 
     def tokenize(self, text: str) -> list[int]:
-        """The prompt's tokens, as one user turn of the chat template when the model has one."""
-        if self._template is None:
-            return self._model.tokenize(text.encode(), add_bos=True, special=False)
-        rendered = self._template(messages=[{"role": "user", "content": text}]).prompt
-        # The template may write the BOS itself; special tokens in it must parse as such.
-        add_bos = not (self._bos_text and rendered.startswith(self._bos_text))
-        return self._model.tokenize(rendered.encode(), add_bos=add_bos, special=True)
+        """A plain prompt's tokens (as one user turn when prompt_as_user_turn is set)."""
+        if self._template is not None and self.spec.prompt_as_user_turn:
+            return self.tokenize_chat([{"role": "user", "content": text}])
+        return self._model.tokenize(text.encode(), add_bos=True, special=False)
 
-    async def generate(self, prompt: str, sampling: Sampling) -> AsyncIterator[Delta]:
-        """Stream deltas for one prompt. Raises ResourceExhausted when the queue is full."""
-        arrived = time.perf_counter()
-        tokens = self.tokenize(prompt)
-        if len(tokens) >= self.context_size:
+    def tokenize_chat(self, messages: Conversation) -> list[int]:
+        """A conversation rendered by the chat template, ready for the model's reply.
+
+        The template's own text is tokenized with special tokens parsed; the turns'
+        content without, so text that looks like a turn marker stays text. The same
+        history always gives the same tokens, so a conversation's next turn finds its
+        history's KV cells in a slot."""
+        if self._template is None:
+            raise FailedPrecondition(
+                f"model {self.name!r} has no chat template; set chat_template in its "
+                "registry entry ([[inference.models]]): a built-in name such as 'gemma' "
+                "or 'chatml', or a Jinja template"
+            )
+        try:
+            segments = self._template.render(messages)
+        except TemplateError as exc:
+            raise InvalidArgument(f"model {self.name!r}: {exc}") from None
+        tokens: list[int] = []
+        if not (segments and segments[0].special and segments[0].text.startswith(self._bos_text)):
+            tokens.append(llama_cpp.llama_vocab_bos(self._vocab))
+        for segment in segments:
+            tokens.extend(
+                self._model.tokenize(segment.text.encode(), add_bos=False, special=segment.special)
+            )
+        return tokens
+
+    def grammar_sampler(self, grammar: str) -> llama_cpp.llama_sampler_p:
+        """llama.cpp's grammar sampler for a GBNF grammar; InvalidArgument if it does
+        not parse."""
+        sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+        if not sampler:
             raise InvalidArgument(
-                f"prompt is {len(tokens)} tokens; model {self.name!r} has a context of "
+                "the grammar does not parse (GBNF, with a `root` rule); check it with "
+                "llama.cpp's grammar documentation"
+            )
+        return sampler
+
+    async def generate(
+        self, prompt: str | Conversation, sampling: Sampling
+    ) -> AsyncIterator[Delta]:
+        """Stream deltas for a prompt or a conversation. Raises ResourceExhausted when
+        the queue is full, FailedPrecondition for a conversation without a template."""
+        arrived = time.perf_counter()
+        chat = not isinstance(prompt, str)
+        tokens = self.tokenize_chat(prompt) if chat else self.tokenize(prompt)  # type: ignore[arg-type]
+        if len(tokens) >= self.context_size:
+            what = "the conversation" if chat else "prompt"
+            raise InvalidArgument(
+                f"{what} is {len(tokens)} tokens; model {self.name!r} has a context of "
                 f"{self.context_size}: shorten it"
             )
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
         request = _Request(
-            arrived=arrived, tokens=tokens, sampling=sampling, loop=loop, queue=queue
+            arrived=arrived, tokens=tokens, sampling=sampling, loop=loop, queue=queue, chat=chat
         )
+        if sampling.grammar is not None:
+            request.grammar = self.grammar_sampler(sampling.grammar)
         with self._wake:
             if self._active + len(self._waiting) >= self.slots + self.queue_size:
+                self._free_samplers(request)
                 metrics.REJECTED.labels(self.name).inc()
                 raise ResourceExhausted(
                     f"model {self.name!r} is busy ({self.slots} decoding, "
@@ -435,6 +510,7 @@ class LlamaEngine:
                 return
             request = self._waiting.popleft()
             if request.cancel.is_set():
+                self._free_samplers(request)
                 continue
             slot = max(free, key=lambda s: _common_prefix(s.cached, request.tokens))
             # Keep the shared prefix's KV cells, but always evaluate at least
@@ -442,6 +518,7 @@ class LlamaEngine:
             keep = min(_common_prefix(slot.cached, request.tokens), len(request.tokens) - 1)
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1)
             metrics.PREFIX_REUSED_TOKENS.labels(self.name).inc(keep)
+            metrics.PREFIX_REUSE_RATIO.labels(self.name).observe(keep / len(request.tokens))
             del slot.cached[keep:]
             request.pending = request.tokens[keep:]
             request.budget = min(
@@ -455,11 +532,18 @@ class LlamaEngine:
             metrics.QUEUE_TIME.labels(self.name).observe(time.perf_counter() - request.arrived)
             self._active += 1
 
-    def _release(self, slot: _Slot) -> None:
-        request = slot.request
-        if request is not None and request.sampler is not None:
+    @staticmethod
+    def _free_samplers(request: _Request) -> None:
+        if request.sampler is not None:
             llama_cpp.llama_sampler_free(request.sampler)
             request.sampler = None
+        if request.grammar is not None:
+            llama_cpp.llama_sampler_free(request.grammar)
+            request.grammar = None
+
+    def _release(self, slot: _Slot) -> None:
+        if slot.request is not None:
+            self._free_samplers(slot.request)
         slot.request = None
         with self._wake:
             self._active -= 1
@@ -475,11 +559,49 @@ class LlamaEngine:
         return Delta(tail, reason, len(request.tokens), request.generated)
 
     def _sample(self, request: _Request, index: int) -> int:
+        if request.grammar is not None:
+            return self._sample_constrained(request, index)
         if request.sampler is not None:
             return llama_cpp.llama_sampler_sample(request.sampler, self._ctx.ctx, index)
-        # Greedy: the first highest logit, as llama.cpp's greedy sampler picks it.
+        return int(self._logits(index).argmax())
+
+    def _logits(self, index: int) -> np.ndarray:
         logits = llama_cpp.llama_get_logits_ith(self._ctx.ctx, index)
-        return int(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
+        return np.ctypeslib.as_array(logits, shape=(self._n_vocab,))
+
+    def _pick(self, request: _Request, index: int, constrain: bool) -> int:
+        """Sample from the whole vocabulary, first masking it by the grammar if asked."""
+        if request.sampler is None and not constrain:
+            return int(self._logits(index).argmax())
+        data = np.empty(self._n_vocab, dtype=_TOKEN_DATA)
+        data["id"] = self._token_ids
+        data["logit"] = self._logits(index)
+        data["p"] = 0.0
+        array = _token_array(data)
+        if constrain:
+            llama_cpp.llama_sampler_apply(request.grammar, ctypes.byref(array))
+        if request.sampler is None:  # greedy: the first highest logit
+            return int(data["logit"].argmax())
+        llama_cpp.llama_sampler_apply(request.sampler, ctypes.byref(array))
+        return int(array.data[array.selected].id)
+
+    def _sample_constrained(self, request: _Request, index: int) -> int:
+        """As llama.cpp's common sampler does: pick a token as if unconstrained and
+        check just that one against the grammar; only when the grammar rejects it,
+        mask the whole vocabulary (262k entries for Gemma) and pick again. Most tokens
+        pass the check, so a grammar costs the batch's other sequences little."""
+        token = self._pick(request, index, constrain=False)
+        one = np.array([(token, 1.0, 0.0)], dtype=_TOKEN_DATA)
+        llama_cpp.llama_sampler_apply(request.grammar, ctypes.byref(_token_array(one)))
+        if not np.isneginf(one["logit"][0]):
+            metrics.GRAMMAR_CHECKS.labels(self.name, "accepted").inc()
+        else:
+            metrics.GRAMMAR_CHECKS.labels(self.name, "resampled").inc()
+            token = self._pick(request, index, constrain=True)
+        llama_cpp.llama_sampler_accept(request.grammar, token)
+        if request.sampler is not None:
+            llama_cpp.llama_sampler_accept(request.sampler, token)
+        return token
 
     def _lower_priority(self) -> None:
         """Nice this (the decode) thread by spec.decode_nice, before llama.cpp starts
@@ -598,7 +720,10 @@ class LlamaEngine:
                     continue
                 assert request.text is not None
                 token = self._sample(request, index)
-                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                if llama_cpp.llama_vocab_is_eog(self._vocab, token) or (
+                    # A base model invents further turns: a new turn ends the reply.
+                    request.chat and llama_cpp.llama_vocab_is_control(self._vocab, token)
+                ):
                     out.append(
                         (request, self._finish(slot, FinishReason.STOP, request.text.finish()))
                     )

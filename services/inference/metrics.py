@@ -64,6 +64,19 @@ PREFIX_REUSED_TOKENS = Counter(
     "Prompt tokens whose KV cells were reused from a slot's cache instead of evaluated.",
     ["model"],
 )
+PREFIX_REUSE_RATIO = Histogram(
+    "headrace_inference_prefix_reuse_ratio",
+    "Share of each prompt's tokens whose KV cells were reused from a slot (the next turn "
+    "of a conversation reuses its history).",
+    ["model"],
+    buckets=(0.0, 0.1, 0.25, 0.5, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0),
+)
+GRAMMAR_CHECKS = Counter(
+    "headrace_inference_grammar_checks_total",
+    "Tokens of constrained sequences: accepted by the grammar as first picked, or "
+    "resampled from the vocabulary masked by the grammar.",
+    ["model", "outcome"],
+)
 PAUSED_SEQUENCES = Gauge(
     "headrace_inference_paused_sequences",
     "Sequences holding their slot but not decoding, because their client reads slower "

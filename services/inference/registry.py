@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from headrace.services.inference.engine import LlamaEngine
@@ -36,6 +36,11 @@ class ModelRegistry:
 
     engines: dict[str, LlamaEngine]
     default: str
+    home: Path = Path(".headrace")
+    slots: int = 1
+    queue_size: int = 0
+    stream_buffer: int = 256
+    _weights: dict[tuple[Path, int | None, str], LlamaEngine] = field(default_factory=dict)
 
     @classmethod
     def load(
@@ -47,31 +52,37 @@ class ModelRegistry:
         queue_size: int,
         stream_buffer: int = 256,
     ) -> ModelRegistry:
-        engines: dict[str, LlamaEngine] = {}
-        weights: dict[tuple[Path, int | None], LlamaEngine] = {}
+        registry = cls({}, default, home, slots, queue_size, stream_buffer)
         for spec in specs:
-            if spec.name in engines:
+            if spec.name in registry.engines:
                 raise ValueError(f"model {spec.name!r} is declared twice")
-            path = resolve_path(spec, home)
-            shared = weights.get((path, spec.gpu_layers))
-            engine = LlamaEngine(
-                spec,
-                path,
-                slots,
-                queue_size,
-                model=shared.model if shared else None,
-                stream_buffer=stream_buffer,
-            )
-            weights.setdefault((path, spec.gpu_layers), engine)
-            engines[spec.name] = engine
-        default = default or specs[0].name
-        if default not in engines:
-            raise ValueError(f"default model {default!r} is not in the registry")
-        return cls(engines, default)
+            registry.engines[spec.name] = registry.build(spec)
+        registry.default = default or specs[0].name
+        if registry.default not in registry.engines:
+            raise ValueError(f"default model {registry.default!r} is not in the registry")
+        return registry
+
+    def build(self, spec: ModelSpec) -> LlamaEngine:
+        """An engine for a spec, sharing the weights of one already built on the same file."""
+        path = resolve_path(spec, self.home)
+        key = (path, spec.gpu_layers, spec.extra_buffer_types)
+        shared = self._weights.get(key)
+        engine = LlamaEngine(
+            spec,
+            path,
+            self.slots,
+            self.queue_size,
+            model=shared.model if shared else None,
+            stream_buffer=self.stream_buffer,
+        )
+        self._weights.setdefault(key, engine)
+        return engine
 
     def get(self, name: str) -> LlamaEngine:
-        """The engine for a name ("" is the default)."""
+        """The engine for a name or one of its aliases ("" is the default)."""
         engine = self.engines.get(name or self.default)
+        if engine is None:
+            engine = next((e for e in self.engines.values() if name in e.spec.aliases), None)
         if engine is None:
             raise NotFound(f"unknown model {name!r}; available: {', '.join(sorted(self.engines))}")
         return engine

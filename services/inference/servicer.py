@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import grpc
 
 from headrace.inference.v1 import inference_pb2, inference_pb2_grpc
-from headrace.services.inference.engine import FinishReason, Sampling
+from headrace.services.inference.engine import Conversation, Delta, FinishReason, Sampling
 from headrace.services.inference.registry import ModelRegistry
+from headrace.services.inference.structured import grammar_for
 from headrace.services.runtime import tracing
+from headrace.services.runtime.chat_template import ROLE_NAMES
+from headrace.services.runtime.coalesce import coalesced
+from headrace.services.runtime.errors import InvalidArgument
 from headrace.services.runtime.logs import get_logger
 from headrace.services.runtime.params import validate_params
 from headrace.types.v1 import types_pb2
@@ -39,6 +44,27 @@ def sampling_from_proto(params: types_pb2.SamplingParams, default_max_tokens: in
     )
 
 
+def conversation_from_proto(messages: list[types_pb2.ChatMessage]) -> Conversation:
+    """Turns as the chat template reads them; InvalidArgument for an unknown role."""
+    turns = []
+    for index, message in enumerate(messages):
+        role = ROLE_NAMES.get(message.role)
+        if role is None:
+            raise InvalidArgument(
+                f"messages[{index}] has role {message.role}; use ROLE_SYSTEM, ROLE_USER "
+                "or ROLE_ASSISTANT"
+            )
+        turns.append({"role": role, "content": message.content})
+    return turns
+
+
+def merge_deltas(earlier: Delta, later: Delta) -> Delta | None:
+    """Two consecutive deltas as one (the later's finish and usage); none after the last."""
+    if earlier.finish_reason is not None:
+        return None
+    return replace(later, text=earlier.text + later.text)
+
+
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     """Streams generations from the registry's engines."""
 
@@ -52,8 +78,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         engine = self._registry.get(request.model)
         validate_params(request.params, self._max_tokens_limit)
         sampling = sampling_from_proto(request.params, engine.spec.default_max_tokens)
+        if request.HasField("response_format"):
+            sampling = replace(sampling, grammar=grammar_for(request.response_format))
+        source: str | Conversation = request.prompt
+        if request.messages:
+            if request.prompt:
+                raise InvalidArgument("set either prompt or messages, not both")
+            source = conversation_from_proto(list(request.messages))
         span = tracing.current_span()
-        async for delta in engine.generate(request.prompt, sampling):
+        # Deltas decoded while the router (or Envoy) was behind travel as one message.
+        async for delta in coalesced(engine.generate(source, sampling), merge_deltas):
             if delta.finish_reason is None:
                 if span is not None and delta.text:
                     span.add_event("first_token")
@@ -101,6 +135,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     is_default=e.name == self._registry.default,
                     gpu_layers=e.gpu_layers,
                     revision=e.revision,
+                    aliases=e.spec.aliases,
                 )
                 for e in models
             ]

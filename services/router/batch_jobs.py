@@ -1,5 +1,5 @@
 """Batch jobs on top of the orchestrator: SubmitBatch, GetBatch, WatchBatch, and
-running one queued item through the same path as Generate (see batches.py for the
+running one queued item through the same path as Generate (see batch_queue.py for the
 queue and the result store)."""
 
 from __future__ import annotations
@@ -11,18 +11,21 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from headrace.auth.v1 import auth_pb2
 from headrace.router.v1 import router_pb2
-from headrace.services.router.batches import (
+from headrace.services.router.backends import Principal, Usage
+from headrace.services.router.batch_queue import (
     BatchItem,
     BatchMeta,
     JobQueue,
     ResultStore,
     new_batch_id,
 )
-from headrace.services.router.orchestrator import Orchestrator
+from headrace.services.router.content import Content
+from headrace.services.router.orchestrator import Ask, Orchestrator
+from headrace.services.router.record import Reply
 from headrace.services.router.settings import RouterSettings
-from headrace.services.runtime.errors import HeadraceError, InvalidArgument, NotFound
+from headrace.services.runtime.credentials import ADMIN_SCOPE
+from headrace.services.runtime.errors import HeadraceError, InvalidArgument, NotFound, status_code
 from headrace.services.runtime.logs import get_logger, request_id_var
 from headrace.services.runtime.params import validate_params
 from headrace.types.v1 import types_pb2
@@ -49,7 +52,7 @@ class BatchJobs:
         results: ResultStore,
         settings: RouterSettings,
     ) -> None:
-        self._o = orchestrator
+        self._orchestrator = orchestrator
         self.queue = queue
         self.results = results
         self._settings = settings
@@ -57,7 +60,7 @@ class BatchJobs:
     async def submit(
         self, request: router_pb2.SubmitBatchRequest, credential: str, remaining: float | None
     ) -> router_pb2.SubmitBatchResponse:
-        principal = await self._o.authorize(credential, remaining)
+        principal = await self._orchestrator.authorize(credential, remaining)
         prompts = list(request.prompts)
         if not prompts:
             raise InvalidArgument("a batch needs at least one prompt")
@@ -69,9 +72,9 @@ class BatchJobs:
             if not prompt.strip():
                 raise InvalidArgument(f"prompt {i} is empty")
         validate_params(request.params, self._settings.max_tokens_limit)
-        if request.task and request.task not in self._o.tasks.tasks:
+        if request.task and request.task not in self._orchestrator.tasks.tasks:
             raise InvalidArgument(
-                f"unknown task {request.task!r}; available: {', '.join(sorted(self._o.tasks.tasks))}"
+                f"unknown task {request.task!r}; available: {', '.join(sorted(self._orchestrator.tasks.tasks))}"
             )
         batch_id = new_batch_id()
         params = json_format.MessageToDict(request.params, preserving_proto_field_name=True)
@@ -95,9 +98,11 @@ class BatchJobs:
         return router_pb2.SubmitBatchResponse(batch_id=batch_id, total=len(prompts))
 
     async def _owned(self, batch_id: str, credential: str, remaining: float | None) -> BatchMeta:
-        principal = await self._o.authorize(credential, remaining)
+        principal = await self._orchestrator.authorize(credential, remaining)
         meta = await self.results.meta(batch_id)
-        if meta is None or (meta.subject != principal.subject and "admin" not in principal.scopes):
+        if meta is None or (
+            meta.subject != principal.subject and ADMIN_SCOPE not in principal.scopes
+        ):
             raise NotFound(f"no batch {batch_id!r} of yours (results are kept for a week)")
         return meta
 
@@ -137,30 +142,31 @@ class BatchJobs:
     async def run_item(self, item: BatchItem) -> dict[str, Any]:
         """One item through the Generate path; its result, or an exception to retry."""
         request_id_var.set(f"{item.batch_id}:{item.index}")
-        request = router_pb2.GenerateRequest(
-            prompt=item.prompt,
+        ask = Ask(
+            Content(prompt=item.prompt),
             model=item.model,
             task=item.task,
             params=json_format.ParseDict(item.params, types_pb2.SamplingParams()),
         )
-        principal = auth_pb2.AuthorizeResponse(subject=item.subject, tier=item.tier)
+        principal = Principal(item.subject, item.tier)
         text: list[str] = []
-        last = router_pb2.GenerateResponse()
+        last = Reply()
         try:
-            async for response in self._o.generate(request, "", None, principal=principal):
-                text.append(response.text)
-                last = response
+            async for reply in self._orchestrator.generate(ask, "", None, principal=principal):
+                text.append(reply.text)
+                last = reply
         except (HeadraceError, grpc.aio.AioRpcError) as exc:
-            code = exc.code if isinstance(exc, HeadraceError) else exc.code()
+            code = status_code(exc)
             if code not in ITEM_ERRORS:
                 raise
             message = exc.message if isinstance(exc, HeadraceError) else exc.details()
             return {"error": f"{code.name}: {message}"}
+        usage = last.usage or Usage()
         return {
             "text": "".join(text),
             "finish_reason": last.finish_reason,
-            "prompt_tokens": last.usage.prompt_tokens,
-            "completion_tokens": last.usage.completion_tokens,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
             "model": last.model,
         }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,9 @@ from pathlib import Path
 from pydantic import BaseModel, Field, model_validator
 
 from headrace.services.router.tasks import PresetParams
+from headrace.services.runtime.logs import get_logger
+
+log = get_logger(__name__)
 
 
 class Arm(BaseModel):
@@ -70,12 +74,44 @@ class Assignment:
 
 
 class Experiments:
-    """The experiments in settings; the first (by name) whose tasks match applies."""
+    """The experiments in settings, plus those in `<home>/experiments.d/*.json` (one
+    experiment per file, named by the file; `headrace finetune --experiment` writes
+    them), re-read at most every `refresh` seconds so a running router picks them up.
+    The first (by name) whose tasks match applies; settings win a name clash."""
 
-    def __init__(self, experiments: dict[str, Experiment]) -> None:
+    def __init__(
+        self,
+        experiments: dict[str, Experiment],
+        directory: Path | None = None,
+        refresh: float = 1.0,
+    ) -> None:
+        self._configured = experiments
+        self._directory = directory
+        self._refresh = refresh
+        self._checked = -math.inf
+        self._stamp: tuple[tuple[str, float], ...] = ()
         self._experiments = dict(sorted(experiments.items()))
 
+    def _reload(self) -> None:
+        now = time.monotonic()
+        if self._directory is None or now - self._checked < self._refresh:
+            return
+        self._checked = now
+        files = sorted(self._directory.glob("*.json")) if self._directory.is_dir() else []
+        stamp = tuple((f.name, f.stat().st_mtime) for f in files if f.exists())
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        found: dict[str, Experiment] = {}
+        for file in files:
+            try:
+                found[file.stem] = Experiment.model_validate_json(file.read_text("utf-8"))
+            except (OSError, ValueError) as exc:
+                log.warning("experiment_file_skipped", file=str(file), error=str(exc))
+        self._experiments = dict(sorted({**found, **self._configured}.items()))
+
     def for_request(self, task: str, subject: str) -> Assignment | None:
+        self._reload()
         for name, experiment in self._experiments.items():
             if not experiment.tasks or task in experiment.tasks:
                 return Assignment(name, assign(name, experiment.arms, subject))

@@ -64,3 +64,19 @@ def record(
         GENERATED_TOKENS.labels(model, arm, hit).inc(completion_tokens)
     if prompt_tokens:
         PROMPT_TOKENS.labels(model, arm).inc(prompt_tokens)
+
+
+OUTPUT_RULE_MATCHES = Counter(
+    "headrace_router_output_rule_matches_total",
+    "Output rule matches that acted in the router's in-process filter (a block, a "
+    "redaction, an allow that exempted text), by rule id.",
+    ["rule", "action"],
+)
+OUTPUT_POLICY_UPDATES = Counter(
+    "headrace_router_output_policy_updates_total",
+    "New output policy versions received from the sanitizer's policy watch.",
+)
+OUTPUT_POLICY_REFUSALS = Counter(
+    "headrace_router_output_policy_refusals_total",
+    "Requests refused (UNAVAILABLE) because the output policy was not known to be current.",
+)

@@ -1,196 +1,89 @@
-"""One request's way through the suite (ARCHITECTURE §3):
+"""One request's way through the suite, as named stages (docs/architecture.md):
 
-auth.Authorize and sanitizer.CheckPrompt concurrently → cache.Lookup (a hit is
-replayed) → inference.Generate streamed through sanitizer.FilterStream to the
-client token by token, while cache.Store receives the same text → one audit
-line, whatever the outcome.
+admit  validate; route the task (its max_tokens sizes the quota reservation);
+       auth.Authorize (who, which tier, reserve tokens); sanitizer.CheckPrompt
+       under auth's tier (the content as it may go on); the tier's current output
+       policy (refused when the sanitizer's policy watch is lost)
+plan   the A/B arm; sampling parameters with defaults; the models to try; whether
+       the cache may answer
+serve  per model, until one answers: cache.Lookup (a hit is replayed), else
+       inference.Generate through the output filter (in process, under the policy
+       the sanitizer publishes) to the client token by token, copying the filtered
+       text to cache.Store
+finish from the request's record, whatever the outcome: quota settlement,
+       feedback memory, metrics, trace attributes, one audit line
+
+The backends are typed clients (backends.py); this module speaks no protobuf
+except the shared SamplingParams.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import json
-import math
-import time
+import contextlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from functools import partial
 
 import grpc
 
-from headrace.auth.v1 import auth_pb2, auth_pb2_grpc
-from headrace.cache.v1 import cache_pb2, cache_pb2_grpc
-from headrace.inference.v1 import inference_pb2, inference_pb2_grpc
-from headrace.router.v1 import router_pb2
-from headrace.sanitizer.v1 import sanitizer_pb2, sanitizer_pb2_grpc
 from headrace.services.router import metrics
 from headrace.services.router.audit import AuditLog, now_iso
+from headrace.services.router.backends import (
+    Backends,
+    ModelInfo,
+    Piece,
+    Principal,
+    ResponseKey,
+    Usage,
+)
+from headrace.services.router.catalog import ModelCatalog
+from headrace.services.router.content import Content, validate
 from headrace.services.router.experiments import Arm, Experiments
+from headrace.services.router.record import Reply, RequestRecord
 from headrace.services.router.settings import RouterSettings
 from headrace.services.router.tasks import Route, TaskRouter, fill_unset
 from headrace.services.runtime import tracing
-from headrace.services.runtime.errors import HeadraceError, InvalidArgument, NotFound, Unavailable
-from headrace.services.runtime.interceptors import outgoing_metadata
+from headrace.services.runtime.credentials import within_deadline
+from headrace.services.runtime.errors import (
+    HeadraceError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+    status_code,
+)
 from headrace.services.runtime.logs import get_logger, request_id_var
 from headrace.services.runtime.params import is_deterministic, validate_params
 from headrace.types.v1 import types_pb2
 
 log = get_logger(__name__)
 
-SUMMARY_CHARS = 120
-TIER_HINTS = 4096
-"""API keys whose tier the router remembers (by SHA-256 digest, never the key itself)."""
 # Before its first token, a model that answers with these is skipped for the next.
 FALLBACK_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
-@dataclass
-class Backends:
-    """Stubs of the internal services, all on one channel to Envoy's internal listener."""
+@dataclass(frozen=True)
+class Ask:
+    """A Generate request in the router's terms (the servicer converts protobuf)."""
 
-    auth: auth_pb2_grpc.AuthServiceStub
-    sanitizer: sanitizer_pb2_grpc.SanitizerServiceStub
-    cache: cache_pb2_grpc.CacheServiceStub
-    inference: inference_pb2_grpc.InferenceServiceStub
-
-    @classmethod
-    def over(cls, channel: grpc.aio.Channel) -> Backends:
-        return cls(
-            auth_pb2_grpc.AuthServiceStub(channel),
-            sanitizer_pb2_grpc.SanitizerServiceStub(channel),
-            cache_pb2_grpc.CacheServiceStub(channel),
-            inference_pb2_grpc.InferenceServiceStub(channel),
-        )
+    content: Content
+    model: str = ""
+    task: str = ""
+    params: types_pb2.SamplingParams = field(default_factory=types_pb2.SamplingParams)
+    bypass_cache: bool = False
 
 
-# How gRPC reports a stream that Envoy reset because its upstream went away after
-# the response began (a replica killed mid-stream): INTERNAL, naming RST_STREAM - or,
-# for a message sent on such a stream, "Internal error from Core".
-_RESET_DETAILS = (
-    "RST_STREAM",
-    "Stream removed",
-    "Socket closed",
-    "Connection reset",
-    "Internal error from Core",
-)
+@dataclass(frozen=True)
+class Plan:
+    """How a request will be served."""
 
-
-def upstream_error(service: str, exc: grpc.aio.AioRpcError) -> BaseException:
-    """A failed internal call as the client should see it."""
-    code, details = exc.code(), exc.details() or ""
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return Unavailable(
-            f"the {service} service is unavailable ({details}); retry in a few seconds"
-        )
-    if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN) and any(
-        marker in details for marker in _RESET_DETAILS
-    ):
-        return Unavailable(
-            f"the {service} service went away mid-request ({details}); retry the request"
-        )
-    if exc.code() == grpc.StatusCode.ABORTED:
-        # A shared (single-flight) generation stopped: retrying is the remedy.
-        return Unavailable(exc.details() or "retry the request")
-    return exc
-
-
-# A cache.Store call that failed: the cache is optional, so a cache service that
-# fails mid-stream costs the response its cache copy, never the response.
-_STORE_ERRORS = (grpc.aio.AioRpcError, asyncio.InvalidStateError)
-
-
-async def _store_write(
-    store: grpc.aio.StreamUnaryCall | None, message: cache_pb2.StoreRequest, *, last: bool = False
-) -> grpc.aio.StreamUnaryCall | None:
-    """Send one message of the cache copy (`last` closes the stream); the call, or None
-    once it has failed (the copy is given up, logged, and the response goes on)."""
-    if store is None:
-        return None
-    try:
-        await store.write(message)
-        if last:
-            await store.done_writing()
-    except _STORE_ERRORS as exc:
-        log.warning("cache_store_failed", error=str(exc) or type(exc).__name__)
-        store.cancel()
-        return None
-    return store
-
-
-class _StoreBuffer:
-    """The response text not yet sent to the cache. One cache.Store message per token
-    would cost the router, Envoy and the cache a message each per token; gathering
-    `interval` seconds of text costs single-flight followers at most that much lag.
-    The first piece goes at once, so followers' first token is not held back."""
-
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
-        self._pieces: list[str] = []
-        self._since = -math.inf
-
-    def add(self, text: str) -> str:
-        """Take a piece; the text to send now ("" while gathering)."""
-        self._pieces.append(text)
-        now = time.monotonic()
-        if now - self._since < self._interval:
-            return ""
-        self._since = now
-        return self.take()
-
-    def take(self) -> str:
-        text = "".join(self._pieces)
-        self._pieces.clear()
-        return text
-
-
-class ModelCatalog:
-    """The models inference serves, refreshed at most every `ttl` seconds."""
-
-    def __init__(self, inference: inference_pb2_grpc.InferenceServiceStub, ttl: float) -> None:
-        self._inference = inference
-        self._ttl = ttl
-        self._models: list[inference_pb2.ModelInfo] = []
-        self._fetched = 0.0
-        self._lock = asyncio.Lock()
-
-    async def models(self, timeout: float) -> list[inference_pb2.ModelInfo]:
-        async with self._lock:
-            if not self._models or time.monotonic() - self._fetched > self._ttl:
-                try:
-                    reply = await self._inference.ListModels(
-                        inference_pb2.ListModelsRequest(),
-                        timeout=timeout,
-                        metadata=outgoing_metadata(),
-                    )
-                except grpc.aio.AioRpcError as exc:
-                    raise upstream_error("inference", exc) from None
-                self._models = list(reply.models)
-                self._fetched = time.monotonic()
-        return self._models
-
-    async def resolve(self, name: str, timeout: float) -> inference_pb2.ModelInfo:
-        """The served model a request names ("" is the default), or NotFound."""
-        models = await self.models(timeout)
-        for model in models:
-            if (name and model.name == name) or (not name and model.is_default):
-                return model
-        raise NotFound(f"unknown model {name!r}; available: {', '.join(m.name for m in models)}")
-
-
-def claimed_tier(credential: str) -> str:
-    """The `tier` claim of a JWT, unverified ("" for API keys or anything else)."""
-    parts = credential.split(".")
-    if len(parts) != 3:
-        return ""
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, TypeError):
-        return ""
-    tier = payload.get("tier") if isinstance(payload, dict) else None
-    return tier if isinstance(tier, str) else ""
+    task: str
+    params: types_pb2.SamplingParams
+    models: list[ModelInfo]
+    cacheable: bool
+    """The cache keeps only what repeats (greedy or seeded), and not when bypassed."""
 
 
 def with_arm(params: types_pb2.SamplingParams, arm: Arm) -> types_pb2.SamplingParams:
@@ -198,12 +91,8 @@ def with_arm(params: types_pb2.SamplingParams, arm: Arm) -> types_pb2.SamplingPa
     return fill_unset(params, arm.params.model_dump())
 
 
-def _summary(text: str) -> str:
-    return text if len(text) <= SUMMARY_CHARS else text[:SUMMARY_CHARS] + "…"
-
-
 class Orchestrator:
-    """Serves Generate by calling the internal services in order."""
+    """Serves Generate by running each request through admit → plan → serve → finish."""
 
     def __init__(
         self,
@@ -212,271 +101,274 @@ class Orchestrator:
         audit: AuditLog,
         feedback: AuditLog | None = None,
     ) -> None:
-        self._b = backends
+        self.backends = backends
         self._settings = settings
         self._audit = audit
         self._feedback = feedback
-        self.experiments = Experiments(settings.experiments)
+        self.experiments = Experiments(settings.experiments, settings.home / "experiments.d")
         # request id → (subject, arm label) of recent successful requests, for Feedback.
         self._recent: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        # API key digest → the tier auth last gave it: lets the prompt check run
-        # beside Authorize under the right policy (a JWT names its tier itself).
-        self._tier_hints: OrderedDict[bytes, str] = OrderedDict()
-        self.catalog = ModelCatalog(backends.inference, settings.models_refresh_seconds)
+        self.catalog = ModelCatalog(
+            backends.inference,
+            settings.models_refresh_seconds,
+            backends.upstream,
+            settings.model_groups,
+        )
         self.tasks = TaskRouter(settings.tasks, settings.task_rules, settings.default_task)
         self._background: set[asyncio.Task[None]] = set()
-
-    def _timeout(self, remaining: float | None) -> float:
-        limit = self._settings.upstream_timeout_seconds
-        return limit if remaining is None else max(min(limit, remaining), 0.001)
 
     def fill_params(self, params: types_pb2.SamplingParams) -> types_pb2.SamplingParams:
         """The request's params with every unset field set to its default."""
         return fill_unset(params, self._settings.defaults.model_dump())
 
-    async def authorize(
-        self, credential: str, remaining: float | None
-    ) -> auth_pb2.AuthorizeResponse:
-        """Who the credential names, or the auth service's UNAUTHENTICATED."""
-        try:
-            return await self._b.auth.Authorize(
-                auth_pb2.AuthorizeRequest(credential=credential),
-                timeout=self._timeout(remaining),
-                metadata=outgoing_metadata(),
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise upstream_error("auth", exc) from None
-
-    async def _admit(
-        self,
-        request: router_pb2.GenerateRequest,
-        params: types_pb2.SamplingParams,
-        credential: str,
-        remaining: float | None,
-        admitted: auth_pb2.AuthorizeResponse | None = None,
-    ) -> tuple[auth_pb2.AuthorizeResponse, sanitizer_pb2.CheckPromptResponse]:
-        """Authorize and check the prompt concurrently; the auth verdict comes first."""
-        metadata = outgoing_metadata()
-        timeout = self._timeout(remaining)
-
-        def check_prompt(tier: str) -> Awaitable[sanitizer_pb2.CheckPromptResponse]:
-            return self._b.sanitizer.CheckPrompt(
-                sanitizer_pb2.CheckPromptRequest(prompt=request.prompt, tier=tier),
-                timeout=timeout,
-                metadata=metadata,
-            )
-
-        if admitted is not None:
-            try:
-                checked = await check_prompt(admitted.tier)
-            except grpc.aio.AioRpcError as exc:
-                raise upstream_error("sanitizer", exc) from None
-            return admitted, checked
-        # Reserve the worst case from the token quotas: the prompt (estimated at
-        # 4 bytes a token, as the sanitizer does) plus everything max_tokens allows.
-        reserve = len(request.prompt.encode()) // 4 + 1 + params.max_tokens
-        auth = asyncio.ensure_future(
-            self._b.auth.Authorize(
-                auth_pb2.AuthorizeRequest(
-                    credential=credential, model=request.model, reserve_tokens=reserve
-                ),
-                timeout=timeout,
-                metadata=metadata,
-            )
-        )
-        # The tier picks the sanitizer's policy. A JWT carries it, so the check can
-        # run beside Authorize; the claim is only trusted because Authorize verifies
-        # the same token before anything is used. Otherwise the check runs again.
-        claimed = claimed_tier(credential)
-        digest = None
-        if not claimed:
-            digest = hashlib.sha256(credential.encode()).digest()
-            claimed = self._tier_hints.get(digest, "")
-        check = asyncio.ensure_future(check_prompt(claimed))
-        try:
-            try:
-                principal = await auth
-            except grpc.aio.AioRpcError as exc:
-                raise upstream_error("auth", exc) from None
-            if digest is not None:
-                self._hint_tier(digest, principal.tier)
-            try:
-                checked = await check
-                if principal.tier != claimed:
-                    checked = await check_prompt(principal.tier)
-            except grpc.aio.AioRpcError as exc:
-                # The prompt was refused after auth reserved quota for it: give it back.
-                if principal.reserved_tokens:
-                    self._settle(principal, 0)
-                raise upstream_error("sanitizer", exc) from None
-        finally:
-            for task in (auth, check):
-                task.cancel()
-        return principal, checked
+    async def authorize(self, credential: str, remaining: float | None) -> Principal:
+        """Who the credential names, or auth's UNAUTHENTICATED."""
+        return await self.backends.auth.authorize(credential, remaining)
 
     async def generate(
         self,
-        request: router_pb2.GenerateRequest,
+        ask: Ask,
         credential: str,
         remaining: float | None,
-        principal: auth_pb2.AuthorizeResponse | None = None,
-    ) -> AsyncIterator[router_pb2.GenerateResponse]:
-        """The Generate stream, and its audit line. With `principal` (a batch item,
-        authorised when its batch was submitted) auth is skipped; the prompt is
-        still checked."""
-        started = time.perf_counter()
-        audit: dict[str, Any] = {
-            "time": now_iso(),
-            "request_id": request_id_var.get(),
-            "subject": None,
-            "model": request.model,
-            "task": request.task,
-            "status": "OK",
-            "cached": False,
-        }
-        response_text: list[str] = []
-        # Metric labels: set only from settings and the catalog, never the request.
-        labels = {"model": "", "task": "", "arm": ""}
-        first_token: float | None = None
-        admitted = principal
-        principal = None
+        principal: Principal | None = None,
+    ) -> AsyncIterator[Reply]:
+        """The Generate stream, and its record's consequences whatever the outcome.
+        With `principal` (a batch item, authorised when its batch was submitted) auth
+        is skipped; the content is still checked."""
+        record = RequestRecord(request_id_var.get(), ask.model, ask.task)
         try:
-            validate_params(request.params, self._settings.max_tokens_limit)
-            route = self.tasks.route(request.task, request.prompt, request.params)
-            audit["task"] = labels["task"] = route.task
-            params = self.fill_params(route.params)
-            principal, checked = await self._admit(request, params, credential, remaining, admitted)
-            audit["subject"] = principal.subject
-            audit["prompt_summary"] = _summary(checked.prompt)
-            audit["redactions"] = list(checked.redactions)
-            assignment = self.experiments.for_request(route.task, principal.subject)
-            arm_label = ""
-            if assignment is not None:
-                arm_label = audit["arm"] = labels["arm"] = assignment.label
-                # The arm's parameters sit between the request's own and the preset's.
-                route = self.tasks.route(
-                    route.task, request.prompt, with_arm(request.params, assignment.arm)
-                )
-                if assignment.arm.model:
-                    route = Route(route.task, route.params, [assignment.arm.model, *route.models])
-                params = self.fill_params(route.params)
-            candidates = await self._candidates(request.model, route.models, remaining)
-            for attempt, info in enumerate(candidates):
-                audit["model"] = labels["model"] = info.name
-                key = cache_pb2.CacheKey(
-                    model=info.name,
-                    revision=info.revision,
-                    prompt=checked.prompt,
-                    params=params,
-                    subject=principal.subject,
-                    task=route.task,
-                )
-                sent = False
-                try:
-                    stream = self._stream(
-                        key,
-                        # The cache keeps only what repeats: no lookup, no copy otherwise.
-                        request.bypass_cache or not is_deterministic(params),
-                        remaining,
-                        principal.tier,
-                        filtered=not checked.output_unfiltered,
-                    )
-                    async for response in stream:
-                        sent = True
-                        response.request_id = audit["request_id"]
-                        response.task = route.task
-                        response.arm = arm_label
-                        response_text.append(response.text)
-                        if response.text and first_token is None:
-                            first_token = time.perf_counter() - started
-                            if (span := tracing.current_span()) is not None:
-                                span.add_event("first_token")
-                        if response.cached:
-                            audit["cached"] = True
-                        if response.finish_reason:
-                            audit["finish_reason"] = types_pb2.FinishReason.Name(
-                                response.finish_reason
-                            )
-                            audit["prompt_tokens"] = response.usage.prompt_tokens
-                            audit["completion_tokens"] = response.usage.completion_tokens
-                        yield response
-                    break
-                except (HeadraceError, grpc.aio.AioRpcError) as exc:
-                    code = exc.code if isinstance(exc, HeadraceError) else exc.code()
-                    last = attempt == len(candidates) - 1
-                    if sent or last or code not in FALLBACK_CODES:
-                        raise
-                    log.warning(
-                        "model_fallback",
-                        model=info.name,
-                        next_model=candidates[attempt + 1].name,
-                        code=code.name,
-                    )
-        except HeadraceError as exc:
-            audit["status"] = exc.code.name
-            raise
-        except grpc.aio.AioRpcError as exc:
-            audit["status"] = exc.code().name
-            raise
-        except asyncio.CancelledError:
-            audit["status"] = "CANCELLED"
-            raise
-        except Exception:
-            audit["status"] = "INTERNAL"
+            route = await self.admit(record, ask, credential, remaining, principal)
+            plan = await self.plan(record, ask, route, remaining)
+            async for reply in self.serve(record, plan, remaining):
+                if record.sent(reply) and (span := tracing.current_span()) is not None:
+                    span.add_event("first_token")
+                yield reply
+        except (Exception, asyncio.CancelledError) as exc:
+            record.failed(exc)
             raise
         finally:
-            if audit["status"] == "OK" and audit["subject"] is not None:
-                self._remember(audit["request_id"], audit["subject"], audit.get("arm", ""))
-            if principal is not None:
-                used = (
-                    0
-                    if audit["cached"] or audit["status"] != "OK"
-                    else (audit.get("prompt_tokens", 0) + audit.get("completion_tokens", 0))
-                )
-                if used != principal.reserved_tokens:
-                    self._settle(principal, used)
-            elapsed = time.perf_counter() - started
-            audit["latency_ms"] = round(elapsed * 1000, 2)
-            if (span := tracing.current_span()) is not None:
-                span.set_attributes(
-                    {
-                        "headrace.model": labels["model"] or metrics.NONE,
-                        "headrace.task": labels["task"] or metrics.NONE,
-                        "headrace.arm": labels["arm"] or metrics.NONE,
-                        "headrace.cached": audit["cached"],
-                        "headrace.finish_reason": audit.get("finish_reason", ""),
-                        "headrace.prompt_tokens": audit.get("prompt_tokens", 0),
-                        "headrace.completion_tokens": audit.get("completion_tokens", 0),
-                    }
-                )
-            metrics.record(
-                **labels,
-                code=audit["status"],
-                cached=audit["cached"],
-                seconds=elapsed,
-                first_token_seconds=first_token,
-                prompt_tokens=audit.get("prompt_tokens", 0),
-                completion_tokens=audit.get("completion_tokens", 0),
-            )
-            if audit["subject"] is not None:
-                # Only text that passed the sanitizer's filter is ever summarised.
-                audit["response_summary"] = _summary("".join(response_text))
-            self._audit.record(audit)
-            log.info(
-                "request_finished",
-                status=audit["status"],
-                subject=audit["subject"],
-                model=audit["model"],
-                cached=audit["cached"],
-                latency_ms=audit["latency_ms"],
-            )
+            self.finish(record)
 
-    def _hint_tier(self, digest: bytes, tier: str) -> None:
-        """Only a hint: a wrong one costs a second prompt check, never a wrong policy."""
-        self._tier_hints[digest] = tier
-        self._tier_hints.move_to_end(digest)
-        while len(self._tier_hints) > TIER_HINTS:
-            self._tier_hints.popitem(last=False)
+    async def admit(
+        self,
+        record: RequestRecord,
+        ask: Ask,
+        credential: str,
+        remaining: float | None,
+        principal: Principal | None,
+    ) -> Route:
+        """May this request run, and as what: parameters and content well formed,
+        the task preset (whose max_tokens sizes the quota reservation), auth's verdict
+        and tier, and the content as the sanitizer lets it through under that tier's
+        policy."""
+        validate_params(ask.params, self._settings.max_tokens_limit)
+        validate(ask.content, self._settings.max_conversation_bytes)
+        route = self.tasks.route(ask.task, ask.content.routing_text, ask.params)
+        record.task = route.task
+        if principal is None:
+            principal = await self.backends.auth.authorize(
+                credential,
+                remaining,
+                model=ask.model,
+                content_bytes=ask.content.size_bytes,
+                reserve_tokens=self.fill_params(route.params).max_tokens,
+            )
+        record.principal = principal
+        record.checked = await self.backends.sanitizer.check(ask.content, principal.tier, remaining)
+        # Fail closed: without the tier's current output policy nothing is generated.
+        record.output = await self.backends.sanitizer.output_rules(principal.tier, remaining)
+        return route
+
+    async def plan(
+        self, record: RequestRecord, ask: Ask, route: Route, remaining: float | None
+    ) -> Plan:
+        """The subject's A/B arm (its parameters sit between the request's own and the
+        preset's; its model is tried first), the parameters with defaults, the models
+        to try in order, and whether the cache may answer."""
+        assert record.principal is not None
+        assignment = self.experiments.for_request(route.task, record.principal.subject)
+        if assignment is not None:
+            record.arm = assignment.label
+            params = with_arm(ask.params, assignment.arm)
+            route = self.tasks.route(route.task, ask.content.routing_text, params)
+            if assignment.arm.model:
+                route = Route(route.task, route.params, [assignment.arm.model, *route.models])
+        params = self.fill_params(route.params)
+        models = await self.catalog.candidates(
+            ask.model,
+            route.models,
+            self._settings.fallback_models,
+            within_deadline(remaining, self._settings.upstream_timeout_seconds),
+        )
+        models = self.eligible(models, record.principal, ask.content)
+        cacheable = not ask.bypass_cache and is_deterministic(params)
+        return Plan(route.task, params, models, cacheable)
+
+    def eligible(
+        self, models: list[ModelInfo], principal: Principal, content: Content
+    ) -> list[ModelInfo]:
+        """The candidates this request may go to: hosted models only for a tier or
+        subject that opted in, and only when they honour the output constraint."""
+        s = self._settings
+        opted_in = principal.tier in s.hosted_tiers or principal.subject in s.hosted_subjects
+        constraint = content.response_format.WhichOneof("format")
+        kept, reasons = [], []
+        for model in models:
+            if not model.hosted:
+                kept.append(model)
+            elif not opted_in:
+                reasons.append(
+                    f"{model.name!r} is hosted by {model.provider} and tier "
+                    f"{principal.tier!r} has not opted in to hosted models (hosted_tiers)"
+                )
+            elif constraint == "grammar" and not model.supports_grammar:
+                reasons.append(f"{model.name!r} ({model.provider}) cannot honour a grammar")
+            elif constraint == "json_schema" and not model.supports_json_schema:
+                reasons.append(f"{model.name!r} ({model.provider}) cannot honour a JSON Schema")
+            else:
+                kept.append(model)
+        if not kept:
+            raise PermissionDenied(f"no model this request may use: {'; '.join(reasons)}")
+        return kept
+
+    async def serve(
+        self, record: RequestRecord, plan: Plan, remaining: float | None
+    ) -> AsyncIterator[Reply]:
+        """The plan's first model that answers: before its first token, a model that
+        is unavailable or overloaded gives way to the next."""
+        for attempt, model in enumerate(plan.models):
+            record.model = model.name
+            record.provider = model.provider
+            if model.provider:
+                record.offered_to.append(model.provider)
+            sent = False
+            try:
+                async for reply in self._answer(record, plan, model, remaining):
+                    sent = True
+                    yield reply
+                return
+            except (HeadraceError, grpc.aio.AioRpcError) as exc:
+                code = status_code(exc)
+                if sent or attempt == len(plan.models) - 1 or code not in FALLBACK_CODES:
+                    raise
+                log.warning(
+                    "model_fallback",
+                    model=model.name,
+                    next_model=plan.models[attempt + 1].name,
+                    code=code.name if code else "",
+                )
+
+    async def _answer(
+        self, record: RequestRecord, plan: Plan, model: ModelInfo, remaining: float | None
+    ) -> AsyncIterator[Reply]:
+        """One model's answer: replayed from the cache, else generated."""
+        assert record.principal is not None and record.checked is not None
+        key = ResponseKey(
+            model, record.checked.content, plan.params, record.principal.subject, plan.task
+        )
+        reply = partial(
+            Reply,
+            model=model.name,
+            request_id=record.request_id,
+            task=plan.task,
+            arm=record.arm,
+            provider=model.provider,
+        )
+        hit = False
+        if plan.cacheable:
+            async with contextlib.aclosing(self.backends.cache.replay(key, remaining)) as hits:
+                async for piece in hits:
+                    hit = True
+                    yield reply(piece.text, piece.finish_reason, _usage(piece), cached=True)
+        if not hit:
+            async for piece in self._generate(record, plan, key, remaining):
+                yield reply(piece.text, piece.finish_reason, _usage(piece))
+
+    async def _generate(
+        self, record: RequestRecord, plan: Plan, key: ResponseKey, remaining: float | None
+    ) -> AsyncIterator[Piece]:
+        """Inference → output filter → client, the filtered text copied to the cache."""
+        assert record.checked is not None and record.output is not None
+        cache, checked = self.backends.cache, record.checked
+        copy = await cache.copy(key) if plan.cacheable else cache.no_copy()
+        out = record.output.filter()
+        pieces = self.backends.generator(key.model).generate(
+            key.model.name, checked.content, plan.params, remaining
+        )
+        redacted = False
+        try:
+            async with contextlib.aclosing(pieces):
+                async for piece in pieces:
+                    verdict = out.feed(piece.text, end=piece.last)
+                    redacted = redacted or verdict.redacted
+                    if verdict.text:
+                        # The client first: the cache copy is written when the next
+                        # piece is asked for, off the path to the client's screen.
+                        yield Piece(verdict.text)
+                        await copy.add(verdict.text)
+                    if verdict.blocked:
+                        yield Piece(finish_reason=types_pb2.FINISH_REASON_CONTENT_FILTER)
+                        return
+                    if piece.last:
+                        if redacted and checked.content.constrained:
+                            # Redacted JSON may no longer parse: the finish reason says so.
+                            piece = replace(
+                                piece, finish_reason=types_pb2.FINISH_REASON_CONTENT_FILTER
+                            )
+                        await copy.complete(piece)
+                        yield Piece(finish_reason=piece.finish_reason, usage=piece.usage)
+                        await copy.stored()
+                        return
+            raise Unavailable("inference ended without a final message; retry the request")
+        finally:
+            out.close()
+            copy.close()
+
+    def finish(self, record: RequestRecord) -> None:
+        """Everything a request leaves behind, computed from its record in one place."""
+        seconds = record.seconds
+        principal = record.principal
+        if principal is not None:
+            if record.status == "OK":
+                self._remember(record.request_id, principal.subject, record.arm)
+            if record.used_tokens != principal.reserved_tokens:
+                self._settle(principal, record.used_tokens)
+        labels = record.labels
+        if (span := tracing.current_span()) is not None:
+            span.set_attributes(
+                {
+                    **{f"headrace.{k}": v or metrics.NONE for k, v in labels.items()},
+                    "headrace.cached": record.cached,
+                    "headrace.finish_reason": record.finish_reason,
+                    "headrace.prompt_tokens": record.usage.prompt_tokens,
+                    "headrace.completion_tokens": record.usage.completion_tokens,
+                }
+            )
+        metrics.record(
+            **labels,
+            code=record.status,
+            cached=record.cached,
+            seconds=seconds,
+            first_token_seconds=record.first_token_s,
+            prompt_tokens=record.usage.prompt_tokens,
+            completion_tokens=record.usage.completion_tokens,
+        )
+        line = record.audit_line(round(seconds * 1000, 2))
+        self._audit.record(line)
+        log.info(
+            "request_finished",
+            status=record.status,
+            subject=line["subject"],
+            model=line["model"],
+            cached=record.cached,
+            latency_ms=line["latency_ms"],
+        )
+
+    def _settle(self, principal: Principal, used: int) -> None:
+        """Replace the quota reservation by the tokens really used, off the request path."""
+        task = asyncio.create_task(self.backends.auth.record_usage(principal, used))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _remember(self, request_id: str, subject: str, arm: str) -> None:
         self._recent[request_id] = (subject, arm)
@@ -505,13 +397,8 @@ class Orchestrator:
             )
         if comment:
             try:
-                checked = await self._b.sanitizer.CheckPrompt(
-                    sanitizer_pb2.CheckPromptRequest(prompt=comment),
-                    timeout=self._timeout(remaining),
-                    metadata=outgoing_metadata(),
-                )
-                comment = checked.prompt
-            except grpc.aio.AioRpcError:
+                comment = await self.backends.sanitizer.redact(comment, remaining)
+            except (HeadraceError, grpc.aio.AioRpcError):
                 comment = "[refused by the sanitizer]"
         if self._feedback is not None:
             self._feedback.record(
@@ -525,191 +412,7 @@ class Orchestrator:
                 }
             )
 
-    async def _candidates(
-        self, requested: str, routed: list[str], remaining: float | None
-    ) -> list[inference_pb2.ModelInfo]:
-        """Models to try in order: the one the request names (only that), else the
-        task's models then the fallbacks, else the default model."""
-        timeout = self._timeout(remaining)
-        if requested:
-            return [await self.catalog.resolve(requested, timeout)]
-        names = list(dict.fromkeys([*routed, *self._settings.fallback_models]))
-        candidates = []
-        for name in names:
-            try:
-                candidates.append(await self.catalog.resolve(name, timeout))
-            except NotFound:
-                log.warning("routed_model_not_served", model=name)
-        return candidates or [await self.catalog.resolve("", timeout)]
 
-    def _settle(self, principal: auth_pb2.AuthorizeResponse, used: int) -> None:
-        """Replace the quota reservation by the tokens really used, off the request path."""
-
-        async def settle() -> None:
-            try:
-                await self._b.auth.RecordUsage(
-                    auth_pb2.RecordUsageRequest(
-                        subject=principal.subject,
-                        tier=principal.tier,
-                        reserved_tokens=principal.reserved_tokens,
-                        used_tokens=used,
-                    ),
-                    timeout=self._settings.upstream_timeout_seconds,
-                    metadata=outgoing_metadata(),
-                )
-            except grpc.aio.AioRpcError as exc:
-                log.error("usage_not_recorded", subject=principal.subject, error=exc.details())
-
-        task = asyncio.create_task(settle())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _stream(
-        self,
-        key: cache_pb2.CacheKey,
-        bypass_cache: bool,
-        remaining: float | None,
-        tier: str = "",
-        *,
-        filtered: bool = True,
-    ) -> AsyncIterator[router_pb2.GenerateResponse]:
-        if not bypass_cache:
-            replayed = False
-            async for response in self._replay(key, remaining):
-                replayed = True
-                yield response
-            if replayed:
-                return
-        async for response in self._generate(key, bypass_cache, remaining, tier, filtered):
-            yield response
-
-    async def _replay(
-        self, key: cache_pb2.CacheKey, remaining: float | None
-    ) -> AsyncIterator[router_pb2.GenerateResponse]:
-        """A cache hit as a stream; nothing on a miss or a cache failure (fail-open).
-
-        A hit may be an identical request still generating (single-flight), so the
-        lookup runs under the client's deadline, not the short upstream one.
-        """
-        call = self._b.cache.Lookup(
-            cache_pb2.LookupRequest(key=key),
-            timeout=remaining,
-            metadata=outgoing_metadata(),
-        )
-        started = False
-        try:
-            async for chunk in call:
-                if not chunk.hit:
-                    return
-                started = True
-                response = router_pb2.GenerateResponse(
-                    text=chunk.text, cached=True, model=key.model
-                )
-                if chunk.finish_reason:
-                    response.finish_reason = chunk.finish_reason
-                    response.usage.CopyFrom(chunk.usage)
-                yield response
-        except grpc.aio.AioRpcError as exc:
-            if started:
-                raise upstream_error("cache", exc) from None
-            log.warning("cache_lookup_failed", code=exc.code().name, details=exc.details())
-        finally:
-            call.cancel()
-
-    async def _generate(
-        self,
-        key: cache_pb2.CacheKey,
-        bypass_cache: bool,
-        remaining: float | None,
-        tier: str = "",
-        filtered: bool = True,
-    ) -> AsyncIterator[router_pb2.GenerateResponse]:
-        """Inference → output filter → client, teeing the filtered text into the cache.
-
-        Without `filtered` (the sanitizer said the tier's policy has no output rule)
-        the pieces go to the client as they come, with no FilterStream round trip.
-        """
-        metadata = outgoing_metadata()
-        generation = self._b.inference.Generate(
-            inference_pb2.GenerateRequest(prompt=key.prompt, model=key.model, params=key.params),
-            timeout=remaining,
-            metadata=metadata,
-        )
-        output_filter = (
-            self._b.sanitizer.FilterStream(timeout=remaining, metadata=metadata)
-            if filtered
-            else None
-        )
-        store = None if bypass_cache else self._b.cache.Store(metadata=metadata)
-        unsent = _StoreBuffer(self._settings.cache_store_interval_ms / 1000)
-        try:
-            store = await _store_write(store, cache_pb2.StoreRequest(key=key))
-            final: inference_pb2.GenerateResponse | None = None
-            blocked = False
-            try:
-                async for piece in generation:
-                    end = piece.finish_reason != types_pb2.FINISH_REASON_UNSPECIFIED
-                    if output_filter is None:
-                        verdict = sanitizer_pb2.FilterStreamResponse(text=piece.text)
-                    else:
-                        try:
-                            await output_filter.write(
-                                sanitizer_pb2.FilterStreamRequest(
-                                    text=piece.text, end=end, tier=tier
-                                )
-                            )
-                            verdict = await output_filter.read()
-                        except grpc.aio.AioRpcError as exc:
-                            # Fail closed: no filter, no more text.
-                            raise upstream_error("sanitizer", exc) from None
-                        except asyncio.InvalidStateError:  # the filter's call already ended
-                            verdict = grpc.aio.EOF
-                        if verdict is grpc.aio.EOF:
-                            raise Unavailable(
-                                "the sanitizer's output filter ended early; retry the request"
-                            )
-                    if verdict.text:
-                        # The client first: the cache copy is written when the next
-                        # piece is asked for, off the path to the client's screen.
-                        yield router_pb2.GenerateResponse(text=verdict.text, model=key.model)
-                        if store is not None and (text := unsent.add(verdict.text)):
-                            store = await _store_write(store, cache_pb2.StoreRequest(text=text))
-                    if verdict.blocked:
-                        blocked = True
-                        break
-                    if end:
-                        final = piece
-                        break
-            except grpc.aio.AioRpcError as exc:
-                raise upstream_error("inference", exc) from None
-            last = router_pb2.GenerateResponse(model=key.model)
-            if blocked:
-                last.finish_reason = types_pb2.FINISH_REASON_CONTENT_FILTER
-            elif final is not None:
-                last.finish_reason = final.finish_reason
-                last.usage.CopyFrom(final.usage)
-            else:
-                raise Unavailable("inference ended without a final message; retry the request")
-            if store is not None and not blocked:
-                store = await _store_write(
-                    store,
-                    cache_pb2.StoreRequest(
-                        text=unsent.take(),
-                        complete=True,
-                        finish_reason=last.finish_reason,
-                        usage=last.usage,
-                    ),
-                    last=True,
-                )
-            yield last
-            if store is not None and not blocked:
-                try:
-                    await asyncio.wait_for(store, self._settings.upstream_timeout_seconds)
-                except (grpc.aio.AioRpcError, TimeoutError) as exc:
-                    log.warning("cache_store_failed", error=str(exc))
-        finally:
-            generation.cancel()
-            if output_filter is not None:
-                output_filter.cancel()
-            if store is not None and not store.done():
-                store.cancel()
+def _usage(piece: Piece) -> Usage | None:
+    """Usage goes on the last message only."""
+    return piece.usage if piece.last else None

@@ -2,16 +2,51 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 import grpc
 
 from headrace.router.v1 import router_pb2, router_pb2_grpc
 from headrace.services.router.batch_jobs import BatchJobs
-from headrace.services.router.orchestrator import Orchestrator
+from headrace.services.router.content import content_of
+from headrace.services.router.orchestrator import Ask, Orchestrator
+from headrace.services.router.record import Reply
 from headrace.services.router.tasks import fill_unset
-from headrace.services.runtime.credentials import credential_from
+from headrace.services.runtime.coalesce import coalesced
+from headrace.services.runtime.credentials import credential_from, within_deadline
 from headrace.types.v1 import types_pb2
+
+# ListModels waits for inference at most this long, less when the caller's deadline
+# comes sooner.
+LIST_MODELS_LIMIT_S = 10.0
+
+
+def response_from(reply: Reply) -> router_pb2.GenerateResponse:
+    """One Generate message as the client receives it."""
+    response = router_pb2.GenerateResponse(
+        text=reply.text,
+        finish_reason=reply.finish_reason,
+        cached=reply.cached,
+        model=reply.model,
+        request_id=reply.request_id,
+        task=reply.task,
+        arm=reply.arm,
+        provider=reply.provider,
+    )
+    if reply.usage is not None:
+        response.usage.prompt_tokens = reply.usage.prompt_tokens
+        response.usage.completion_tokens = reply.usage.completion_tokens
+        response.usage.total_tokens = reply.usage.prompt_tokens + reply.usage.completion_tokens
+    return response
+
+
+def merge_replies(earlier: Reply, later: Reply) -> Reply | None:
+    """Two consecutive messages as one: the text of both, the rest (finish reason,
+    usage) of the later; nothing follows the last message."""
+    if earlier.finish_reason:
+        return None
+    return dataclasses.replace(later, text=earlier.text + later.text)
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
@@ -48,12 +83,30 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
         stream = self._orchestrator.generate(
-            request, credential_from(context), context.time_remaining()
+            self.ask_from(request), credential_from(context), context.time_remaining()
         )
-        async for response in stream:
-            if response.finish_reason and response.arm:
-                context.set_trailing_metadata((("x-headrace-arm", response.arm),))
-            yield response
+        # A client (or Envoy) that falls behind gets the text produced meanwhile in
+        # one message; one that keeps up gets every piece at once.
+        async for reply in coalesced(stream, merge_replies):
+            if reply.finish_reason and reply.arm:
+                context.set_trailing_metadata((("x-headrace-arm", reply.arm),))
+            yield response_from(reply)
+
+    @staticmethod
+    def ask_from(request: router_pb2.GenerateRequest) -> Ask:
+        """A GenerateRequest in the router's terms (validated in the admit stage, so a
+        malformed request is audited and counted like any other)."""
+        return Ask(
+            content_of(
+                request.prompt,
+                request.messages,
+                request.response_format if request.HasField("response_format") else None,
+            ),
+            model=request.model,
+            task=request.task,
+            params=request.params,
+            bypass_cache=request.bypass_cache,
+        )
 
     async def Feedback(
         self, request: router_pb2.FeedbackRequest, context: grpc.aio.ServicerContext
@@ -87,11 +140,19 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def ListModels(
         self, request: router_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.ListModelsResponse:
-        await self._orchestrator.authorize(credential_from(context), context.time_remaining())
-        models = await self._orchestrator.catalog.models(timeout=10.0)
+        remaining = context.time_remaining()
+        await self._orchestrator.authorize(credential_from(context), remaining)
+        models = await self._orchestrator.catalog.models(
+            timeout=within_deadline(remaining, LIST_MODELS_LIMIT_S)
+        )
         return router_pb2.ListModelsResponse(
             models=[
-                router_pb2.Model(name=m.name, context_size=m.context_size, is_default=m.is_default)
+                router_pb2.Model(
+                    name=m.name,
+                    context_size=m.context_size,
+                    is_default=m.is_default,
+                    aliases=m.aliases,
+                )
                 for m in models
             ]
         )

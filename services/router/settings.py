@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, Field
 
+from headrace.services.router.catalog import ModelGroup
 from headrace.services.router.experiments import Experiment
 from headrace.services.router.tasks import DEFAULT_RULES, DEFAULT_TASKS, TaskPreset, TaskRule
 from headrace.services.runtime.settings import ServiceSettings
@@ -28,6 +29,9 @@ class RouterSettings(ServiceSettings):
 
     defaults: DefaultParams = DefaultParams()
     max_tokens_limit: int = Field(default=4096, ge=1)
+    max_conversation_bytes: int = Field(default=32 * 1024, ge=1)
+    """Largest conversation (all turns' text, UTF-8) the router accepts; the sanitizer's
+    per-tier limits then apply too. A prompt's size is the sanitizer's to judge."""
     models_refresh_seconds: float = 30.0
     """How long the list of served models is cached."""
     audit_retention_days: int = Field(default=30, ge=1)
@@ -48,6 +52,11 @@ class RouterSettings(ServiceSettings):
     """How long batch results are kept."""
     audit_queue_size: int = 10_000
     """Audit lines waiting to be written; beyond that they are dropped and counted."""
+    output_policy_stale_seconds: float = Field(default=5.0, gt=0.0)
+    """The router filters output in process under the policy the sanitizer publishes
+    (WatchOutputPolicy, a heartbeat every second); once it has heard nothing current
+    for this long it refuses requests with UNAVAILABLE (fail closed) until the watch
+    is back. Before the first policy, a request waits up to this long for it."""
     upstream_timeout_seconds: float = 10.0
     """Deadline for auth, sanitizer and cache calls."""
     cache_store_interval_ms: float = Field(default=50.0, ge=0.0)
@@ -62,3 +71,12 @@ class RouterSettings(ServiceSettings):
     """Task applied when no rule matches ("" = none: router defaults, default model)."""
     fallback_models: list[str] = []
     """Models tried after a task's own, when those are unavailable or overloaded."""
+    model_groups: dict[str, ModelGroup] = {}
+    """Names that stand for several models tried in a strategy's order (local_first,
+    free_first, ordered); a request or a task preset's `models` may name a group
+    (HEADRACE_MODEL_GROUPS as JSON, or [router.model_groups.NAME] tables)."""
+    hosted_tiers: list[str] = []
+    """Tiers whose prompts may leave this machine for hosted models (opt-in; the
+    sanitizer's redaction applies first). Others are never sent to one."""
+    hosted_subjects: list[str] = []
+    """Subjects that opt in to hosted models whatever their tier."""

@@ -6,6 +6,7 @@ Every message must tell a person what to do next, and must never echo secrets.
 from __future__ import annotations
 
 import grpc
+import grpc.aio
 
 
 class HeadraceError(Exception):
@@ -31,6 +32,12 @@ class Unauthenticated(HeadraceError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class FailedPrecondition(HeadraceError):
+    """The system is not set up for this request (e.g. a model without a chat template)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class PermissionDenied(HeadraceError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
@@ -54,3 +61,14 @@ class Unavailable(HeadraceError):
 
 class DeadlineExceeded(HeadraceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def status_code(exc: BaseException) -> grpc.StatusCode | None:
+    """The gRPC status an exception stands for: a typed error's, or a failed call's
+    (grpc.aio.AioRpcError passed through from another service); None for others."""
+    if isinstance(exc, HeadraceError):
+        return exc.code
+    if isinstance(exc, grpc.aio.AioRpcError):
+        code: grpc.StatusCode = exc.code()
+        return code
+    return None

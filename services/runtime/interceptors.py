@@ -10,6 +10,7 @@ thin: they translate protobuf to domain calls and nothing else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -105,6 +106,22 @@ class _Call:
             self._traced.__exit__(None, None, None)
             self._traced = None
 
+    @contextlib.asynccontextmanager
+    async def observing(self, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        """The one wrapper around every kind of RPC: begin, map errors, end."""
+        self.begin()
+        try:
+            yield
+        except asyncio.CancelledError:
+            self.code = grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # mapped to a status, never swallowed
+            await self.fail(context, exc)
+        finally:
+            self.end(context)
+
     async def fail(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         """Turn an exception into a status on the call (context.abort raises)."""
         if isinstance(exc, HeadraceError):
@@ -132,6 +149,16 @@ class _Call:
         )
 
 
+# Each kind of RPC: the handler attribute holding its behaviour, its metric label,
+# the factory that wraps a behaviour of that kind, and whether it answers a stream.
+_KINDS = (
+    ("unary_unary", "unary", grpc.unary_unary_rpc_method_handler, False),
+    ("stream_unary", "client_stream", grpc.stream_unary_rpc_method_handler, False),
+    ("unary_stream", "server_stream", grpc.unary_stream_rpc_method_handler, True),
+    ("stream_stream", "bidi_stream", grpc.stream_stream_rpc_method_handler, True),
+)
+
+
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     """Request id, metrics and error mapping for every RPC of a server."""
 
@@ -145,63 +172,20 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method
         metadata = handler_call_details.invocation_metadata
+        attribute, kind, factory, streams = next(k for k in _KINDS if getattr(handler, k[0]))
+        behavior = getattr(handler, attribute)
 
-        if handler.unary_unary or handler.stream_unary:
-            behavior = handler.unary_unary or handler.stream_unary
-            kind = "unary" if handler.unary_unary else "client_stream"
+        async def answer(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with _Call(method, kind, metadata).observing(context):
+                return await behavior(request, context)
 
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                call = _Call(method, kind, metadata)
-                call.begin()
-                try:
-                    return await behavior(request, context)
-                except asyncio.CancelledError:
-                    call.code = grpc.StatusCode.CANCELLED
-                    raise
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:  # mapped to a status, never swallowed
-                    await call.fail(context, exc)
-                finally:
-                    call.end(context)
-
-            factory = (
-                grpc.unary_unary_rpc_method_handler
-                if handler.unary_unary
-                else grpc.stream_unary_rpc_method_handler
-            )
-            return factory(
-                unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-
-        behavior_s = handler.unary_stream or handler.stream_stream
-        kind = "server_stream" if handler.unary_stream else "bidi_stream"
-
-        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            call = _Call(method, kind, metadata)
-            call.begin()
-            try:
-                async for response in behavior_s(request, context):
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async with _Call(method, kind, metadata).observing(context):
+                async for response in behavior(request, context):
                     yield response
-            except asyncio.CancelledError:
-                call.code = grpc.StatusCode.CANCELLED
-                raise
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:
-                await call.fail(context, exc)
-            finally:
-                call.end(context)
 
-        factory_s = (
-            grpc.unary_stream_rpc_method_handler
-            if handler.unary_stream
-            else grpc.stream_stream_rpc_method_handler
-        )
-        return factory_s(
-            streaming,
+        return factory(
+            stream if streams else answer,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

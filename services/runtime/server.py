@@ -40,6 +40,9 @@ class Service:
     settings: ServiceSettings
     register: Callable[[grpc.aio.Server], Awaitable[Sequence[str]]]
     close: Callable[[], Awaitable[None]] | None = None
+    stopping: Callable[[], None] | None = None
+    """Called when the stop begins, before draining: ends streams that would otherwise
+    hold the drain for its whole grace (watch streams)."""
     extra_interceptors: list[grpc.aio.ServerInterceptor] = field(default_factory=list)
 
 
@@ -99,6 +102,8 @@ async def serve(service: Service, stop: asyncio.Event | None = None) -> None:
 
     log.info("stopping", grace_seconds=settings.grace_seconds)
     await health_servicer.enter_graceful_shutdown()
+    if service.stopping is not None:
+        service.stopping()
     await server.stop(settings.grace_seconds)
     if service.close is not None:
         await service.close()

@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from headrace.services.sanitizer.rules import (
+from headrace.services.runtime.output_filter.rules import (
     PROMPT_ONLY,
     Action,
     PatternRule,

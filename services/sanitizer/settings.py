@@ -24,9 +24,17 @@ from typing import ClassVar, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from headrace.services.runtime.settings import ServiceSettings
+from headrace.services.runtime.output_filter.rules import (
+    Action,
+    Direction,
+    PatternRule,
+    Rule,
+    TermRule,
+)
+from headrace.services.runtime.settings import ServiceSettings, config_file
+from headrace.services.sanitizer.classifier import ClassifierPolicy, SignalAction
+from headrace.services.sanitizer.guard import DEFAULT_GUARD_PROMPT, GuardPolicy
 from headrace.services.sanitizer.policy import PromptPolicy, TierPolicies
-from headrace.services.sanitizer.rules import Action, Direction, PatternRule, Rule, TermRule
 
 T = TypeVar("T")
 _RULE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*")
@@ -127,6 +135,15 @@ class TierPolicySettings(BaseModel):
     max_prompt_tokens_estimate: int | None = None
     redact: bool | None = None
     injection_defence: bool | None = None
+    injection_classifier: bool | None = None
+    injection_classifier_action: SignalAction | None = None
+    injection_classifier_threshold: float | None = Field(None, ge=0, le=1)
+    injection_classifier_flag_threshold: float | None = Field(None, ge=0, le=1)
+    guard_model: str | None = None
+    guard_action: SignalAction | None = None
+    guard_budget_ms: int | None = Field(None, ge=1, le=60_000)
+    guard_fail_open: bool | None = None
+    guard_prompt: str | None = None
     deny_terms: list[str] = []
     rules: list[RuleSettings] = []
     disabled_rules: list[str] = []
@@ -148,12 +165,51 @@ class SanitizerSettings(ServiceSettings):
     """Replace secrets and PII with typed placeholders such as [EMAIL]."""
     injection_defence: bool = True
     """Refuse prompts that match the built-in prompt-injection rules (injection.*)."""
+    injection_classifier: bool = True
+    """With injection_defence: also score prompts with the learned classifier
+    (signal `injection.classifier`), after the rules found nothing to block."""
+    injection_classifier_action: SignalAction = SignalAction.BLOCK
+    """What a score at or over the threshold does: block, flag or allow."""
+    injection_classifier_threshold: float | None = Field(None, ge=0, le=1)
+    """The score (0..1) that gets the action; unset: the threshold chosen in training."""
+    injection_classifier_flag_threshold: float | None = Field(0.5, ge=0, le=1)
+    """Scores from here up to the threshold are let through and flagged (the
+    response's flags, the audit line); unset: no flag band."""
+    guard_model: str = ""
+    """A model in the inference registry to ask whether a prompt is an injection,
+    after the rules and the classifier let it through; empty: no guard (the default)."""
+    guard_action: SignalAction = SignalAction.BLOCK
+    """What an "unsafe" answer does: block, flag or allow."""
+    guard_budget_ms: int = Field(500, ge=1, le=60_000)
+    """How long the guard may take; past it the verdict is unknown."""
+    guard_fail_open: bool = True
+    """Unknown verdict (no answer in time, an error): true lets the prompt through
+    flagged injection.guard.unavailable; false refuses it with UNAVAILABLE."""
+    guard_prompt: str = DEFAULT_GUARD_PROMPT
+    """The guard's input, written as its model card asks; {prompt} is the checked prompt."""
+    guard_unsafe_answers: list[str] = ["unsafe", "yes"]
+    """First words of the guard's answer that mean an attack."""
+    guard_safe_answers: list[str] = ["safe", "no"]
+    """First words that mean no attack; any other answer is an unknown verdict."""
     rules: list[RuleSettings] = []
     """Custom rules, highest priority first."""
     disabled_rules: list[str] = []
     """Rule ids, or prefixes up to a dot ("pii", "injection.persona"), to switch off."""
     tier_policies: dict[str, TierPolicySettings] = {}
     """Per-tier differences; a tier not listed (or none) gets the base policy."""
+    policy_reload_seconds: float = Field(default=0.5, ge=0.0)
+    """How often the running sanitizer looks at headrace.toml and the rules' terms files;
+    when one changed it reloads its policies (a configuration that does not load keeps
+    the running ones, logged) and routers receive the new output policy within a
+    second. 0: never reload."""
+    output_policy_heartbeat_seconds: float = Field(default=1.0, gt=0.0)
+    """Longest silence on a WatchOutputPolicy stream: a heartbeat tells routers the
+    policy they hold is still current."""
+
+    def policy_files(self) -> list[Path]:
+        """The files the policies are read from: headrace.toml and every terms file."""
+        rules = [*self.rules, *(r for t in self.tier_policies.values() for r in t.rules)]
+        return [config_file(), *(r.terms_file for r in rules if r.terms_file is not None)]
 
     def policies(self) -> TierPolicies:
         """The base policy and one per configured tier (raises ValueError on a bad rule)."""
@@ -166,6 +222,8 @@ class SanitizerSettings(ServiceSettings):
             rules=base_rules,
             injection_defence=self.injection_defence,
             disabled_rules=self.disabled_rules,
+            classifier=self._classifier(TierPolicySettings()),
+            guard=self._guard(TierPolicySettings()),
         )
         tiers: dict[str, PromptPolicy] = {}
         for name, tier in self.tier_policies.items():
@@ -179,8 +237,39 @@ class SanitizerSettings(ServiceSettings):
                 rules=[*(r.to_rule() for r in tier.rules), *base_rules],
                 injection_defence=_pick(tier.injection_defence, self.injection_defence),
                 disabled_rules=[*self.disabled_rules, *tier.disabled_rules],
+                classifier=self._classifier(tier),
+                guard=self._guard(tier),
             )
         return TierPolicies(default, tiers)
+
+    def _guard(self, tier: TierPolicySettings) -> GuardPolicy | None:
+        model = _pick(tier.guard_model, self.guard_model)
+        if not model:
+            return None
+        return GuardPolicy(
+            model=model,
+            action=_pick(tier.guard_action, self.guard_action),
+            budget_s=_pick(tier.guard_budget_ms, self.guard_budget_ms) / 1000,
+            fail_open=_pick(tier.guard_fail_open, self.guard_fail_open),
+            prompt=_pick(tier.guard_prompt, self.guard_prompt),
+            unsafe_answers=tuple(self.guard_unsafe_answers),
+            safe_answers=tuple(self.guard_safe_answers),
+        )
+
+    def _classifier(self, tier: TierPolicySettings) -> ClassifierPolicy | None:
+        if not _pick(tier.injection_classifier, self.injection_classifier):
+            return None
+        # An unset flag threshold in a tier keeps the base's (None there means no band).
+        flag = tier.injection_classifier_flag_threshold
+        if flag is None and "injection_classifier_flag_threshold" not in tier.model_fields_set:
+            flag = self.injection_classifier_flag_threshold
+        return ClassifierPolicy(
+            action=_pick(tier.injection_classifier_action, self.injection_classifier_action),
+            threshold=_pick(
+                tier.injection_classifier_threshold, self.injection_classifier_threshold
+            ),
+            flag_threshold=flag,
+        )
 
 
 def _pick(value: T | None, default: T) -> T:

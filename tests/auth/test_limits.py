@@ -17,6 +17,7 @@ from headrace.services.auth.limits import (
     Periods,
     RedisLimitStore,
     open_limits,
+    reservation,
 )
 from headrace.services.auth.settings import TierLimits
 from headrace.services.runtime.errors import ResourceExhausted
@@ -152,3 +153,10 @@ async def test_a_request_refused_by_the_quota_does_not_use_up_the_rate_limit(
         await mixed.admit(who, "both", 50)
     await mixed.admit(who, "both", 5)
     await mixed.admit(who, "both", 5)
+
+
+def test_the_reservation_estimates_content_at_four_bytes_a_token() -> None:
+    # The estimate the router used to make itself, now auth's: bytes // 4 + 1.
+    assert reservation(content_bytes=40, reserve_tokens=100) == 111
+    assert reservation(content_bytes=0, reserve_tokens=100) == 100
+    assert reservation(content_bytes=7, reserve_tokens=-5) == 2

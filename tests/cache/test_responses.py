@@ -14,6 +14,7 @@ import redis.asyncio as redis
 from google.protobuf import json_format
 
 from headrace.cache.v1 import cache_pb2
+from headrace.services.cache.answers import Answers
 from headrace.services.cache.flights import Flights
 from headrace.services.cache.responses import (
     KEY_PREFIX,
@@ -325,7 +326,8 @@ async def _lookup(
 
 def _make(store: object, ttl_seconds: int) -> CacheServicer:
     holder = SimpleNamespace(store=store)
-    return CacheServicer(holder, Flights(10.0), ttl_seconds, per_subject=False, auth=None)  # type: ignore[arg-type]
+    answers = Answers(holder, Flights(10.0), ttl_seconds, per_subject=False)  # type: ignore[arg-type]
+    return CacheServicer(answers, auth=None)  # type: ignore[arg-type]
 
 
 def _servicer() -> tuple[CacheServicer, MemoryStore]:

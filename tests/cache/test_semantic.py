@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from headrace.cache.v1 import cache_pb2
+from headrace.services.cache.answers import Answers
 from headrace.services.cache.flights import Flights
 from headrace.services.cache.responses import MemoryStore
 from headrace.services.cache.semantic import LlamaEmbedder, SemanticIndex
@@ -76,15 +77,15 @@ async def lookup(servicer: CacheServicer, k: cache_pb2.CacheKey) -> list[cache_p
 
 
 def make_servicer(models: frozenset[str] = frozenset()) -> CacheServicer:
-    return CacheServicer(
+    answers = Answers(
         SimpleNamespace(store=MemoryStore(100)),  # type: ignore[arg-type]
         Flights(10.0),
         60,
         per_subject=False,
-        auth=None,  # type: ignore[arg-type]
         semantic=SemanticIndex(words_embedder, threshold=0.9),
         semantic_models=models,
     )
+    return CacheServicer(answers, auth=None)  # type: ignore[arg-type]
 
 
 async def settle() -> None:
@@ -99,7 +100,7 @@ async def test_the_servicer_answers_a_similar_prompt_with_the_stored_response() 
     replay = await lookup(servicer, key("what is the capital of france"))
     assert [m.text for m in replay] == ["Paris."]
     assert replay[-1].hit and replay[-1].usage.completion_tokens == 2
-    assert servicer._counts["semantic"] == 1
+    assert servicer.answers.counts["semantic"] == 1
 
 
 async def test_other_params_or_a_model_not_enabled_never_match() -> None:

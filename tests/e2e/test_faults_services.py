@@ -1,8 +1,9 @@
 """Auth, the sanitizer or the cache stopped (issue #9).
 
 Auth and the sanitizer fail closed: while either is down, Generate gets UNAVAILABLE
-at once, naming the service, and nothing reaches inference unchecked; the output
-filter dying mid-stream ends the stream, never lets unfiltered text through. The
+at once, naming the service, and nothing reaches inference unchecked; a stream under
+way when the sanitizer dies stays filtered (the router filters in its own process
+under the policy the sanitizer published), never lets unfiltered text through. The
 cache fails open: requests are served without it. Each service is SIGKILLed; the
 launcher restarts it after HEADRACE_RESTART_BACKOFF_SECONDS, set long enough here
 for the checks to run while it is down, and requests succeed again once it is back.
@@ -137,42 +138,30 @@ def test_auth_down_fails_closed_then_recovers(
     wait_until_served(stub, metadata)
 
 
-def test_sanitizer_down_mid_stream_ends_it_unavailable_with_nothing_unfiltered(
+def test_sanitizer_down_mid_stream_the_router_keeps_filtering_and_new_requests_fail_closed(
     suite: RunningSuite, stub: router_pb2_grpc.RouterServiceStub, metadata: tuple
 ) -> None:
-    rid = "cut-by-sanitizer"
+    # The router filters output in its own process under the policy the sanitizer
+    # published (issue #22): a stream under way keeps that policy, so it goes on,
+    # filtered; a new request cannot be checked and fails closed.
+    rid = "filtered-without-sanitizer"
     call = stub.Generate(
-        request(STORY, 4000), metadata=(*metadata, ("x-request-id", rid)), timeout=30
+        request(STORY, 300), metadata=(*metadata, ("x-request-id", rid)), timeout=30
     )
     received = ""
     for message in call:  # until the filter has visibly redacted something
         received += message.text
         if "[PET]" in received:
             break
-    cancellations = suite.metric(
-        "inference-0", "headrace_inference_cancellations_total", model="tiny"
-    )
     pid = kill(suite, "sanitizer")
-    killed = time.monotonic()
-    with pytest.raises(grpc.RpcError) as info:
-        for message in call:
-            received += message.text
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
-    assert "sanitizer" in info.value.details(), info.value.details()
-    assert time.monotonic() - killed < 3.0
+    messages = list(call)
+    received += "".join(m.text for m in messages)
+    assert messages[-1].finish_reason == types_pb2.FINISH_REASON_LENGTH
+    assert received.count("[PET]") > 1
     assert not re.search(r"\bdog\b", received), "unfiltered text reached the client"
-    # The generation stopped with the stream, and only filtered text was audited.
-    until(
-        lambda: (
-            suite.metric("inference-0", "headrace_inference_cancellations_total", model="tiny")
-            > cancellations
-        ),
-        5,
-        "inference cancelled",
-    )
     audit = audit_of(suite.home, rid)
-    assert audit["status"] == "UNAVAILABLE"
-    assert received.startswith(audit["response_summary"].rstrip("…"))
+    assert audit["status"] == "OK"
+    assert "dog" not in audit["response_summary"]
 
     assert_fails_closed(suite, stub, metadata, "sanitizer", "no-sanitizer")
     assert suite.pid("sanitizer") == pid, "checked after the restart, not while it was down"

@@ -7,10 +7,14 @@ callers holding a certificate from the suite's CA.
 
 from __future__ import annotations
 
+import ssl
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx2
+import openai
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -69,6 +73,35 @@ def test_a_generation_streams_over_tls_verified_with_the_suites_ca(
         )
     assert messages[-1].finish_reason == types_pb2.FINISH_REASON_LENGTH
     assert messages[-1].usage.completion_tokens == 6
+
+
+def test_the_openai_api_streams_over_tls_and_mtls_to_its_service(
+    suite: RunningSuite, certs: CertPaths
+) -> None:
+    """HTTPS to Envoy (verified with ca.pem), mTLS from Envoy to the openai service and
+    from it back through the internal listener to the router."""
+    client = openai.OpenAI(
+        base_url=f"https://localhost:{suite.public.rsplit(':', 1)[1]}/v1",
+        api_key=suite.token("tls-openai"),
+        max_retries=0,
+        http_client=httpx2.Client(verify=ssl.create_default_context(cafile=str(certs.ca))),
+    )
+    chunks = list(
+        client.completions.create(model="tiny", prompt="Hello over TLS", max_tokens=4, stream=True)
+    )
+    assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["length"]
+
+
+def test_the_openai_service_refuses_a_caller_without_the_internal_certificate(
+    suite: RunningSuite, certs: CertPaths
+) -> None:
+    url = f"https://127.0.0.1:{suite.service_ports['openai']}/healthz"
+    trusting = ssl.create_default_context(cafile=str(certs.ca))
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=5, context=trusting)
+    trusting.load_cert_chain(str(certs.internal), str(certs.internal_key))
+    with urllib.request.urlopen(url, timeout=5, context=trusting) as reply:
+        assert reply.status == 200
 
 
 def test_plaintext_to_the_public_listener_fails(suite: RunningSuite) -> None:

@@ -1,9 +1,10 @@
-"""A tier whose sanitizer policy has no output rule streams without FilterStream.
+"""A tier whose sanitizer policy has no output rule streams as generated.
 
-The default policy redacts output, so every response goes through the sanitizer's
-FilterStream, which holds back the last word (it might begin an e-mail address) and
-costs a round trip per piece. An operator may turn output rules off for a trusted
-tier; then the router streams inference's pieces straight to the client.
+The default policy redacts output, so every response goes through the output filter
+(in the router's process, under the policy the sanitizer publishes), which holds back
+the last word (it might begin an e-mail address). An operator may turn output rules
+off for a trusted tier; then the router streams inference's pieces straight to the
+client. Neither makes a FilterStream call: that RPC stays for other callers.
 """
 
 from __future__ import annotations
@@ -55,16 +56,14 @@ def generate(
 def test_the_trusted_tier_skips_the_output_filter_and_gets_the_same_text(
     suite: RunningSuite, stub: router_pb2_grpc.RouterServiceStub
 ) -> None:
-    before = filter_streams(suite)
     filtered = generate(suite, stub, "free")
-    assert filter_streams(suite) == before + 1, "the default policy filters output"
-
     unfiltered = generate(suite, stub, "trusted")
-    assert filter_streams(suite) == before + 1, "no FilterStream for a tier without output rules"
+    assert filter_streams(suite) == 0, "the router filters in its own process"
 
     text = "".join(m.text for m in unfiltered)
     assert text and text == "".join(m.text for m in filtered)
     assert unfiltered[-1].finish_reason == filtered[-1].finish_reason
     assert unfiltered[-1].usage.completion_tokens == filtered[-1].usage.completion_tokens
-    # Unfiltered, every token is its own message: nothing is held back.
-    assert len([m for m in unfiltered if m.text]) == unfiltered[-1].usage.completion_tokens
+    # Unfiltered, nothing is held back: the tokens come as they are decoded (several to
+    # a message only when the client falls behind, so not necessarily one each).
+    assert len([m for m in unfiltered if m.text]) > 1

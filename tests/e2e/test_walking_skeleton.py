@@ -105,6 +105,30 @@ def test_bad_requests_get_clear_status_codes(
     assert info.value.details()
 
 
+@pytest.mark.parametrize(
+    ("messages", "named"),
+    [
+        ([(types_pb2.ROLE_USER, "hi"), (types_pb2.ROLE_ASSISTANT, "hello")], "messages[1]"),
+        ([(types_pb2.ROLE_USER, "hi"), (types_pb2.ROLE_SYSTEM, "late")], "messages[1]"),
+        ([(types_pb2.ROLE_UNSPECIFIED, "who"), (types_pb2.ROLE_USER, "hi")], "messages[0]"),
+    ],
+    ids=["ends-with-assistant", "late-system", "no-role"],
+)
+def test_a_malformed_conversation_is_invalid_argument_naming_the_message(
+    suite: RunningSuite,
+    stub: router_pb2_grpc.RouterServiceStub,
+    messages: list[tuple[int, str]],
+    named: str,
+) -> None:
+    req = router_pb2.GenerateRequest(
+        messages=[types_pb2.ChatMessage(role=role, content=text) for role, text in messages]
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.Generate(req, metadata=bearer(suite.token()), timeout=10))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert named in info.value.details(), info.value.details()
+
+
 def test_request_id_flows_through_metadata_into_every_services_logs(
     suite: RunningSuite, stub: router_pb2_grpc.RouterServiceStub
 ) -> None:
@@ -227,7 +251,7 @@ def test_buf_curl_streams_through_envoy(suite: RunningSuite) -> None:
             "-H",
             f"authorization: Bearer {suite.token()}",
             "-d",
-            json.dumps({"prompt": "Hello from buf", "params": {"maxTokens": 8}}),
+            json.dumps({"prompt": "Hello from buf", "params": {"maxTokens": 64}}),
             f"http://{suite.public}/headrace.router.v1.RouterService/Generate",
         ],
         capture_output=True,
@@ -241,9 +265,11 @@ def test_buf_curl_streams_through_envoy(suite: RunningSuite) -> None:
         obj, end = decoder.raw_decode(rest)
         messages.append(obj)
         rest = rest[end:].strip()
-    assert len(messages) >= 3
+    # Deltas produced while a reader is behind travel together (coalescing), so a fast
+    # model may arrive in few messages; it still streams: text first, then the end.
+    assert len(messages) >= 2 and messages[0].get("text")
     assert messages[-1]["finishReason"] == "FINISH_REASON_LENGTH"
-    assert messages[-1]["usage"]["completionTokens"] == 8
+    assert messages[-1]["usage"]["completionTokens"] == 64
 
 
 def test_cli_generate_streams_to_stdout(suite: RunningSuite) -> None:
@@ -347,7 +373,7 @@ def test_sigint_stops_every_process(
 ) -> None:
     running = start_suite(tmp_path_factory.mktemp("home-stop"), tiny_model)
     pids = running.pids()
-    assert {"router", "auth", "sanitizer", "cache", "inference-0", "envoy"} <= set(pids)
+    assert {"router", "auth", "sanitizer", "cache", "inference-0", "openai", "envoy"} <= set(pids)
     assert running.stop() == 0
     time.sleep(0.2)
     assert [name for name, pid in pids.items() if alive(pid)] == []
@@ -355,7 +381,7 @@ def test_sigint_stops_every_process(
 
 
 def test_curl_streams_a_generation_through_the_rest_route(suite: RunningSuite) -> None:
-    body = json.dumps({"prompt": "Hello REST", "bypassCache": True, "params": {"maxTokens": 8}})
+    body = json.dumps({"prompt": "Hello REST", "bypassCache": True, "params": {"maxTokens": 64}})
     out = subprocess.run(
         [
             "curl",
@@ -376,9 +402,11 @@ def test_curl_streams_a_generation_through_the_rest_route(suite: RunningSuite) -
         check=True,
     )
     messages = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
-    assert len(messages) >= 3, out.stdout
+    # A fast model's deltas may be coalesced into few messages while curl reads (#22):
+    # one JSON object per message all the same, text first and finish and usage last.
+    assert messages and messages[0].get("text"), out.stdout
     assert messages[-1]["finishReason"] == "FINISH_REASON_LENGTH"
-    assert messages[-1]["usage"]["completionTokens"] == 8
+    assert messages[-1]["usage"]["completionTokens"] == 64
     assert "".join(m.get("text", "") for m in messages)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from headrace.envoy.render import Cluster, EnvoyLayout, render, validate
 from headrace.services.launcher.settings import LauncherSettings
@@ -72,3 +73,25 @@ def test_a_broken_config_is_rejected_by_validate(tmp_path: Path) -> None:
     config = tmp_path / "envoy.yaml"
     config.write_text(render(layout(1)).replace("LEAST_REQUEST", "NO_SUCH_POLICY"))
     assert validate(config).returncode != 0
+
+
+def test_the_public_listener_sends_v1_to_the_openai_service_over_http1() -> None:
+    config = yaml.safe_load(render(layout(1)))
+    public, internal = config["static_resources"]["listeners"]
+    routes = public["filter_chains"][0]["filters"][0]["typed_config"]["route_config"][
+        "virtual_hosts"
+    ][0]["routes"]
+    v1 = [r for r in routes if r["match"].get("prefix") == "/v1/"]
+    assert [r["route"]["cluster"] for r in v1] == ["openai"]
+    assert v1[0]["route"]["timeout"] == "0s", "streams last as long as the generation"
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    options = clusters["openai"]["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]["explicit_http_config"]
+    assert "http_protocol_options" in options and "http2_protocol_options" not in options
+    assert clusters["openai"]["health_checks"][0]["http_health_check"] == {"path": "/healthz"}
+    inner = internal["filter_chains"][0]["filters"][0]["typed_config"]["route_config"][
+        "virtual_hosts"
+    ][0]["routes"]
+    router = [r for r in inner if r["match"]["prefix"] == "/headrace.router.v1.RouterService/"]
+    assert [r["route"]["cluster"] for r in router] == ["router"]

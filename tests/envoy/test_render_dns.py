@@ -56,7 +56,9 @@ def test_every_cluster_resolves_its_name_and_only_the_admin_stays_on_loopback() 
             "address": f"{name}.headrace.svc.cluster.local",
             "port_value": 50051,
         }
-        assert "grpc_health_check" in cluster["health_checks"][0]
+        # The OpenAI front door speaks HTTP/1.1; every other service gRPC.
+        check = "http_health_check" if name == "openai" else "grpc_health_check"
+        assert check in cluster["health_checks"][0]
     listeners = {
         listener["name"]: listener["address"]["socket_address"]["address"]
         for listener in config["static_resources"]["listeners"]
@@ -117,4 +119,6 @@ def test_the_command_refuses_a_missing_cluster(capsys: pytest.CaptureFixture[str
     with pytest.raises(SystemExit) as info:
         main(["--dns", "router=router:50051"])
     assert info.value.code == 2
-    assert "no --dns target for: auth, sanitizer, cache, inference" in capsys.readouterr().err
+    assert "no --dns target for: auth, sanitizer, cache, inference, openai" in (
+        capsys.readouterr().err
+    )

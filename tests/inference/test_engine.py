@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 from headrace.services.inference.engine import Delta, FinishReason, LlamaEngine, Sampling
 from headrace.services.inference.settings import ModelSpec
 from headrace.services.runtime.errors import InvalidArgument, ResourceExhausted
+from headrace.services.runtime.llama_params import load_llama
 
 PROMPT = "Hello world"
 
@@ -169,9 +170,7 @@ async def test_greedy_decoding_picks_the_tokens_llama_cpps_greedy_sampler_picks(
 ) -> None:
     # The engine reads the highest logit itself; llama-cpp-python's own greedy
     # completion (llama.cpp's greedy sampler) is the reference.
-    import llama_cpp
-
-    llm = llama_cpp.Llama(model_path=str(tiny_model), n_ctx=256, verbose=False)
+    llm = load_llama(tiny_model, n_ctx=256, verbose=False)
     try:
         reference = llm.create_completion(PROMPT, max_tokens=32, temperature=0.0)
     finally:

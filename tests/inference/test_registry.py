@@ -10,7 +10,7 @@ import pytest
 
 from headrace.services.inference.engine import Sampling
 from headrace.services.inference.registry import ModelRegistry
-from headrace.services.inference.settings import LoraSpec, ModelSpec
+from headrace.services.inference.settings import InferenceSettings, LoraSpec, ModelSpec
 from headrace.services.runtime.errors import NotFound
 from tests.support.tiny_model import write_tiny_lora
 
@@ -21,7 +21,7 @@ TEMPLATE = "{{ bos_token }}<user>{{ messages[0]['content'] }}</user><assistant>"
 def registry(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelRegistry]:
     lora = write_tiny_lora(tmp_path_factory.mktemp("lora") / "adapter.gguf")
     specs = [
-        ModelSpec(name="base", path=tiny_model, context_size=256),
+        ModelSpec(name="base", path=tiny_model, context_size=256, aliases=["gpt-4o-mini"]),
         ModelSpec(name="base-lora", path=tiny_model, context_size=256, lora=[LoraSpec(path=lora)]),
         ModelSpec(
             name="base-lora-off",
@@ -29,7 +29,13 @@ def registry(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             context_size=256,
             lora=[LoraSpec(path=lora, scale=0.0)],
         ),
-        ModelSpec(name="base-chat", path=tiny_model, context_size=256, chat_template=TEMPLATE),
+        ModelSpec(
+            name="base-chat",
+            path=tiny_model,
+            context_size=256,
+            chat_template=TEMPLATE,
+            prompt_as_user_turn=True,
+        ),
     ]
     loaded = ModelRegistry.load(specs, "", tmp_path_factory.mktemp("home"), slots=1, queue_size=2)
     yield loaded
@@ -55,6 +61,21 @@ async def test_a_chat_template_wraps_the_prompt_as_a_user_turn(registry: ModelRe
     assert len(chat.tokenize("Hello world")) > len(plain.tokenize("Hello world"))
     assert chat.tokenize("Hello world")[0] == plain.tokenize("Hello world")[0], "one BOS"
     assert await greedy(registry, "base-chat") != await greedy(registry, "base")
+
+
+def test_an_alias_names_its_model_and_two_models_may_not_share_a_name(
+    registry: ModelRegistry, tiny_model: Path
+) -> None:
+    assert registry.get("gpt-4o-mini") is registry.get("base")
+    with pytest.raises(NotFound):
+        registry.get("gpt-4")
+    with pytest.raises(ValueError, match="'gpt-4o-mini' is used by both 'a' and 'b'"):
+        InferenceSettings(
+            models=[
+                ModelSpec(name="a", path=tiny_model, aliases=["gpt-4o-mini"]),
+                ModelSpec(name="b", path=tiny_model, aliases=["gpt-4o-mini"]),
+            ]
+        )
 
 
 def test_chat_template_on_without_one_in_the_gguf_is_refused(

@@ -22,9 +22,11 @@ import yaml
 from headrace.services.auth.settings import AuthSettings
 from headrace.services.cache.settings import CacheSettings
 from headrace.services.inference.settings import InferenceSettings
+from headrace.services.openai.settings import OpenAISettings
 from headrace.services.router.settings import RouterSettings
 from headrace.services.runtime.settings import HeadraceSettings, ServiceSettings
 from headrace.services.sanitizer.settings import SanitizerSettings
+from headrace.services.upstream.settings import UpstreamSettings
 from tests.support.suite import REPO
 
 DEPLOY = REPO / "deploy"
@@ -37,6 +39,8 @@ SETTINGS: dict[str, type[ServiceSettings]] = {
     "sanitizer": SanitizerSettings,
     "cache": CacheSettings,
     "inference": InferenceSettings,
+    "openai": OpenAISettings,
+    "upstream": UpstreamSettings,
 }
 """The settings class of each service, by the name in `python -m headrace.services.<name>`."""
 

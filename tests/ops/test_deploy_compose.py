@@ -79,6 +79,8 @@ def test_every_piece_is_there_with_two_inference_replicas(compose: dict[str, Any
         "sanitizer",
         "cache",
         "inference",
+        "openai",
+        "upstream",
         "envoy",
     }
     assert services["inference"]["deploy"]["replicas"] == 2
@@ -128,7 +130,11 @@ def test_settings_the_containers_load_are_the_intended_ones(
             )
         # grace_seconds for in-flight streams, then closing: within the stop period.
         assert seconds(service["stop_grace_period"]) >= settings.grace_seconds + 5, name
-        assert service["healthcheck"]["test"][-1] == f"127.0.0.1:{settings.port}"
+        probe = service["healthcheck"]["test"]
+        if name == "openai":  # an HTTP service: its probe GETs /healthz
+            assert probe[-2:] == ["http", f"http://127.0.0.1:{settings.port}/healthz"]
+        else:
+            assert probe[-1] == f"127.0.0.1:{settings.port}"
 
 
 def test_envoys_config_is_the_renderers_and_names_the_compose_services(

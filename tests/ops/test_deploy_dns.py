@@ -69,7 +69,9 @@ def listening(inodes: set[str]) -> list[tuple[str, int]]:
 
 def test_every_process_of_the_suite_listens_on_loopback_only(suite: RunningSuite) -> None:
     pids = suite.pids()
-    assert {"router", "auth", "sanitizer", "cache", "inference-0", "envoy"} <= set(pids)
+    assert {"router", "auth", "sanitizer", "cache", "inference-0", "openai", "envoy"} <= set(pids)
+    # The launcher serves its own /metrics (metrics_ports["launcher"]).
+    pids["launcher"] = suite.process.pid
     sockets = listening(set().union(*(socket_inodes(pid) for pid in pids.values())))
     ports = {port for _, port in sockets}
     expected = {*suite.service_ports.values(), *suite.metrics_ports.values()}
@@ -88,6 +90,7 @@ def dns_envoy(suite: RunningSuite, tmp_path_factory: pytest.TempPathFactory) -> 
     internal, admin = public + 1, public + 2
     router_port = suite.service_ports["router"]
     ports = {**suite.service_ports, "inference": router_port + 4}  # the launcher's offsets
+    assert ports["openai"] == router_port + 5  # after the one inference replica
     descriptor = tmp / "public-api.binpb"
     descriptor.write_bytes(public_descriptor_set())
     config = tmp / "envoy.yaml"

@@ -180,12 +180,16 @@ def test_each_service_runs_once_with_ports_and_probes_on_the_settings_defaults(
     for workload, container, service in headrace_containers(base):
         defaults = SETTINGS[service].model_fields
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        serving = "http" if service == "openai" else "grpc"  # the OpenAI API is HTTP/1.1
         assert ports == {
-            "grpc": defaults["port"].default,
+            serving: defaults["port"].default,
             "metrics": defaults["metrics_port"].default,
         }
         for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-            if probe in container:
+            if probe in container and serving == "http":
+                check = container[probe]["httpGet"]
+                assert check == {"path": "/healthz", "port": ports["http"]}, (service, probe)
+            elif probe in container:
                 # gRPC health of the whole server ("" is set SERVING once all are).
                 assert container[probe]["grpc"]["port"] == ports["grpc"], (service, probe)
         assert "readinessProbe" in container and "livenessProbe" in container

@@ -7,6 +7,7 @@ config scrapes that suite, evaluates the rules cleanly and answers every panel."
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -33,7 +34,10 @@ DASHBOARD = REPO / "deploy" / "grafana" / "headrace.json"
 METRICS_DOC = REPO / "docs" / "metrics.md"
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool not installed (Debian: apt-get install prometheus)"
+    PROMTOOL is None,
+    reason="promtool not installed (.ci/run installs Debian's prometheus package as root; "
+    + os.environ.get("HEADRACE_PROMTOOL_MISSING", "here: apt-get install prometheus")
+    + ")",
 )
 # Metric names in PromQL (not label names, which a matcher's operator follows).
 METRIC = re.compile(r"\b(?:headrace_|grpc_server_|envoy_)[a-zA-Z0-9_:]*\b(?!\s*[=!]~?)")
@@ -274,6 +278,16 @@ def exercise(suite: RunningSuite) -> None:
         stream = stub.Generate(long, metadata=metadata, timeout=30)
         next(stream)
         stream.cancel()
+    # A streamed completion through the OpenAI front door (its own metrics).
+    openai_request = urllib.request.Request(
+        f"{suite.openai_url}/completions",
+        data=json.dumps(
+            {"model": "tiny", "prompt": "Hi", "max_tokens": 2, "stream": True}
+        ).encode(),
+        headers={"authorization": metadata[0][1], "content-type": "application/json"},
+    )
+    with urllib.request.urlopen(openai_request, timeout=30) as reply:
+        assert reply.read().endswith(b"data: [DONE]\n\n")
     deadline = time.monotonic() + 10
     while (
         sum(
@@ -336,7 +350,8 @@ def test_the_router_counts_requests_by_model_arm_and_outcome_with_bounded_labels
         return sum(suite.metric("router", count, arm=arm, **labels) for arm in ARMS)
 
     served = {"model": "tiny", "code": "OK"}
-    assert total(**served, cached="false") == 2  # the miss, the rate-limited subject's first
+    # The miss, the rate-limited subject's first, the OpenAI front door's completion.
+    assert total(**served, cached="false") == 3
     assert total(**served, cached="true") == 1
     # Refused before a model was chosen: counted under "none", never under request text.
     assert total(model="none", code="PERMISSION_DENIED") == 1
@@ -360,10 +375,18 @@ def test_the_router_counts_requests_by_model_arm_and_outcome_with_bounded_labels
 
 PROMETHEUS_BIN = shutil.which("prometheus")
 # Default ports in deploy/prometheus/prometheus.yml, as the suite's metrics_ports name them.
-DEFAULT_PORTS = {9460: "router", 9461: "auth", 9462: "sanitizer", 9463: "cache"}
+DEFAULT_PORTS = {
+    9460: "router",
+    9461: "auth",
+    9462: "sanitizer",
+    9463: "cache",
+    9465: "openai",
+    9466: "upstream",
+}
 # Panels whose query needs an event this suite does not provoke (a full inference
-# queue): they may be empty, every other query must return series.
-RARE = ("headrace_inference_rejected_total",)
+# queue; hosted models, which this suite has none of): they may be empty, every other
+# query must return series.
+RARE = ("headrace_inference_rejected_total", "headrace_upstream_")
 
 
 def prometheus_config(suite: RunningSuite) -> dict:
@@ -401,7 +424,11 @@ def prometheus(suite: RunningSuite, tmp_path_factory: pytest.TempPathFactory) ->
     """A Prometheus server scraping the suite every second, with the shipped alert rules,
     once every target has been scraped a few times and the rules evaluated."""
     if PROMETHEUS_BIN is None:
-        pytest.skip("prometheus not installed (Debian: apt-get install prometheus)")
+        pytest.skip(
+            "prometheus not installed ("
+            + os.environ.get("HEADRACE_PROMTOOL_MISSING", "Debian: apt-get install prometheus")
+            + ")"
+        )
     home = tmp_path_factory.mktemp("prometheus")
     (home / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(suite)))
     port = free_port()
@@ -463,6 +490,8 @@ def test_prometheus_scrapes_every_service_of_a_suite_with_the_shipped_config(
         "sanitizer": 1,
         "cache": 1,
         "inference": 2,
+        "openai": 1,
+        "upstream": 1,
         "envoy": 1,
     }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from headrace.services.router.batches import (
+from headrace.services.router.batch_queue import (
     BatchItem,
     BatchMeta,
     BatchWorker,

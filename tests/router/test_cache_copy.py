@@ -1,46 +1,21 @@
-"""The router's copy of a response to the cache (cache.Store): gathered, not per token."""
+"""The router's copy of a response to the cache (the typed cache client's cache.Store
+call): gathered, not per token."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from headrace.cache.v1 import cache_pb2
-from headrace.inference.v1 import inference_pb2
-from headrace.router.v1 import router_pb2
-from headrace.services.router.orchestrator import Orchestrator
+from headrace.services.router.backends import CacheClient, ModelInfo, Piece, ResponseKey, Usage
+from headrace.services.router.content import Content
 from headrace.services.router.settings import RouterSettings
 from headrace.types.v1 import types_pb2
 
 PIECES = [f" word{i}" for i in range(40)]
-
-
-class Generation:
-    """inference.Generate: the pieces `gap` seconds apart, then the final message."""
-
-    def __init__(self, pieces: list[str], gap: float) -> None:
-        self._pieces = pieces
-        self._gap = gap
-
-    def __aiter__(self) -> AsyncIterator[inference_pb2.GenerateResponse]:
-        return self._stream()
-
-    async def _stream(self) -> AsyncIterator[inference_pb2.GenerateResponse]:
-        for text in self._pieces:
-            await asyncio.sleep(self._gap)
-            yield inference_pb2.GenerateResponse(text=text, model="m")
-        yield inference_pb2.GenerateResponse(
-            model="m",
-            finish_reason=types_pb2.FINISH_REASON_LENGTH,
-            usage=types_pb2.Usage(prompt_tokens=3, completion_tokens=len(self._pieces)),
-        )
-
-    def cancel(self) -> bool:
-        return True
 
 
 class Store:
@@ -69,27 +44,34 @@ class Store:
         return True
 
 
-async def stream(
-    interval_ms: float, pieces: list[str], gap: float
-) -> tuple[list[router_pb2.GenerateResponse], Store]:
+async def stream(interval_ms: float, pieces: list[str], gap: float) -> tuple[list[str], Store]:
+    """The typed cache client's copy of a response whose pieces come `gap` s apart."""
     store = Store()
-    backends = SimpleNamespace(
-        inference=SimpleNamespace(Generate=lambda *a, **kw: Generation(pieces, gap)),
-        cache=SimpleNamespace(Store=lambda **kw: store),
-    )
+    stub = SimpleNamespace(Store=lambda **kw: store)
     settings = RouterSettings(cache_store_interval_ms=interval_ms)
-    router = Orchestrator(backends, settings, audit=None)  # type: ignore[arg-type]
-    key = cache_pb2.CacheKey(model="m", prompt="p")
-    out = [
-        r async for r in router._generate(key, bypass_cache=False, remaining=None, filtered=False)
-    ]
-    return out, store
+    client = CacheClient(stub, 10.0, settings.cache_store_interval_ms / 1000)  # type: ignore[arg-type]
+    key = ResponseKey(
+        ModelInfo("m"), Content(prompt="p"), types_pb2.SamplingParams(), subject="", task=""
+    )
+    copy = await client.copy(key)
+    sent = []
+    for text in pieces:
+        await asyncio.sleep(gap)
+        sent.append(text)
+        await copy.add(text)
+    final = Piece(
+        finish_reason=types_pb2.FINISH_REASON_LENGTH,
+        usage=Usage(prompt_tokens=3, completion_tokens=len(pieces)),
+    )
+    await copy.complete(final)
+    await copy.stored()
+    copy.close()
+    return sent, store
 
 
 async def test_the_cache_gets_the_text_in_a_few_messages_not_one_per_token() -> None:
     out, store = await stream(50, PIECES, 0.005)
-    # The client still gets every piece as it comes.
-    assert [r.text for r in out[:-1]] == PIECES
+    assert out == PIECES
     first, *texts = store.messages
     assert first.key.prompt == "p" and not first.text
     assert "".join(m.text for m in texts) == "".join(PIECES)

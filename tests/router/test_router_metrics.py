@@ -3,103 +3,37 @@ model catalog, so a request naming something unknown never makes a new series.""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 
-from headrace.auth.v1 import auth_pb2
-from headrace.cache.v1 import cache_pb2
-from headrace.inference.v1 import inference_pb2
-from headrace.router.v1 import router_pb2
-from headrace.sanitizer.v1 import sanitizer_pb2
 from headrace.services.router import metrics
-from headrace.services.router.audit import AuditLog
-from headrace.services.router.orchestrator import Backends, Orchestrator
-from headrace.services.router.settings import RouterSettings
+from headrace.services.router.backends import Piece, Usage
+from headrace.services.router.content import Content
+from headrace.services.router.orchestrator import Ask, Orchestrator
+from headrace.services.router.record import Reply
 from headrace.services.runtime.errors import InvalidArgument, NotFound
 from headrace.types.v1 import types_pb2
-
-
-class Call:
-    """A unary call's awaitable, as a grpc.aio stub returns it."""
-
-    def __init__(self, reply: Any) -> None:
-        self.reply = reply
-
-    def __await__(self) -> Any:
-        async def reply() -> Any:
-            return self.reply
-
-        return reply().__await__()
-
-
-class Stream:
-    """A server-streaming call: async-iterable, cancellable."""
-
-    def __init__(self, replies: list[Any]) -> None:
-        self.replies = replies
-
-    async def _iterate(self) -> AsyncIterator[Any]:
-        for reply in self.replies:
-            yield reply
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._iterate()
-
-    def cancel(self) -> bool:
-        return True
-
-
-class Auth:
-    def Authorize(self, request: auth_pb2.AuthorizeRequest, **_: Any) -> Call:
-        return Call(auth_pb2.AuthorizeResponse(subject="alice", tier="free"))
-
-
-class Sanitizer:
-    def CheckPrompt(self, request: sanitizer_pb2.CheckPromptRequest, **_: Any) -> Call:
-        return Call(sanitizer_pb2.CheckPromptResponse(prompt=request.prompt))
-
-
-class Inference:
-    def ListModels(self, request: inference_pb2.ListModelsRequest, **_: Any) -> Call:
-        return Call(
-            inference_pb2.ListModelsResponse(
-                models=[inference_pb2.ModelInfo(name="served", is_default=True)]
-            )
-        )
-
-
-class Cache:
-    """Every lookup is a hit: three words, then the end."""
-
-    def Lookup(self, request: cache_pb2.LookupRequest, **_: Any) -> Stream:
-        usage = types_pb2.Usage(prompt_tokens=5, completion_tokens=3)
-        return Stream(
-            [
-                cache_pb2.LookupResponse(hit=True, text="one "),
-                cache_pb2.LookupResponse(hit=True, text="two "),
-                cache_pb2.LookupResponse(
-                    hit=True,
-                    text="three",
-                    finish_reason=types_pb2.FINISH_REASON_STOP,
-                    usage=usage,
-                ),
-            ]
-        )
+from tests.router.fakes import FakeCache, Fakes
 
 
 @pytest.fixture
 def orchestrator(tmp_path: Path) -> Orchestrator:
-    settings = RouterSettings(
+    # Every lookup is a hit: three words, then the end.
+    hit = [
+        Piece("one "),
+        Piece("two "),
+        Piece("three", types_pb2.FINISH_REASON_STOP, Usage(prompt_tokens=5, completion_tokens=3)),
+    ]
+    fakes = Fakes(cache=FakeCache(hit=hit))
+    return fakes.orchestrator(
+        tmp_path,
         experiments={
             "ab": {"arms": [{"name": "one"}, {"name": "two"}]},  # every task
         },
     )
-    backends = Backends(Auth(), Sanitizer(), Cache(), Inference())  # type: ignore[arg-type]
-    return Orchestrator(backends, settings, AuditLog(tmp_path / "audit", queue_size=16))
 
 
 def sample(name: str, **labels: str) -> float:
@@ -121,11 +55,11 @@ def label_values(label: str) -> set[str]:
     return values
 
 
-async def generate(orchestrator: Orchestrator, **fields: Any) -> list[router_pb2.GenerateResponse]:
+async def generate(orchestrator: Orchestrator, **fields: Any) -> list[Reply]:
     # Greedy, so the (always hitting) cache is asked: sampling without a seed is not.
     fields.setdefault("params", types_pb2.SamplingParams(temperature=0.0))
-    request = router_pb2.GenerateRequest(prompt="hello there", **fields)
-    return [r async for r in orchestrator.generate(request, "credential", remaining=5.0)]
+    ask = Ask(Content(prompt="hello there"), **fields)
+    return [r async for r in orchestrator.generate(ask, "credential", remaining=5.0)]
 
 
 async def test_an_answer_is_counted_under_the_served_model_its_task_and_its_arm(

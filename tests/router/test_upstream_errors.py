@@ -6,7 +6,7 @@ import grpc
 import pytest
 from grpc.aio import AioRpcError, Metadata
 
-from headrace.services.router.orchestrator import upstream_error
+from headrace.services.router.backends import upstream_error
 from headrace.services.runtime.errors import Unavailable
 
 

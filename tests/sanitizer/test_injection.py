@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from headrace.services.runtime.errors import PermissionDenied
+from headrace.services.runtime.output_filter.rules import Action, Direction, TermRule
+from headrace.services.runtime.output_filter.text import normalise, skeleton, skeleton_with_offsets
 from headrace.services.sanitizer.injection import INJECTION_RULES
 from headrace.services.sanitizer.policy import PromptPolicy
-from headrace.services.sanitizer.rules import Action, Direction, TermRule
-from headrace.services.sanitizer.text import normalise, skeleton, skeleton_with_offsets
 
 CORPUS = Path(__file__).parent / "corpus"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from headrace.services.sanitizer.redaction import iban_ok, luhn_ok, phone_ok, redact
+from headrace.services.runtime.output_filter.redaction import iban_ok, luhn_ok, phone_ok, redact
 
 
 def _only(text: str) -> str:

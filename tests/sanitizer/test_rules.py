@@ -8,8 +8,7 @@ import re
 import pytest
 
 from headrace.services.runtime.errors import InvalidArgument, PermissionDenied
-from headrace.services.sanitizer.policy import PromptPolicy, StreamFilter, TierPolicies
-from headrace.services.sanitizer.rules import (
+from headrace.services.runtime.output_filter.rules import (
     Action,
     Direction,
     PatternRule,
@@ -17,6 +16,7 @@ from headrace.services.sanitizer.rules import (
     RuleSet,
     TermRule,
 )
+from headrace.services.sanitizer.policy import PromptPolicy, StreamFilter, TierPolicies
 
 
 def _policy(*rules: Rule, **overrides: object) -> PromptPolicy:

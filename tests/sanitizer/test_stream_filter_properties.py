@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from headrace.services.runtime.errors import InvalidArgument
+from headrace.services.runtime.output_filter.redaction import IBAN_LENGTHS, iban_ok, luhn_ok
 from headrace.services.sanitizer.policy import PromptPolicy, StreamFilter, redact
-from headrace.services.sanitizer.redaction import IBAN_LENGTHS, iban_ok, luhn_ok
 
 DENY = ["forbidden", "top secret", "exfiltrate", "nightingale-7"]
 

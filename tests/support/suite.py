@@ -39,7 +39,7 @@ class RunningSuite:
     service_ports: dict[str, int] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
 
-    def metric(self, service: str, name: str, **labels: str) -> float:
+    def metric(self, service: str, name: str, /, **labels: str) -> float:
         """One sample from a service's /metrics (0 when absent)."""
         from prometheus_client.parser import text_string_to_metric_families
 
@@ -62,6 +62,11 @@ class RunningSuite:
             grpc_service=grpc_service,
             grpc_method=grpc_method,
         )
+
+    @property
+    def openai_url(self) -> str:
+        """The OpenAI-compatible API's base URL, through Envoy's public listener."""
+        return f"http://{self.public}/v1"
 
     def pid(self, name: str) -> int:
         return int((self.home / "run" / f"{name}.pid").read_text())
@@ -170,8 +175,8 @@ def start_suite(
     ready_timeout: float = 120.0,
 ) -> RunningSuite:
     """Start the launcher and wait for its 'suite_ready' log line."""
-    base = free_port_block(8 + replicas)
-    metrics = free_port_block(5 + replicas)
+    base = free_port_block(9 + replicas)
+    metrics = free_port_block(7 + replicas)  # the services', then the launcher's
     public, internal, admin = base, base + 1, base + 2
     env = {
         **os.environ,
@@ -184,7 +189,14 @@ def start_suite(
         "HEADRACE_METRICS_PORT_BASE": str(metrics),
         "HEADRACE_INFERENCE_REPLICAS": str(replicas),
         "HEADRACE_MODELS": json.dumps(
-            [{"name": "tiny", "path": str(model_path), "context_size": 4096}]
+            [
+                {
+                    "name": "tiny",
+                    "path": str(model_path),
+                    "context_size": 4096,
+                    "chat_template": "chatml",
+                }
+            ]
         ),
         "HEADRACE_REDIS_URL": os.environ.get("HEADRACE_TEST_REDIS_URL", "redis://127.0.0.1:6379/9"),
         "HEADRACE_RESTART_BACKOFF_SECONDS": "0.2",
@@ -220,6 +232,8 @@ def start_suite(
             "auth": base + 4,
             "sanitizer": base + 5,
             "cache": base + 6,
+            "openai": base + 7 + replicas,  # after the inference replicas
+            "upstream": base + 8 + replicas,
         },
         metrics_ports={
             name: metrics + i
@@ -230,6 +244,9 @@ def start_suite(
                     "sanitizer",
                     "cache",
                     *(f"inference-{r}" for r in range(replicas)),
+                    "openai",
+                    "upstream",
+                    "launcher",
                 ]
             )
         },
@@ -243,3 +260,45 @@ def start_suite(
         time.sleep(0.2)
     suite.stop()
     raise TimeoutError(f"suite not ready in {ready_timeout}s:\n{suite.log()[-4000:]}")
+
+
+NODE_CLIENT = REPO / "clients" / "node"
+
+
+def run_node(script: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """One of the Node client's example scripts, with `env` over this process's."""
+    return subprocess.run(
+        ["node", script, *args],
+        cwd=NODE_CLIENT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def assert_absent_from_redis(db: int, secrets: list[bytes]) -> None:
+    """The response was cached in Redis database `db` and no key or string value there
+    (zlib-compressed or not) holds a secret; nothing to check without a Redis on
+    127.0.0.1:6379 (the cache was in-process)."""
+    import socket
+    import zlib
+
+    import redis
+
+    with socket.socket() as sock:
+        if sock.connect_ex(("127.0.0.1", 6379)) != 0:
+            return
+    client = redis.Redis(db=db)
+    keys = list(client.scan_iter("*"))
+    assert keys, "the answer was cached in Redis"
+    for key in keys:
+        assert not any(s in key for s in secrets)
+        if client.type(key) != b"string":
+            continue
+        value = client.get(key) or b""
+        try:
+            value = zlib.decompress(value)
+        except zlib.error:
+            pass
+        assert not any(s in value for s in secrets), key

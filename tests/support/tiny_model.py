@@ -211,10 +211,10 @@ def write_tiny_model(path: Path) -> Path:
 
 
 if __name__ == "__main__":
-    import llama_cpp
+    from headrace.services.runtime.llama_params import load_llama
 
     target = write_tiny_model(Path(sys.argv[1] if len(sys.argv) > 1 else "tiny.gguf"))
-    llm = llama_cpp.Llama(model_path=str(target), n_ctx=256, verbose=False)
+    llm = load_llama(target, n_ctx=256, verbose=False)
     print(f"{target}: {target.stat().st_size} bytes, vocab {llm.n_vocab()}")
     for prompt in ("Hello world", "Tell me a story", "What is 2+2?"):
         out = llm.create_completion(prompt, max_tokens=32, temperature=0.0)

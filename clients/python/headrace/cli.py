@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import getpass
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
 import grpc
 import typer
+
+from headrace.batch_cli import batch_app
+from headrace.cli_options import TargetOption, TokenOption
 
 app = typer.Typer(help="Headrace: a self-hosted LLM gateway.", no_args_is_help=True)
 token_app = typer.Typer(help="JSON Web Tokens for the gateway.", no_args_is_help=True)
@@ -24,18 +28,7 @@ experiments_app = typer.Typer(help="A/B experiments (reads HEADRACE_HOME).", no_
 app.add_typer(experiments_app, name="experiments")
 envoy_app = typer.Typer(help="Envoy's configuration for other hosts.", no_args_is_help=True)
 app.add_typer(envoy_app, name="envoy")
-
-TargetOption = Annotated[
-    str, typer.Option("--target", envvar="HEADRACE_TARGET", help="Envoy's public address.")
-]
-TokenOption = Annotated[
-    str | None,
-    typer.Option(
-        "--token",
-        envvar="HEADRACE_TOKEN",
-        help="Bearer token; default: one minted from the local keys under HEADRACE_HOME.",
-    ),
-]
+app.add_typer(batch_app, name="batch")
 
 
 def _home() -> Path:
@@ -141,6 +134,18 @@ def up() -> None:
     raise typer.Exit(launcher_main())
 
 
+@app.command()
+def doctor(
+    decode: Annotated[
+        bool, typer.Option(help="Decode the default model in a child process (~10 s).")
+    ] = True,
+) -> None:
+    """Check this machine and installation: OK/WARN/FAIL with a fix each; exit 1 on FAIL."""
+    from headrace.services.launcher.doctor import main as doctor_main
+
+    raise typer.Exit(doctor_main(decode))
+
+
 @envoy_app.command(
     "render",
     add_help_option=False,
@@ -151,6 +156,21 @@ def envoy_render(ctx: typer.Context) -> None:
     from headrace.envoy.render import main as render_main
 
     raise typer.Exit(render_main(ctx.args))
+
+
+@app.command(
+    add_help_option=False,
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def finetune(ctx: typer.Context) -> None:
+    """Train a LoRA adapter on Q&A JSONL and serve it as BASE:NAME (--help for more;
+    needs the finetune extra, docs/finetune.md)."""
+    import subprocess
+    import sys
+
+    # Its own process: training must never share one with anything that serves.
+    command = [sys.executable, "-m", "headrace.services.finetune", *ctx.args]
+    raise typer.Exit(subprocess.call(command))
 
 
 @token_app.command("issue")
@@ -350,6 +370,28 @@ def usage(
     typer.echo(f"tokens this month:  {reply.tokens_this_month} / {limit(reply.tokens_per_month)}")  # type: ignore[attr-defined]
 
 
+JsonSchemaOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--json-schema",
+        help="A JSON Schema file: the reply is JSON that validates against it.",
+        exists=True,
+        dir_okay=False,
+    ),
+]
+
+
+@app.command()
+def upstreams() -> None:
+    """Hosted models' free allowances: used and left this minute, today and this month
+    (reads headrace.toml and Redis; needs no running suite)."""
+    from headrace.services.upstream.report import allowance_report
+    from headrace.services.upstream.settings import UpstreamSettings
+
+    for line in asyncio.run(allowance_report(UpstreamSettings())):
+        typer.echo(line)
+
+
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="The prompt.")],
@@ -361,44 +403,133 @@ def generate(
     seed: Annotated[int | None, typer.Option()] = None,
     stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the cache.")] = False,
+    json_schema: JsonSchemaOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print usage after.")] = False,
     target: TargetOption = "127.0.0.1:8080",
     token: TokenOption = None,
 ) -> None:
     """Stream a completion to the terminal as it is generated."""
     from headrace.client import Client, sampling_params
-    from headrace.types.v1 import types_pb2
 
     bearer = _user_token(token, ttl=3600)
     params = sampling_params(
         temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stop=stop or ()
     )
+    options = {"model": model, "task": task, "params": params, "bypass_cache": no_cache}
 
     async def run() -> None:
         async with Client(target, bearer) as client:
             try:
-                async for message in client.stream(
-                    prompt, model=model, task=task, params=params, bypass_cache=no_cache
-                ):
-                    if message.text:
-                        sys.stdout.write(message.text)
-                        sys.stdout.flush()
-                    if message.finish_reason:
-                        sys.stdout.write("\n")
-                        if verbose:
-                            typer.secho(
-                                f"[{message.model}] finish={types_pb2.FinishReason.Name(message.finish_reason)}"
-                                f" prompt_tokens={message.usage.prompt_tokens}"
-                                f" completion_tokens={message.usage.completion_tokens}"
-                                f" cached={message.cached} task={message.task or '-'}"
-                                f" arm={message.arm or '-'} request_id={message.request_id}",
-                                err=True,
-                                fg="cyan",
-                            )
+                await _print_stream(
+                    client.stream(prompt, response_format=_schema(json_schema), **options),
+                    verbose,
+                )
             except grpc.aio.AioRpcError as exc:
                 _fail(exc)
 
     asyncio.run(run())
+
+
+def _schema(path: Path | None) -> object:
+    from headrace.client import response_format
+
+    return None if path is None else response_format(json_schema=path.read_text())
+
+
+async def _print_stream(stream: AsyncIterator[object], verbose: bool) -> str:
+    """Write a Generate stream's text as it arrives; the whole text."""
+    from headrace.types.v1 import types_pb2
+
+    text = []
+    async for message in stream:
+        if message.text:  # type: ignore[attr-defined]
+            text.append(message.text)  # type: ignore[attr-defined]
+            sys.stdout.write(message.text)  # type: ignore[attr-defined]
+            sys.stdout.flush()
+        if message.finish_reason:  # type: ignore[attr-defined]
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            if verbose:
+                m = message
+                typer.secho(
+                    f"[{m.model}] finish={types_pb2.FinishReason.Name(m.finish_reason)}"  # type: ignore[attr-defined]
+                    f" prompt_tokens={m.usage.prompt_tokens}"  # type: ignore[attr-defined]
+                    f" completion_tokens={m.usage.completion_tokens}"  # type: ignore[attr-defined]
+                    f" cached={m.cached} task={m.task or '-'}"  # type: ignore[attr-defined]
+                    f" arm={m.arm or '-'} request_id={m.request_id}"  # type: ignore[attr-defined]
+                    + (f" provider={m.provider}" if m.provider else ""),  # type: ignore[attr-defined]
+                    err=True,
+                    fg="cyan",
+                )
+    return "".join(text)
+
+
+@app.command()
+def chat(
+    system: Annotated[str, typer.Option(help="A system turn that starts the conversation.")] = "",
+    model: Annotated[str, typer.Option(help="Model name (default model if empty).")] = "",
+    task: Annotated[str, typer.Option(help="Task preset.")] = "",
+    max_tokens: Annotated[int | None, typer.Option(help="Most tokens per reply.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 for deterministic output.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    json_schema: JsonSchemaOption = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the cache.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print usage after.")] = False,
+    target: TargetOption = "127.0.0.1:8080",
+    token: TokenOption = None,
+) -> None:
+    """Talk with a model: each line you type is a turn; replies stream as they are
+    generated and the conversation is kept (/reset starts over, /exit or EOF ends)."""
+    from headrace.client import Client, sampling_params
+    from headrace.types.v1 import types_pb2
+
+    bearer = _user_token(token, ttl=3600)
+    params = sampling_params(temperature=temperature, max_tokens=max_tokens, seed=seed)
+    options = {"model": model, "task": task, "params": params, "bypass_cache": no_cache}
+    start = [types_pb2.ChatMessage(role=types_pb2.ROLE_SYSTEM, content=system)] if system else []
+    interactive = sys.stdin.isatty()
+
+    async def run() -> None:
+        history = list(start)
+        async with Client(target, bearer) as client:
+            while True:
+                line = await asyncio.to_thread(_read_turn, interactive)
+                if line is None or line.strip() == "/exit":
+                    return
+                if line.strip() == "/reset":
+                    history = list(start)
+                    continue
+                if not line.strip():
+                    continue
+                turn = types_pb2.ChatMessage(role=types_pb2.ROLE_USER, content=line)
+                try:
+                    reply = await _print_stream(
+                        client.chat(
+                            [*history, turn], response_format=_schema(json_schema), **options
+                        ),
+                        verbose,
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    if not interactive:
+                        _fail(exc)
+                    typer.secho(f"error: {exc.code().name}: {exc.details()}", err=True, fg="red")
+                    continue
+                history += [
+                    turn,
+                    types_pb2.ChatMessage(role=types_pb2.ROLE_ASSISTANT, content=reply),
+                ]
+
+    asyncio.run(run())
+
+
+def _read_turn(interactive: bool) -> str | None:
+    try:
+        if interactive:
+            return input("you> ")
+        line = sys.stdin.readline()
+        return line.rstrip("\n") if line else None
+    except EOFError:
+        return None
 
 
 @app.command()
@@ -413,7 +544,8 @@ def models(target: TargetOption = "127.0.0.1:8080", token: TokenOption = None) -
             try:
                 for m in await client.list_models():
                     mark = " (default)" if m.is_default else ""
-                    typer.echo(f"{m.name}\tcontext={m.context_size}{mark}")
+                    aliases = f"\taliases={','.join(m.aliases)}" if m.aliases else ""
+                    typer.echo(f"{m.name}\tcontext={m.context_size}{mark}{aliases}")
             except grpc.aio.AioRpcError as exc:
                 _fail(exc)
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -72,6 +73,50 @@ def sampling_params(
     return params
 
 
+ROLES = {
+    "system": types_pb2.ROLE_SYSTEM,
+    "developer": types_pb2.ROLE_SYSTEM,
+    "user": types_pb2.ROLE_USER,
+    "assistant": types_pb2.ROLE_ASSISTANT,
+}
+
+
+def chat_messages(
+    turns: Iterable[types_pb2.ChatMessage | Mapping[str, str] | tuple[str, str]],
+) -> list[types_pb2.ChatMessage]:
+    """ChatMessages from dicts ({"role": "user", "content": "Hi"}), (role, content)
+    pairs or ChatMessages; roles: system (or developer), user, assistant."""
+    out = []
+    for turn in turns:
+        if isinstance(turn, types_pb2.ChatMessage):
+            out.append(turn)
+            continue
+        role, content = (turn["role"], turn["content"]) if isinstance(turn, Mapping) else turn
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+        out.append(types_pb2.ChatMessage(role=ROLES[role], content=content))
+    return out
+
+
+def response_format(
+    *,
+    json_schema: str | Mapping[str, Any] | None = None,
+    json_object: bool = False,
+    grammar: str | None = None,
+) -> types_pb2.ResponseFormat | None:
+    """A ResponseFormat from at most one constraint (a schema as a dict or JSON text)."""
+    if sum(x is not None and x is not False for x in (json_schema, grammar, json_object)) > 1:
+        raise ValueError("give at most one of json_schema, json_object and grammar")
+    if json_schema is not None:
+        text = json_schema if isinstance(json_schema, str) else json.dumps(json_schema)
+        return types_pb2.ResponseFormat(json_schema=text)
+    if grammar is not None:
+        return types_pb2.ResponseFormat(grammar=grammar)
+    if json_object:
+        return types_pb2.ResponseFormat(json_object=True)
+    return None
+
+
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 
 
@@ -114,8 +159,10 @@ class Client:
 
     async def stream(
         self,
-        prompt: str,
+        prompt: str = "",
         *,
+        messages: Sequence[types_pb2.ChatMessage] = (),
+        response_format: types_pb2.ResponseFormat | None = None,
         model: str = "",
         task: str = "",
         params: types_pb2.SamplingParams | None = None,
@@ -124,10 +171,17 @@ class Client:
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
         """The Generate stream: text deltas, then a last message with finish_reason and usage.
 
-        `timeout` is the whole request's deadline, retries included.
+        A prompt, or a conversation in `messages` (see `chat`). `timeout` is the whole
+        request's deadline, retries included.
         """
         request = router_pb2.GenerateRequest(
-            prompt=prompt, model=model, task=task, params=params, bypass_cache=bypass_cache
+            prompt=prompt,
+            messages=messages,
+            response_format=response_format,
+            model=model,
+            task=task,
+            params=params,
+            bypass_cache=bypass_cache,
         )
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = self._backoff_s
@@ -149,6 +203,15 @@ class Client:
                 await asyncio.sleep(wait)
                 delay *= 2
 
+    def chat(
+        self,
+        messages: Iterable[types_pb2.ChatMessage | Mapping[str, str] | tuple[str, str]],
+        **kwargs: Any,
+    ) -> AsyncIterator[router_pb2.GenerateResponse]:
+        """A conversation's next reply as a stream, as `stream` streams a prompt's:
+        `async for r in c.chat([("system", "Be brief."), ("user", "Hi")]): ...`"""
+        return self.stream(messages=chat_messages(messages), **kwargs)
+
     async def generate_many(
         self, prompts: Sequence[str], *, concurrency: int = 4, **kwargs: Any
     ) -> list[GenerateResult | BaseException]:
@@ -162,8 +225,8 @@ class Client:
 
         return await asyncio.gather(*(one(p) for p in prompts), return_exceptions=True)
 
-    async def generate(self, prompt: str, **kwargs: object) -> GenerateResult:
-        """The whole response of one Generate."""
+    async def generate(self, prompt: str = "", **kwargs: object) -> GenerateResult:
+        """The whole response of one Generate (a prompt, or `messages=` for a chat)."""
         result = GenerateResult()
         async for message in self.stream(prompt, **kwargs):  # type: ignore[arg-type]
             if message.text:

@@ -7,14 +7,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AuthorizeRequest(_message.Message):
-    __slots__ = ("credential", "model", "reserve_tokens")
+    __slots__ = ("credential", "model", "reserve_tokens", "content_bytes")
     CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RESERVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_BYTES_FIELD_NUMBER: _ClassVar[int]
     credential: str
     model: str
     reserve_tokens: int
-    def __init__(self, credential: _Optional[str] = ..., model: _Optional[str] = ..., reserve_tokens: _Optional[int] = ...) -> None: ...
+    content_bytes: int
+    def __init__(self, credential: _Optional[str] = ..., model: _Optional[str] = ..., reserve_tokens: _Optional[int] = ..., content_bytes: _Optional[int] = ...) -> None: ...
 
 class AuthorizeResponse(_message.Message):
     __slots__ = ("subject", "scopes", "tier", "reserved_tokens")

@@ -7,20 +7,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CacheKey(_message.Message):
-    __slots__ = ("model", "prompt", "params", "subject", "task", "revision")
+    __slots__ = ("model", "prompt", "params", "subject", "task", "revision", "content_digest")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     params: _types_pb2.SamplingParams
     subject: str
     task: str
     revision: str
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., params: _Optional[_Union[_types_pb2.SamplingParams, _Mapping]] = ..., subject: _Optional[str] = ..., task: _Optional[str] = ..., revision: _Optional[str] = ...) -> None: ...
+    content_digest: str
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., params: _Optional[_Union[_types_pb2.SamplingParams, _Mapping]] = ..., subject: _Optional[str] = ..., task: _Optional[str] = ..., revision: _Optional[str] = ..., content_digest: _Optional[str] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
     __slots__ = ("key",)

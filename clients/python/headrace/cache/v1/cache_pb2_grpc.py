@@ -68,10 +68,23 @@ class CacheServiceServicer:
     def Lookup(self, request, context):
         """Lookup replays a cached response. A miss is one message with hit = false;
         a hit is one or more messages with hit = true, chunked like the original,
-        the last carrying finish_reason and usage. When an identical request is
-        being generated right now, Lookup follows it (single-flight): its chunks
-        stream as they are produced; if that generation stops before it completes,
-        the call ends with ABORTED.
+        the last carrying finish_reason and usage. Requests whose params are not
+        deterministic (temperature 0 or a seed) always miss.
+
+        The order: a stored entry for the exact key; else an identical request being
+        generated right now (single-flight), which this call then follows, its chunks
+        streaming as they are produced; else, when the semantic cache is on, a stored
+        answer to a prompt close in meaning; else a miss.
+
+        The Lookup/Store contract. A miss of a cacheable key makes the caller the
+        key's leader: it must start Store for the same key within the cache's
+        `flight_start_seconds` (10 s by default) and send the response as it streams,
+        or not generate at all (in which case it need do nothing). Identical requests
+        that look the key up meanwhile follow the leader. If the leader's Store does
+        not start in that time, or ends without `complete`, every follower's Lookup
+        ends with ABORTED ("... stopped before it finished; retry the request"), at
+        the latest `flight_start_seconds` after the miss when Store never came; a
+        follower told so before any chunk reached it generates the response itself.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,7 +93,9 @@ class CacheServiceServicer:
     def Store(self, request_iterator, context):
         """Store receives a response while it streams. The first message names the
         request (key); later ones carry text; the last sets complete = true with
-        finish_reason and usage. A stream that ends without complete stores nothing.
+        finish_reason and usage. A stream that ends without complete stores nothing
+        and fails the key's flight (its followers get ABORTED). A Store that starts
+        after its flight expired still stores the entry but feeds no follower.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -54,7 +54,11 @@ class InferenceServiceServicer:
     def Generate(self, request, context):
         """Generate streams text deltas; the last message carries finish_reason and
         usage. Errors: NOT_FOUND (model), INVALID_ARGUMENT (params),
-        RESOURCE_EXHAUSTED (all slots busy and the queue full).
+        RESOURCE_EXHAUSTED (all slots busy and the queue full). The upstream service
+        (hosted models) answers RESOURCE_EXHAUSTED when a free allowance is spent or
+        the provider asked to back off (429), UNAVAILABLE when it fails (5xx, timeout,
+        down; mid-stream too, naming it), and INVALID_ARGUMENT for a grammar or schema
+        the provider cannot honour.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

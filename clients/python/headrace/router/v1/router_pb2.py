@@ -25,49 +25,49 @@ _sym_db = _symbol_database.Default()
 from headrace.types.v1 import types_pb2 as headrace_dot_types_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fheadrace/router/v1/router.proto\x12\x12headrace.router.v1\x1a\x1dheadrace/types/v1/types.proto\"\xb1\x01\n\x0fGenerateRequest\x12\x16\n\x06prompt\x18\x01 \x01(\tR\x06prompt\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12\x12\n\x04task\x18\x03 \x01(\tR\x04task\x12\x39\n\x06params\x18\x04 \x01(\x0b\x32!.headrace.types.v1.SamplingParamsR\x06params\x12!\n\x0c\x62ypass_cache\x18\x05 \x01(\x08R\x0b\x62ypassCache\"\x8f\x02\n\x10GenerateResponse\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x44\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1f.headrace.types.v1.FinishReasonR\x0c\x66inishReason\x12.\n\x05usage\x18\x03 \x01(\x0b\x32\x18.headrace.types.v1.UsageR\x05usage\x12\x16\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08R\x06\x63\x61\x63hed\x12\x14\n\x05model\x18\x05 \x01(\tR\x05model\x12\x1d\n\nrequest_id\x18\x06 \x01(\tR\trequestId\x12\x12\n\x04task\x18\x07 \x01(\tR\x04task\x12\x10\n\x03\x61rm\x18\x08 \x01(\tR\x03\x61rm\"\x13\n\x11ListModelsRequest\"G\n\x12ListModelsResponse\x12\x31\n\x06models\x18\x01 \x03(\x0b\x32\x19.headrace.router.v1.ModelR\x06models\"]\n\x05Model\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12!\n\x0c\x63ontext_size\x18\x02 \x01(\x05R\x0b\x63ontextSize\x12\x1d\n\nis_default\x18\x03 \x01(\x08R\tisDefault\"\x12\n\x10ListTasksRequest\"C\n\x11ListTasksResponse\x12.\n\x05tasks\x18\x01 \x03(\x0b\x32\x18.headrace.router.v1.TaskR\x05tasks\"\x8f\x01\n\x04Task\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12 \n\x0b\x64\x65scription\x18\x02 \x01(\tR\x0b\x64\x65scription\x12\x16\n\x06models\x18\x03 \x03(\tR\x06models\x12\x39\n\x06params\x18\x04 \x01(\x0b\x32!.headrace.types.v1.SamplingParamsR\x06params\"b\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x16\n\x06rating\x18\x02 \x01(\x02R\x06rating\x12\x18\n\x07\x63omment\x18\x03 \x01(\tR\x07\x63omment\"\x12\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\"\x93\x01\n\x12SubmitBatchRequest\x12\x18\n\x07prompts\x18\x01 \x03(\tR\x07prompts\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12\x12\n\x04task\x18\x03 \x01(\tR\x04task\x12\x39\n\x06params\x18\x04 \x01(\x0b\x32!.headrace.types.v1.SamplingParamsR\x06params\"F\n\x13SubmitBatchResponse\x12\x19\n\x08\x62\x61tch_id\x18\x01 \x01(\tR\x07\x62\x61tchId\x12\x14\n\x05total\x18\x02 \x01(\x05R\x05total\",\n\x0fGetBatchRequest\x12\x19\n\x08\x62\x61tch_id\x18\x01 \x01(\tR\x07\x62\x61tchId\".\n\x11WatchBatchRequest\x12\x19\n\x08\x62\x61tch_id\x18\x01 \x01(\tR\x07\x62\x61tchId\"\xc8\x01\n\x10GetBatchResponse\x12\x19\n\x08\x62\x61tch_id\x18\x01 \x01(\tR\x07\x62\x61tchId\x12\x34\n\x05state\x18\x02 \x01(\x0e\x32\x1e.headrace.router.v1.BatchStateR\x05state\x12\x14\n\x05total\x18\x03 \x01(\x05R\x05total\x12\x12\n\x04\x64one\x18\x04 \x01(\x05R\x04\x64one\x12\x39\n\x07results\x18\x05 \x03(\x0b\x32\x1f.headrace.router.v1.BatchResultR\x07results\"M\n\x12WatchBatchResponse\x12\x37\n\x06result\x18\x01 \x01(\x0b\x32\x1f.headrace.router.v1.BatchResultR\x06result\"\xd9\x01\n\x0b\x42\x61tchResult\x12\x14\n\x05index\x18\x01 \x01(\x05R\x05index\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x44\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1f.headrace.types.v1.FinishReasonR\x0c\x66inishReason\x12.\n\x05usage\x18\x04 \x01(\x0b\x32\x18.headrace.types.v1.UsageR\x05usage\x12\x14\n\x05model\x18\x05 \x01(\tR\x05model\x12\x14\n\x05\x65rror\x18\x06 \x01(\tR\x05\x65rror*q\n\nBatchState\x12\x1b\n\x17\x42\x41TCH_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42\x41TCH_STATE_PENDING\x10\x01\x12\x17\n\x13\x42\x41TCH_STATE_RUNNING\x10\x02\x12\x14\n\x10\x42\x41TCH_STATE_DONE\x10\x03\x32\x8c\x05\n\rRouterService\x12W\n\x08Generate\x12#.headrace.router.v1.GenerateRequest\x1a$.headrace.router.v1.GenerateResponse0\x01\x12[\n\nListModels\x12%.headrace.router.v1.ListModelsRequest\x1a&.headrace.router.v1.ListModelsResponse\x12X\n\tListTasks\x12$.headrace.router.v1.ListTasksRequest\x1a%.headrace.router.v1.ListTasksResponse\x12U\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12#.headrace.router.v1.FeedbackRequest\x1a$.headrace.router.v1.FeedbackResponse\x12^\n\x0bSubmitBatch\x12&.headrace.router.v1.SubmitBatchRequest\x1a\'.headrace.router.v1.SubmitBatchResponse\x12U\n\x08GetBatch\x12#.headrace.router.v1.GetBatchRequest\x1a$.headrace.router.v1.GetBatchResponse\x12]\n\nWatchBatch\x12%.headrace.router.v1.WatchBatchRequest\x1a&.headrace.router.v1.WatchBatchResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fheadrace/router/v1/router.proto\x12\x12headrace.router.v1\x1a\x1dheadrace/types/v1/types.proto\"\xb9\x02\n\x0fGenerateRequest\x12\x16\n\x06prompt\x18\x01 \x01(\tR\x06prompt\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12\x12\n\x04task\x18\x03 \x01(\tR\x04task\x12\x39\n\x06params\x18\x04 \x01(\x0b\x32!.headrace.types.v1.SamplingParamsR\x06params\x12!\n\x0c\x62ypass_cache\x18\x05 \x01(\x08R\x0b\x62ypassCache\x12:\n\x08messages\x18\x06 \x03(\x0b\x32\x1e.headrace.types.v1.ChatMessageR\x08messages\x12J\n\x0fresponse_format\x18\x07 \x01(\x0b\x32!.headrace.types.v1.ResponseFormatR\x0eresponseFormat\"\xab\x02\n\x10GenerateResponse\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x44\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1f.headrace.types.v1.FinishReasonR\x0c\x66inishReason\x12.\n\x05usage\x18\x03 \x01(\x0b\x32\x18.headrace.types.v1.UsageR\x05usage\x12\x16\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08R\x06\x63\x61\x63hed\x12\x14\n\x05model\x18\x05 \x01(\tR\x05model\x12\x1d\n\nrequest_id\x18\x06 \x01(\tR\trequestId\x12\x12\n\x04task\x18\x07 \x01(\tR\x04task\x12\x10\n\x03\x61rm\x18\x08 \x01(\tR\x03\x61rm\x12\x1a\n\x08provider\x18\t \x01(\tR\x08provider\"\x13\n\x11ListModelsRequest\"G\n\x12ListModelsResponse\x12\x31\n\x06models\x18\x01 \x03(\x0b\x32\x19.headrace.router.v1.ModelR\x06models\"w\n\x05Model\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12!\n\x0c\x63ontext_size\x18\x02 \x01(\x05R\x0b\x63ontextSize\x12\x1d\n\nis_default\x18\x03 \x01(\x08R\tisDefault\x12\x18\n\x07\x61liases\x18\x04 \x03(\tR\x07\x61liases\"\x12\n\x10ListTasksRequest\"C\n\x11ListTasksResponse\x12.\n\x05tasks\x18\x01 \x03(\x0b\x32\x18.headrace.router.v1.TaskR\x05tasks\"\x8f\x01\n\x04Task\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12 \n\x0b\x64\x65scription\x18\x02 \x01(\tR\x0b\x64\x65scription\x12\x16\n\x06models\x18\x03 \x03(\tR\x06models\x12\x39\n\x06params\x18\x04 \x01(\x0b\x32!.headrace.types.v1.SamplingParamsR\x06params\"b\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x16\n\x06rating\x18\x02 \x01(\x02R\x06rating\x12\x18\n\x07\x63omment\x18\x03 \x01(\tR\x07\x63omment\"\x12\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\"\x93\x01\n\x12SubmitBatchRequest\x12\x18\n\x07prompts\x18\x01 \x03(\tR\x07prompts\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12\x12\n\x04task\x18\x03 \x01(\tR\x04task\x12\x39\n\x06params\x18\x04 \x01(\x0b\x32!.headrace.types.v1.SamplingParamsR\x06params\"F\n\x13SubmitBatchResponse\x12\x19\n\x08\x62\x61tch_id\x18\x01 \x01(\tR\x07\x62\x61tchId\x12\x14\n\x05total\x18\x02 \x01(\x05R\x05total\",\n\x0fGetBatchRequest\x12\x19\n\x08\x62\x61tch_id\x18\x01 \x01(\tR\x07\x62\x61tchId\".\n\x11WatchBatchRequest\x12\x19\n\x08\x62\x61tch_id\x18\x01 \x01(\tR\x07\x62\x61tchId\"\xc8\x01\n\x10GetBatchResponse\x12\x19\n\x08\x62\x61tch_id\x18\x01 \x01(\tR\x07\x62\x61tchId\x12\x34\n\x05state\x18\x02 \x01(\x0e\x32\x1e.headrace.router.v1.BatchStateR\x05state\x12\x14\n\x05total\x18\x03 \x01(\x05R\x05total\x12\x12\n\x04\x64one\x18\x04 \x01(\x05R\x04\x64one\x12\x39\n\x07results\x18\x05 \x03(\x0b\x32\x1f.headrace.router.v1.BatchResultR\x07results\"M\n\x12WatchBatchResponse\x12\x37\n\x06result\x18\x01 \x01(\x0b\x32\x1f.headrace.router.v1.BatchResultR\x06result\"\xd9\x01\n\x0b\x42\x61tchResult\x12\x14\n\x05index\x18\x01 \x01(\x05R\x05index\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x44\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1f.headrace.types.v1.FinishReasonR\x0c\x66inishReason\x12.\n\x05usage\x18\x04 \x01(\x0b\x32\x18.headrace.types.v1.UsageR\x05usage\x12\x14\n\x05model\x18\x05 \x01(\tR\x05model\x12\x14\n\x05\x65rror\x18\x06 \x01(\tR\x05\x65rror*q\n\nBatchState\x12\x1b\n\x17\x42\x41TCH_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42\x41TCH_STATE_PENDING\x10\x01\x12\x17\n\x13\x42\x41TCH_STATE_RUNNING\x10\x02\x12\x14\n\x10\x42\x41TCH_STATE_DONE\x10\x03\x32\x8c\x05\n\rRouterService\x12W\n\x08Generate\x12#.headrace.router.v1.GenerateRequest\x1a$.headrace.router.v1.GenerateResponse0\x01\x12[\n\nListModels\x12%.headrace.router.v1.ListModelsRequest\x1a&.headrace.router.v1.ListModelsResponse\x12X\n\tListTasks\x12$.headrace.router.v1.ListTasksRequest\x1a%.headrace.router.v1.ListTasksResponse\x12U\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12#.headrace.router.v1.FeedbackRequest\x1a$.headrace.router.v1.FeedbackResponse\x12^\n\x0bSubmitBatch\x12&.headrace.router.v1.SubmitBatchRequest\x1a\'.headrace.router.v1.SubmitBatchResponse\x12U\n\x08GetBatch\x12#.headrace.router.v1.GetBatchRequest\x1a$.headrace.router.v1.GetBatchResponse\x12]\n\nWatchBatch\x12%.headrace.router.v1.WatchBatchRequest\x1a&.headrace.router.v1.WatchBatchResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'headrace.router.v1.router_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BATCHSTATE']._serialized_start=1902
-  _globals['_BATCHSTATE']._serialized_end=2015
+  _globals['_BATCHSTATE']._serialized_start=2092
+  _globals['_BATCHSTATE']._serialized_end=2205
   _globals['_GENERATEREQUEST']._serialized_start=87
-  _globals['_GENERATEREQUEST']._serialized_end=264
-  _globals['_GENERATERESPONSE']._serialized_start=267
-  _globals['_GENERATERESPONSE']._serialized_end=538
-  _globals['_LISTMODELSREQUEST']._serialized_start=540
-  _globals['_LISTMODELSREQUEST']._serialized_end=559
-  _globals['_LISTMODELSRESPONSE']._serialized_start=561
-  _globals['_LISTMODELSRESPONSE']._serialized_end=632
-  _globals['_MODEL']._serialized_start=634
-  _globals['_MODEL']._serialized_end=727
-  _globals['_LISTTASKSREQUEST']._serialized_start=729
-  _globals['_LISTTASKSREQUEST']._serialized_end=747
-  _globals['_LISTTASKSRESPONSE']._serialized_start=749
-  _globals['_LISTTASKSRESPONSE']._serialized_end=816
-  _globals['_TASK']._serialized_start=819
-  _globals['_TASK']._serialized_end=962
-  _globals['_FEEDBACKREQUEST']._serialized_start=964
-  _globals['_FEEDBACKREQUEST']._serialized_end=1062
-  _globals['_FEEDBACKRESPONSE']._serialized_start=1064
-  _globals['_FEEDBACKRESPONSE']._serialized_end=1082
-  _globals['_SUBMITBATCHREQUEST']._serialized_start=1085
-  _globals['_SUBMITBATCHREQUEST']._serialized_end=1232
-  _globals['_SUBMITBATCHRESPONSE']._serialized_start=1234
-  _globals['_SUBMITBATCHRESPONSE']._serialized_end=1304
-  _globals['_GETBATCHREQUEST']._serialized_start=1306
-  _globals['_GETBATCHREQUEST']._serialized_end=1350
-  _globals['_WATCHBATCHREQUEST']._serialized_start=1352
-  _globals['_WATCHBATCHREQUEST']._serialized_end=1398
-  _globals['_GETBATCHRESPONSE']._serialized_start=1401
-  _globals['_GETBATCHRESPONSE']._serialized_end=1601
-  _globals['_WATCHBATCHRESPONSE']._serialized_start=1603
-  _globals['_WATCHBATCHRESPONSE']._serialized_end=1680
-  _globals['_BATCHRESULT']._serialized_start=1683
-  _globals['_BATCHRESULT']._serialized_end=1900
-  _globals['_ROUTERSERVICE']._serialized_start=2018
-  _globals['_ROUTERSERVICE']._serialized_end=2670
+  _globals['_GENERATEREQUEST']._serialized_end=400
+  _globals['_GENERATERESPONSE']._serialized_start=403
+  _globals['_GENERATERESPONSE']._serialized_end=702
+  _globals['_LISTMODELSREQUEST']._serialized_start=704
+  _globals['_LISTMODELSREQUEST']._serialized_end=723
+  _globals['_LISTMODELSRESPONSE']._serialized_start=725
+  _globals['_LISTMODELSRESPONSE']._serialized_end=796
+  _globals['_MODEL']._serialized_start=798
+  _globals['_MODEL']._serialized_end=917
+  _globals['_LISTTASKSREQUEST']._serialized_start=919
+  _globals['_LISTTASKSREQUEST']._serialized_end=937
+  _globals['_LISTTASKSRESPONSE']._serialized_start=939
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1006
+  _globals['_TASK']._serialized_start=1009
+  _globals['_TASK']._serialized_end=1152
+  _globals['_FEEDBACKREQUEST']._serialized_start=1154
+  _globals['_FEEDBACKREQUEST']._serialized_end=1252
+  _globals['_FEEDBACKRESPONSE']._serialized_start=1254
+  _globals['_FEEDBACKRESPONSE']._serialized_end=1272
+  _globals['_SUBMITBATCHREQUEST']._serialized_start=1275
+  _globals['_SUBMITBATCHREQUEST']._serialized_end=1422
+  _globals['_SUBMITBATCHRESPONSE']._serialized_start=1424
+  _globals['_SUBMITBATCHRESPONSE']._serialized_end=1494
+  _globals['_GETBATCHREQUEST']._serialized_start=1496
+  _globals['_GETBATCHREQUEST']._serialized_end=1540
+  _globals['_WATCHBATCHREQUEST']._serialized_start=1542
+  _globals['_WATCHBATCHREQUEST']._serialized_end=1588
+  _globals['_GETBATCHRESPONSE']._serialized_start=1591
+  _globals['_GETBATCHRESPONSE']._serialized_end=1791
+  _globals['_WATCHBATCHRESPONSE']._serialized_start=1793
+  _globals['_WATCHBATCHRESPONSE']._serialized_end=1870
+  _globals['_BATCHRESULT']._serialized_start=1873
+  _globals['_BATCHRESULT']._serialized_end=2090
+  _globals['_ROUTERSERVICE']._serialized_start=2208
+  _globals['_ROUTERSERVICE']._serialized_end=2860
 # @@protoc_insertion_point(module_scope)

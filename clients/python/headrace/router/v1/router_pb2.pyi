@@ -20,21 +20,25 @@ BATCH_STATE_RUNNING: BatchState
 BATCH_STATE_DONE: BatchState
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "model", "task", "params", "bypass_cache")
+    __slots__ = ("prompt", "model", "task", "params", "bypass_cache", "messages", "response_format")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     BYPASS_CACHE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FORMAT_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     model: str
     task: str
     params: _types_pb2.SamplingParams
     bypass_cache: bool
-    def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., task: _Optional[str] = ..., params: _Optional[_Union[_types_pb2.SamplingParams, _Mapping]] = ..., bypass_cache: _Optional[bool] = ...) -> None: ...
+    messages: _containers.RepeatedCompositeFieldContainer[_types_pb2.ChatMessage]
+    response_format: _types_pb2.ResponseFormat
+    def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., task: _Optional[str] = ..., params: _Optional[_Union[_types_pb2.SamplingParams, _Mapping]] = ..., bypass_cache: _Optional[bool] = ..., messages: _Optional[_Iterable[_Union[_types_pb2.ChatMessage, _Mapping]]] = ..., response_format: _Optional[_Union[_types_pb2.ResponseFormat, _Mapping]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("text", "finish_reason", "usage", "cached", "model", "request_id", "task", "arm")
+    __slots__ = ("text", "finish_reason", "usage", "cached", "model", "request_id", "task", "arm", "provider")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +47,7 @@ class GenerateResponse(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     ARM_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
     text: str
     finish_reason: _types_pb2.FinishReason
     usage: _types_pb2.Usage
@@ -51,7 +56,8 @@ class GenerateResponse(_message.Message):
     request_id: str
     task: str
     arm: str
-    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[_types_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_types_pb2.Usage, _Mapping]] = ..., cached: _Optional[bool] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., task: _Optional[str] = ..., arm: _Optional[str] = ...) -> None: ...
+    provider: str
+    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[_types_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_types_pb2.Usage, _Mapping]] = ..., cached: _Optional[bool] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., task: _Optional[str] = ..., arm: _Optional[str] = ..., provider: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -64,14 +70,16 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "context_size", "is_default")
+    __slots__ = ("name", "context_size", "is_default", "aliases")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
     name: str
     context_size: int
     is_default: bool
-    def __init__(self, name: _Optional[str] = ..., context_size: _Optional[int] = ..., is_default: _Optional[bool] = ...) -> None: ...
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., context_size: _Optional[int] = ..., is_default: _Optional[bool] = ..., aliases: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
     __slots__ = ()

@@ -22,23 +22,44 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from headrace.types.v1 import types_pb2 as headrace_dot_types_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%headrace/sanitizer/v1/sanitizer.proto\x12\x15headrace.sanitizer.v1\"@\n\x12\x43heckPromptRequest\x12\x16\n\x06prompt\x18\x01 \x01(\tR\x06prompt\x12\x12\n\x04tier\x18\x02 \x01(\tR\x04tier\"z\n\x13\x43heckPromptResponse\x12\x16\n\x06prompt\x18\x01 \x01(\tR\x06prompt\x12\x1e\n\nredactions\x18\x02 \x03(\tR\nredactions\x12+\n\x11output_unfiltered\x18\x03 \x01(\x08R\x10outputUnfiltered\"O\n\x13\x46ilterStreamRequest\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x10\n\x03\x65nd\x18\x02 \x01(\x08R\x03\x65nd\x12\x12\n\x04tier\x18\x03 \x01(\tR\x04tier\"]\n\x14\x46ilterStreamResponse\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x18\n\x07\x62locked\x18\x02 \x01(\x08R\x07\x62locked\x12\x17\n\x07rule_id\x18\x03 \x01(\tR\x06ruleId2\xe5\x01\n\x10SanitizerService\x12\x64\n\x0b\x43heckPrompt\x12).headrace.sanitizer.v1.CheckPromptRequest\x1a*.headrace.sanitizer.v1.CheckPromptResponse\x12k\n\x0c\x46ilterStream\x12*.headrace.sanitizer.v1.FilterStreamRequest\x1a+.headrace.sanitizer.v1.FilterStreamResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%headrace/sanitizer/v1/sanitizer.proto\x12\x15headrace.sanitizer.v1\x1a\x1dheadrace/types/v1/types.proto\"|\n\x12\x43heckPromptRequest\x12\x16\n\x06prompt\x18\x01 \x01(\tR\x06prompt\x12\x12\n\x04tier\x18\x02 \x01(\tR\x04tier\x12:\n\x08messages\x18\x03 \x03(\x0b\x32\x1e.headrace.types.v1.ChatMessageR\x08messages\"\xad\x02\n\x13\x43heckPromptResponse\x12\x16\n\x06prompt\x18\x01 \x01(\tR\x06prompt\x12\x1e\n\nredactions\x18\x02 \x03(\tR\nredactions\x12+\n\x11output_unfiltered\x18\x03 \x01(\x08R\x10outputUnfiltered\x12:\n\x08messages\x18\x04 \x03(\x0b\x32\x1e.headrace.types.v1.ChatMessageR\x08messages\x12\x14\n\x05\x66lags\x18\x05 \x03(\tR\x05\x66lags\x12\x1d\n\ndecided_by\x18\x06 \x01(\tR\tdecidedBy\x12,\n\x0finjection_score\x18\x07 \x01(\x02H\x00R\x0einjectionScore\x88\x01\x01\x42\x12\n\x10_injection_score\"O\n\x13\x46ilterStreamRequest\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x10\n\x03\x65nd\x18\x02 \x01(\x08R\x03\x65nd\x12\x12\n\x04tier\x18\x03 \x01(\tR\x04tier\"]\n\x14\x46ilterStreamResponse\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x18\n\x07\x62locked\x18\x02 \x01(\x08R\x07\x62locked\x12\x17\n\x07rule_id\x18\x03 \x01(\tR\x06ruleId\"?\n\x18WatchOutputPolicyRequest\x12#\n\rknown_version\x18\x01 \x01(\tR\x0cknownVersion\"\xa6\x01\n\x19WatchOutputPolicyResponse\x12\x18\n\x07version\x18\x01 \x01(\tR\x07version\x12\x42\n\x08policies\x18\x02 \x01(\x0b\x32&.headrace.sanitizer.v1.OutputPolicySetR\x08policies\x12+\n\x11heartbeat_seconds\x18\x03 \x01(\x02R\x10heartbeatSeconds\"\x85\x02\n\x0fOutputPolicySet\x12J\n\x0e\x64\x65\x66\x61ult_policy\x18\x01 \x01(\x0b\x32#.headrace.sanitizer.v1.OutputPolicyR\rdefaultPolicy\x12G\n\x05tiers\x18\x02 \x03(\x0b\x32\x31.headrace.sanitizer.v1.OutputPolicySet.TiersEntryR\x05tiers\x1a]\n\nTiersEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x39\n\x05value\x18\x02 \x01(\x0b\x32#.headrace.sanitizer.v1.OutputPolicyR\x05value:\x02\x38\x01\"G\n\x0cOutputPolicy\x12\x37\n\x05rules\x18\x01 \x03(\x0b\x32!.headrace.sanitizer.v1.OutputRuleR\x05rules\"\xa2\x02\n\nOutputRule\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n\x08\x63\x61tegory\x18\x02 \x01(\tR\x08\x63\x61tegory\x12?\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\'.headrace.sanitizer.v1.OutputRuleActionR\x06\x61\x63tion\x12 \n\x0bplaceholder\x18\x04 \x01(\tR\x0bplaceholder\x12:\n\x05terms\x18\x05 \x01(\x0b\x32\".headrace.sanitizer.v1.OutputTermsH\x00R\x05terms\x12@\n\x07pattern\x18\x06 \x01(\x0b\x32$.headrace.sanitizer.v1.OutputPatternH\x00R\x07patternB\x07\n\x05match\"B\n\x0bOutputTerms\x12\x14\n\x05terms\x18\x01 \x03(\tR\x05terms\x12\x1d\n\nwhole_word\x18\x02 \x01(\x08R\twholeWord\"\x86\x02\n\rOutputPattern\x12\x14\n\x05regex\x18\x01 \x01(\tR\x05regex\x12\x14\n\x05\x66lags\x18\x02 \x01(\x05R\x05\x66lags\x12\x1d\n\nmax_length\x18\x03 \x01(\x05R\tmaxLength\x12\x18\n\x07partial\x18\x04 \x01(\tR\x07partial\x12#\n\rpartial_flags\x18\x05 \x01(\x05R\x0cpartialFlags\x12\x18\n\x07\x63losing\x18\x06 \x01(\tR\x07\x63losing\x12#\n\rclosing_flags\x18\x07 \x01(\x05R\x0c\x63losingFlags\x12\x14\n\x05needs\x18\x08 \x03(\tR\x05needs\x12\x16\n\x06\x66inder\x18\t \x01(\tR\x06\x66inder*\x91\x01\n\x10OutputRuleAction\x12\"\n\x1eOUTPUT_RULE_ACTION_UNSPECIFIED\x10\x00\x12\x1c\n\x18OUTPUT_RULE_ACTION_BLOCK\x10\x01\x12\x1d\n\x19OUTPUT_RULE_ACTION_REDACT\x10\x02\x12\x1c\n\x18OUTPUT_RULE_ACTION_ALLOW\x10\x03\x32\xdf\x02\n\x10SanitizerService\x12\x64\n\x0b\x43heckPrompt\x12).headrace.sanitizer.v1.CheckPromptRequest\x1a*.headrace.sanitizer.v1.CheckPromptResponse\x12k\n\x0c\x46ilterStream\x12*.headrace.sanitizer.v1.FilterStreamRequest\x1a+.headrace.sanitizer.v1.FilterStreamResponse(\x01\x30\x01\x12x\n\x11WatchOutputPolicy\x12/.headrace.sanitizer.v1.WatchOutputPolicyRequest\x1a\x30.headrace.sanitizer.v1.WatchOutputPolicyResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'headrace.sanitizer.v1.sanitizer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHECKPROMPTREQUEST']._serialized_start=64
-  _globals['_CHECKPROMPTREQUEST']._serialized_end=128
-  _globals['_CHECKPROMPTRESPONSE']._serialized_start=130
-  _globals['_CHECKPROMPTRESPONSE']._serialized_end=252
-  _globals['_FILTERSTREAMREQUEST']._serialized_start=254
-  _globals['_FILTERSTREAMREQUEST']._serialized_end=333
-  _globals['_FILTERSTREAMRESPONSE']._serialized_start=335
-  _globals['_FILTERSTREAMRESPONSE']._serialized_end=428
-  _globals['_SANITIZERSERVICE']._serialized_start=431
-  _globals['_SANITIZERSERVICE']._serialized_end=660
+  _globals['_OUTPUTPOLICYSET_TIERSENTRY']._loaded_options = None
+  _globals['_OUTPUTPOLICYSET_TIERSENTRY']._serialized_options = b'8\001'
+  _globals['_OUTPUTRULEACTION']._serialized_start=1899
+  _globals['_OUTPUTRULEACTION']._serialized_end=2044
+  _globals['_CHECKPROMPTREQUEST']._serialized_start=95
+  _globals['_CHECKPROMPTREQUEST']._serialized_end=219
+  _globals['_CHECKPROMPTRESPONSE']._serialized_start=222
+  _globals['_CHECKPROMPTRESPONSE']._serialized_end=523
+  _globals['_FILTERSTREAMREQUEST']._serialized_start=525
+  _globals['_FILTERSTREAMREQUEST']._serialized_end=604
+  _globals['_FILTERSTREAMRESPONSE']._serialized_start=606
+  _globals['_FILTERSTREAMRESPONSE']._serialized_end=699
+  _globals['_WATCHOUTPUTPOLICYREQUEST']._serialized_start=701
+  _globals['_WATCHOUTPUTPOLICYREQUEST']._serialized_end=764
+  _globals['_WATCHOUTPUTPOLICYRESPONSE']._serialized_start=767
+  _globals['_WATCHOUTPUTPOLICYRESPONSE']._serialized_end=933
+  _globals['_OUTPUTPOLICYSET']._serialized_start=936
+  _globals['_OUTPUTPOLICYSET']._serialized_end=1197
+  _globals['_OUTPUTPOLICYSET_TIERSENTRY']._serialized_start=1104
+  _globals['_OUTPUTPOLICYSET_TIERSENTRY']._serialized_end=1197
+  _globals['_OUTPUTPOLICY']._serialized_start=1199
+  _globals['_OUTPUTPOLICY']._serialized_end=1270
+  _globals['_OUTPUTRULE']._serialized_start=1273
+  _globals['_OUTPUTRULE']._serialized_end=1563
+  _globals['_OUTPUTTERMS']._serialized_start=1565
+  _globals['_OUTPUTTERMS']._serialized_end=1631
+  _globals['_OUTPUTPATTERN']._serialized_start=1634
+  _globals['_OUTPUTPATTERN']._serialized_end=1896
+  _globals['_SANITIZERSERVICE']._serialized_start=2047
+  _globals['_SANITIZERSERVICE']._serialized_end=2398
 # @@protoc_insertion_point(module_scope)

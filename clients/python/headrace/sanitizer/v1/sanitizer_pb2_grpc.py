@@ -45,6 +45,11 @@ class SanitizerServiceStub:
                 request_serializer=headrace_dot_sanitizer_dot_v1_dot_sanitizer__pb2.FilterStreamRequest.SerializeToString,
                 response_deserializer=headrace_dot_sanitizer_dot_v1_dot_sanitizer__pb2.FilterStreamResponse.FromString,
                 _registered_method=True)
+        self.WatchOutputPolicy = channel.unary_stream(
+                '/headrace.sanitizer.v1.SanitizerService/WatchOutputPolicy',
+                request_serializer=headrace_dot_sanitizer_dot_v1_dot_sanitizer__pb2.WatchOutputPolicyRequest.SerializeToString,
+                response_deserializer=headrace_dot_sanitizer_dot_v1_dot_sanitizer__pb2.WatchOutputPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class SanitizerServiceServicer:
@@ -70,6 +75,21 @@ class SanitizerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchOutputPolicy(self, request, context):
+        """WatchOutputPolicy streams the compiled output policy of every tier, so a caller
+        (the router) can filter output in its own process with the shared filter
+        library (headrace.services.runtime.output_filter) instead of a FilterStream
+        round trip per piece. The first message carries the policies; later ones carry
+        them again whenever they change (the sanitizer reloads its configuration while
+        running), and in between a heartbeat with the version alone, at least every
+        `heartbeat_seconds`. A caller that has heard nothing for longer than its own
+        limit must treat the policy as lost and refuse output (fail closed). The
+        stream lasts until the caller cancels it or the sanitizer stops.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SanitizerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -82,6 +102,11 @@ def add_SanitizerServiceServicer_to_server(servicer, server):
                     servicer.FilterStream,
                     request_deserializer=headrace_dot_sanitizer_dot_v1_dot_sanitizer__pb2.FilterStreamRequest.FromString,
                     response_serializer=headrace_dot_sanitizer_dot_v1_dot_sanitizer__pb2.FilterStreamResponse.SerializeToString,
+            ),
+            'WatchOutputPolicy': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchOutputPolicy,
+                    request_deserializer=headrace_dot_sanitizer_dot_v1_dot_sanitizer__pb2.WatchOutputPolicyRequest.FromString,
+                    response_serializer=headrace_dot_sanitizer_dot_v1_dot_sanitizer__pb2.WatchOutputPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -139,6 +164,33 @@ class SanitizerService:
             '/headrace.sanitizer.v1.SanitizerService/FilterStream',
             headrace_dot_sanitizer_dot_v1_dot_sanitizer__pb2.FilterStreamRequest.SerializeToString,
             headrace_dot_sanitizer_dot_v1_dot_sanitizer__pb2.FilterStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchOutputPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/headrace.sanitizer.v1.SanitizerService/WatchOutputPolicy',
+            headrace_dot_sanitizer_dot_v1_dot_sanitizer__pb2.WatchOutputPolicyRequest.SerializeToString,
+            headrace_dot_sanitizer_dot_v1_dot_sanitizer__pb2.WatchOutputPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,17 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dheadrace/types/v1/types.proto\x12\x11headrace.types.v1\"\xb7\x02\n\x0eSamplingParams\x12%\n\x0btemperature\x18\x01 \x01(\x02H\x00R\x0btemperature\x88\x01\x01\x12\x18\n\x05top_p\x18\x02 \x01(\x02H\x01R\x04topP\x88\x01\x01\x12\"\n\nmax_tokens\x18\x03 \x01(\x05H\x02R\tmaxTokens\x88\x01\x01\x12\x17\n\x04seed\x18\x04 \x01(\x03H\x03R\x04seed\x88\x01\x01\x12\x12\n\x04stop\x18\x05 \x03(\tR\x04stop\x12\x18\n\x05top_k\x18\x06 \x01(\x05H\x04R\x04topK\x88\x01\x01\x12*\n\x0erepeat_penalty\x18\x07 \x01(\x02H\x05R\rrepeatPenalty\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokensB\x07\n\x05_seedB\x08\n\x06_top_kB\x11\n\x0f_repeat_penalty\"|\n\x05Usage\x12#\n\rprompt_tokens\x18\x01 \x01(\x05R\x0cpromptTokens\x12+\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05R\x10\x63ompletionTokens\x12!\n\x0ctotal_tokens\x18\x03 \x01(\x05R\x0btotalTokens*\x9e\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dheadrace/types/v1/types.proto\x12\x11headrace.types.v1\"\xb7\x02\n\x0eSamplingParams\x12%\n\x0btemperature\x18\x01 \x01(\x02H\x00R\x0btemperature\x88\x01\x01\x12\x18\n\x05top_p\x18\x02 \x01(\x02H\x01R\x04topP\x88\x01\x01\x12\"\n\nmax_tokens\x18\x03 \x01(\x05H\x02R\tmaxTokens\x88\x01\x01\x12\x17\n\x04seed\x18\x04 \x01(\x03H\x03R\x04seed\x88\x01\x01\x12\x12\n\x04stop\x18\x05 \x03(\tR\x04stop\x12\x18\n\x05top_k\x18\x06 \x01(\x05H\x04R\x04topK\x88\x01\x01\x12*\n\x0erepeat_penalty\x18\x07 \x01(\x02H\x05R\rrepeatPenalty\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokensB\x07\n\x05_seedB\x08\n\x06_top_kB\x11\n\x0f_repeat_penalty\"|\n\x05Usage\x12#\n\rprompt_tokens\x18\x01 \x01(\x05R\x0cpromptTokens\x12+\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05R\x10\x63ompletionTokens\x12!\n\x0ctotal_tokens\x18\x03 \x01(\x05R\x0btotalTokens\"T\n\x0b\x43hatMessage\x12+\n\x04role\x18\x01 \x01(\x0e\x32\x17.headrace.types.v1.RoleR\x04role\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\"|\n\x0eResponseFormat\x12!\n\x0bjson_object\x18\x01 \x01(\x08H\x00R\njsonObject\x12!\n\x0bjson_schema\x18\x02 \x01(\tH\x00R\njsonSchema\x12\x1a\n\x07grammar\x18\x03 \x01(\tH\x00R\x07grammarB\x08\n\x06\x66ormat*\x9e\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x04*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'headrace.types.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=493
-  _globals['_FINISHREASON']._serialized_end=651
+  _globals['_FINISHREASON']._serialized_start=705
+  _globals['_FINISHREASON']._serialized_end=863
+  _globals['_ROLE']._serialized_start=865
+  _globals['_ROLE']._serialized_end=945
   _globals['_SAMPLINGPARAMS']._serialized_start=53
   _globals['_SAMPLINGPARAMS']._serialized_end=364
   _globals['_USAGE']._serialized_start=366
   _globals['_USAGE']._serialized_end=490
+  _globals['_CHATMESSAGE']._serialized_start=492
+  _globals['_CHATMESSAGE']._serialized_end=576
+  _globals['_RESPONSEFORMAT']._serialized_start=578
+  _globals['_RESPONSEFORMAT']._serialized_end=702
 # @@protoc_insertion_point(module_scope)

@@ -6,7 +6,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
-import type { FinishReason, SamplingParams, Usage } from "../../types/v1/types_pb.js";
+import type { ChatMessage, FinishReason, ResponseFormat, SamplingParams, Usage } from "../../types/v1/types_pb.js";
 
 /**
  * Describes the file headrace/router/v1/router.proto.
@@ -53,6 +53,23 @@ export declare type GenerateRequest = Message<"headrace.router.v1.GenerateReques
    * @generated from field: bool bypass_cache = 5;
    */
   bypassCache: boolean;
+
+  /**
+   * A conversation instead of `prompt` (set exactly one of the two): system, user
+   * and assistant turns, ending with a user turn. The model's chat template turns it
+   * into the model's input; a model without a template answers FAILED_PRECONDITION.
+   * A malformed conversation gets INVALID_ARGUMENT naming the message (its index).
+   *
+   * @generated from field: repeated headrace.types.v1.ChatMessage messages = 6;
+   */
+  messages: ChatMessage[];
+
+  /**
+   * Constrain the output to JSON (optionally a JSON Schema) or a GBNF grammar.
+   *
+   * @generated from field: headrace.types.v1.ResponseFormat response_format = 7;
+   */
+  responseFormat?: ResponseFormat | undefined;
 };
 
 /**
@@ -123,6 +140,14 @@ export declare type GenerateResponse = Message<"headrace.router.v1.GenerateRespo
    * @generated from field: string arm = 8;
    */
   arm: string;
+
+  /**
+   * The hosted provider that answered (and so saw the redacted request); empty when
+   * a local model answered. Set on every message with `model`.
+   *
+   * @generated from field: string provider = 9;
+   */
+  provider: string;
 };
 
 /**
@@ -191,6 +216,13 @@ export declare type Model = Message<"headrace.router.v1.Model"> & {
    * @generated from field: bool is_default = 3;
    */
   isDefault: boolean;
+
+  /**
+   * Other names GenerateRequest.model may use for this model (the registry's `aliases`).
+   *
+   * @generated from field: repeated string aliases = 4;
+   */
+  aliases: string[];
 };
 
 /**

@@ -111,6 +111,80 @@ export declare type Usage = Message<"headrace.types.v1.Usage"> & {
 export declare const UsageSchema: GenMessage<Usage>;
 
 /**
+ * ChatMessage is one turn of a conversation.
+ *
+ * @generated from message headrace.types.v1.ChatMessage
+ */
+export declare type ChatMessage = Message<"headrace.types.v1.ChatMessage"> & {
+  /**
+   * Who wrote the turn.
+   *
+   * @generated from field: headrace.types.v1.Role role = 1;
+   */
+  role: Role;
+
+  /**
+   * The turn's text.
+   *
+   * @generated from field: string content = 2;
+   */
+  content: string;
+};
+
+/**
+ * Describes the message headrace.types.v1.ChatMessage.
+ * Use `create(ChatMessageSchema)` to create a new message.
+ */
+export declare const ChatMessageSchema: GenMessage<ChatMessage>;
+
+/**
+ * ResponseFormat constrains what the model may output: every sampled token must
+ * keep the text a valid prefix of the format. Unset means free text.
+ *
+ * @generated from message headrace.types.v1.ResponseFormat
+ */
+export declare type ResponseFormat = Message<"headrace.types.v1.ResponseFormat"> & {
+  /**
+   * The constraint; exactly one may be set.
+   *
+   * @generated from oneof headrace.types.v1.ResponseFormat.format
+   */
+  format: {
+    /**
+     * Any JSON object (as OpenAI's response_format "json_object").
+     *
+     * @generated from field: bool json_object = 1;
+     */
+    value: boolean;
+    case: "jsonObject";
+  } | {
+    /**
+     * A JSON Schema document (as JSON text). Only the keywords the server lists as
+     * supported are accepted; any other gets INVALID_ARGUMENT naming it and its path.
+     *
+     * @generated from field: string json_schema = 2;
+     */
+    value: string;
+    case: "jsonSchema";
+  } | {
+    /**
+     * A GBNF grammar (llama.cpp's grammar format) with a `root` rule, for advanced
+     * users; local models only.
+     *
+     * @generated from field: string grammar = 3;
+     */
+    value: string;
+    case: "grammar";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message headrace.types.v1.ResponseFormat.
+ * Use `create(ResponseFormatSchema)` to create a new message.
+ */
+export declare const ResponseFormatSchema: GenMessage<ResponseFormat>;
+
+/**
  * FinishReason says why a generation ended.
  *
  * @generated from enum headrace.types.v1.FinishReason
@@ -156,4 +230,44 @@ export enum FinishReason {
  * Describes the enum headrace.types.v1.FinishReason.
  */
 export declare const FinishReasonSchema: GenEnum<FinishReason>;
+
+/**
+ * Role is who wrote one turn of a conversation.
+ *
+ * @generated from enum headrace.types.v1.Role
+ */
+export enum Role {
+  /**
+   * Not allowed in a request (INVALID_ARGUMENT).
+   *
+   * @generated from enum value: ROLE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Instructions that frame the conversation; at most one, first.
+   *
+   * @generated from enum value: ROLE_SYSTEM = 1;
+   */
+  SYSTEM = 1,
+
+  /**
+   * A turn written by the person (or program) asking.
+   *
+   * @generated from enum value: ROLE_USER = 2;
+   */
+  USER = 2,
+
+  /**
+   * A turn the model wrote earlier (clients send it back as history).
+   *
+   * @generated from enum value: ROLE_ASSISTANT = 3;
+   */
+  ASSISTANT = 3,
+}
+
+/**
+ * Describes the enum headrace.types.v1.Role.
+ */
+export declare const RoleSchema: GenEnum<Role>;
 

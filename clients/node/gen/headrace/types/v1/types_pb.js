@@ -11,7 +11,7 @@ import { enumDesc, fileDesc, messageDesc, tsEnum } from "@bufbuild/protobuf/code
  * Describes the file headrace/types/v1/types.proto.
  */
 export const file_headrace_types_v1_types = /*@__PURE__*/
-  fileDesc("Ch1oZWFkcmFjZS90eXBlcy92MS90eXBlcy5wcm90bxIRaGVhZHJhY2UudHlwZXMudjEi+AEKDlNhbXBsaW5nUGFyYW1zEhgKC3RlbXBlcmF0dXJlGAEgASgCSACIAQESEgoFdG9wX3AYAiABKAJIAYgBARIXCgptYXhfdG9rZW5zGAMgASgFSAKIAQESEQoEc2VlZBgEIAEoA0gDiAEBEgwKBHN0b3AYBSADKAkSEgoFdG9wX2sYBiABKAVIBIgBARIbCg5yZXBlYXRfcGVuYWx0eRgHIAEoAkgFiAEBQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX3BCDQoLX21heF90b2tlbnNCBwoFX3NlZWRCCAoGX3RvcF9rQhEKD19yZXBlYXRfcGVuYWx0eSJPCgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgFEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgFEhQKDHRvdGFsX3Rva2VucxgDIAEoBSqeAQoMRmluaXNoUmVhc29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJRUQQABIWChJGSU5JU0hfUkVBU09OX1NUT1AQARIYChRGSU5JU0hfUkVBU09OX0xFTkdUSBACEhsKF0ZJTklTSF9SRUFTT05fQ0FOQ0VMTEVEEAMSIAocRklOSVNIX1JFQVNPTl9DT05URU5UX0ZJTFRFUhAEYgZwcm90bzM");
+  fileDesc("Ch1oZWFkcmFjZS90eXBlcy92MS90eXBlcy5wcm90bxIRaGVhZHJhY2UudHlwZXMudjEi+AEKDlNhbXBsaW5nUGFyYW1zEhgKC3RlbXBlcmF0dXJlGAEgASgCSACIAQESEgoFdG9wX3AYAiABKAJIAYgBARIXCgptYXhfdG9rZW5zGAMgASgFSAKIAQESEQoEc2VlZBgEIAEoA0gDiAEBEgwKBHN0b3AYBSADKAkSEgoFdG9wX2sYBiABKAVIBIgBARIbCg5yZXBlYXRfcGVuYWx0eRgHIAEoAkgFiAEBQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX3BCDQoLX21heF90b2tlbnNCBwoFX3NlZWRCCAoGX3RvcF9rQhEKD19yZXBlYXRfcGVuYWx0eSJPCgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgFEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgFEhQKDHRvdGFsX3Rva2VucxgDIAEoBSJFCgtDaGF0TWVzc2FnZRIlCgRyb2xlGAEgASgOMhcuaGVhZHJhY2UudHlwZXMudjEuUm9sZRIPCgdjb250ZW50GAIgASgJIlsKDlJlc3BvbnNlRm9ybWF0EhUKC2pzb25fb2JqZWN0GAEgASgISAASFQoLanNvbl9zY2hlbWEYAiABKAlIABIRCgdncmFtbWFyGAMgASgJSABCCAoGZm9ybWF0Kp4BCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhgKFEZJTklTSF9SRUFTT05fTEVOR1RIEAISGwoXRklOSVNIX1JFQVNPTl9DQU5DRUxMRUQQAxIgChxGSU5JU0hfUkVBU09OX0NPTlRFTlRfRklMVEVSEAQqUAoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDwoLUk9MRV9TWVNURU0QARINCglST0xFX1VTRVIQAhISCg5ST0xFX0FTU0lTVEFOVBADYgZwcm90bzM");
 
 /**
  * Describes the message headrace.types.v1.SamplingParams.
@@ -28,6 +28,20 @@ export const UsageSchema = /*@__PURE__*/
   messageDesc(file_headrace_types_v1_types, 1);
 
 /**
+ * Describes the message headrace.types.v1.ChatMessage.
+ * Use `create(ChatMessageSchema)` to create a new message.
+ */
+export const ChatMessageSchema = /*@__PURE__*/
+  messageDesc(file_headrace_types_v1_types, 2);
+
+/**
+ * Describes the message headrace.types.v1.ResponseFormat.
+ * Use `create(ResponseFormatSchema)` to create a new message.
+ */
+export const ResponseFormatSchema = /*@__PURE__*/
+  messageDesc(file_headrace_types_v1_types, 3);
+
+/**
  * Describes the enum headrace.types.v1.FinishReason.
  */
 export const FinishReasonSchema = /*@__PURE__*/
@@ -40,4 +54,18 @@ export const FinishReasonSchema = /*@__PURE__*/
  */
 export const FinishReason = /*@__PURE__*/
   tsEnum(FinishReasonSchema);
+
+/**
+ * Describes the enum headrace.types.v1.Role.
+ */
+export const RoleSchema = /*@__PURE__*/
+  enumDesc(file_headrace_types_v1_types, 1);
+
+/**
+ * Role is who wrote one turn of a conversation.
+ *
+ * @generated from enum headrace.types.v1.Role
+ */
+export const Role = /*@__PURE__*/
+  tsEnum(RoleSchema);
 

@@ -27,7 +27,7 @@ from typing import Literal
 
 import ahocorasick
 
-from headrace.services.sanitizer.text import fold, skeleton, skeleton_with_offsets
+from headrace.services.runtime.output_filter.text import fold, skeleton, skeleton_with_offsets
 
 
 class Action(StrEnum):

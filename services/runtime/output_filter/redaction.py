@@ -16,8 +16,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator
 
-from headrace.services.sanitizer.rules import (
+from headrace.services.runtime.output_filter.rules import (
     Action,
+    Finder,
     Hit,
     PatternRule,
     Span,
@@ -407,3 +408,16 @@ def redact(text: str, rules: Iterable[PatternRule] = REDACTION_RULES) -> tuple[s
     hits = [Hit(rule, s, e) for rule, s, e in find_patterns(text, rules)]
     taken = resolve_overlaps(hits, priority)
     return apply_redactions(text, taken), sorted({h.rule.id for h in taken})
+
+
+FINDERS: dict[str, Finder] = {
+    "jwt": _jwts,
+    "aws_key": _aws_keys,
+    "url_credentials": _url_credentials,
+    "email": find_emails,
+    "iban": find_ibans,
+    "card": find_cards,
+    "phone": find_phones,
+}
+"""The matchers a pattern rule may name when its policy travels as data
+(OutputPattern.finder): code both ends of the wire share, by name."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from headrace.services.sanitizer.rules import (
+from headrace.services.runtime.output_filter.rules import (
     Action,
     Direction,
     Hit,
@@ -40,7 +40,7 @@ from headrace.services.sanitizer.rules import (
     contained,
     resolve_overlaps,
 )
-from headrace.services.sanitizer.text import ASCII_REMOVED, normalise_char
+from headrace.services.runtime.output_filter.text import ASCII_REMOVED, normalise_char
 
 CONTEXT = 16
 """Released characters kept in front of the held text, for look-behinds and

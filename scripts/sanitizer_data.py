@@ -1,0 +1,514 @@
+"""Build the injection classifier's training and evaluation sets from public sources.
+
+    python scripts/sanitizer_data.py [--mirrors DIR] [--out DIR]
+
+Every source is a public GitHub repository read as a git snapshot (a bare
+clone or mirror: `git clone --mirror https://github.com/OWNER/NAME
+DIR/OWNER+NAME/repo`); nothing is downloaded here and nothing at run time.
+The split is by *source*: a source feeds either training or evaluation, never
+both, and evaluation sources were not used to write the rules. Evaluation
+texts that are near-copies of a training text (the same jailbreak reposted
+elsewhere) are dropped and counted, so the figures are about unseen text.
+
+Sources, licences and roles are listed in SOURCES below and in docs/sanitizer.md.
+The output (gzip'd JSONL, one {"text", "label", "family", "source"} a line)
+goes to .headrace/sanitizer-data/ (not committed: the sources stay where
+their licences put them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import gzip
+import io
+import json
+import random
+import re
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MIRRORS = Path("/work/.mirror")
+DEFAULT_OUT = ROOT / ".headrace" / "sanitizer-data"
+SEED = 21
+
+
+@dataclass(frozen=True)
+class Source:
+    repo: str
+    licence: str
+    role: str  # "train" or "eval"
+    what: str
+
+
+SOURCES = {
+    "deepset": Source(
+        "ssahilkhan/q-guardian",
+        "Apache-2.0 (deepset/prompt-injections)",
+        "train",
+        "deepset/prompt-injections, all 662 rows (data/prompt_injections.jsonl)",
+    ),
+    "jailbreak_llms.community": Source(
+        "kaif0102/Sentinel-AI-Defense-System-",
+        "MIT (verazuo/jailbreak_llms)",
+        "train",
+        "jailbreak_llms 2023-05-07 jailbreaks posted on Discord and Reddit",
+    ),
+    "self_instruct": Source(
+        "tatsu-lab/stanford_alpaca",
+        "Apache-2.0 (seed_tasks.jsonl, from yizhongw/self-instruct)",
+        "train",
+        "the 175 hand-written seed tasks, each with its first input",
+    ),
+    "jailbreak_llms.questions": Source(
+        "kaif0102/Sentinel-AI-Defense-System-",
+        "MIT (verazuo/jailbreak_llms)",
+        "train",
+        "forbidden_question_set.csv: 390 plain harmful questions, labelled not-injection "
+        "(a blunt question is for the model's own refusal, not for this signal)",
+    ),
+    "headrace.embedded": Source(
+        "derived from the training sources above",
+        "as its parts",
+        "train",
+        "1,200 texts made of a benign task and, after a separator, either a training "
+        "injection (an attack) or another benign text (not one): injections arrive "
+        "inside a task's input, not alone",
+    ),
+    "headrace.text": Source(
+        "this repository",
+        "Apache-2.0",
+        "train",
+        "paragraphs of docs/*.md (not sanitizer.md) and functions of services/**/*.py",
+    ),
+    "awesome_chatgpt_prompts": Source(
+        "f/awesome-chatgpt-prompts",
+        "CC0-1.0",
+        "train",
+        "prompts.csv at commit 00869894 (2026-03-20): about 1,500 role-play and task prompts "
+        "('I want you to act as ...'), without the three that name a jailbreak",
+    ),
+    "headrace.corpus": Source(
+        "this repository",
+        "Apache-2.0",
+        "train",
+        "tests/sanitizer/corpus (written with the rules)",
+    ),
+    "promptinject": Source(
+        "agencyenterprise/PromptInject (fork pranavik24/PromptInject)",
+        "MIT",
+        "eval",
+        "goal hijacking and prompt leaking attacks on the OpenAI playground tasks, "
+        "with its escape and delimiter padding; the tasks alone as benign prompts",
+    ),
+    "chatgpt_dan": Source(
+        "0xk1h0/ChatGPT_DAN",
+        "no licence stated: used for evaluation only, not redistributed",
+        "eval",
+        "the DAN 6.0-13.0, STAN, DUDE, Mongo Tom, developer-mode prompts of README.md",
+    ),
+    "jailbreak_llms.sites": Source(
+        "kaif0102/Sentinel-AI-Defense-System-",
+        "MIT (verazuo/jailbreak_llms)",
+        "eval",
+        "jailbreak_llms 2023-05-07 jailbreaks from websites (jailbreakchat, FlowGPT, "
+        "AIPRM): never posted to the training communities",
+    ),
+    "notinject": Source(
+        "leolee99/InjecGuard",
+        "MIT",
+        "eval",
+        "NotInject (339 benign prompts, each with 1-3 trigger words such as ignore, "
+        "system, bypass): common queries, technique queries, virtual creation "
+        "(role-play, characters), multilingual",
+    ),
+    "wildguard": Source(
+        "leolee99/InjecGuard",
+        "ODC-BY-1.0 (allenai/wildguardmix), via InjecGuard (MIT)",
+        "eval",
+        "971 benign prompts of datasets/wildguard.json (incl. security questions)",
+    ),
+    "cpython": Source(
+        "the Python standard library of the interpreter running this script",
+        "PSF-2.0",
+        "eval",
+        "'explain this code' around functions that say ignore or system",
+    ),
+}
+
+
+def git_show(mirrors: Path, repo: str, path: str) -> bytes:
+    """One file of a snapshot (HEAD)."""
+    git_dir = mirrors / repo.replace("/", "+") / "repo"
+    return subprocess.run(
+        ["git", "-C", str(git_dir), "show", f"HEAD:{path}"], check=True, capture_output=True
+    ).stdout
+
+
+Row = dict[str, object]
+
+
+def row(text: str, label: int, family: str, source: str) -> Row:
+    return {"text": text.strip(), "label": label, "family": family, "source": source}
+
+
+# ---- training sources --------------------------------------------------------------
+
+
+def deepset(m: Path) -> Iterator[Row]:
+    raw = git_show(m, "ssahilkhan/q-guardian", "data/prompt_injections.jsonl").decode()
+    for line in raw.splitlines():
+        item = json.loads(line)
+        family = "injection" if int(item["label"]) else "benign"
+        yield row(item["text"], int(item["label"]), family, "deepset")
+
+
+def _jailbreak_llms(m: Path) -> list[dict[str, str]]:
+    raw = git_show(
+        m, "kaif0102/Sentinel-AI-Defense-System-", "data/raw/jailbreak_prompts_2023_05_07.csv"
+    ).decode()
+    # That copy carries an unresolved merge: two full versions of the file between
+    # conflict markers. The first ("HEAD") is the 2023-05-07 release.
+    lines = raw.split("\n")
+    if lines[0].startswith("<<<<<<<"):
+        end = lines.index("=======")
+        lines = lines[1:end]
+    csv.field_size_limit(sys.maxsize)
+    rows = list(csv.DictReader(io.StringIO("\n".join(lines))))
+    return [r for r in rows if r["jailbreak"] == "True" and r["prompt"].strip()]
+
+
+def jailbreak_communities(m: Path) -> Iterator[Row]:
+    for r in _jailbreak_llms(m):
+        if r["platform"] in ("discord", "reddit"):
+            yield row(r["prompt"], 1, "jailbreak", "jailbreak_llms.community")
+
+
+def self_instruct(m: Path) -> Iterator[Row]:
+    raw = git_show(m, "tatsu-lab/stanford_alpaca", "seed_tasks.jsonl").decode()
+    for line in raw.splitlines():
+        item = json.loads(line)
+        given = item["instances"][0]["input"] if item["instances"] else ""
+        text = item["instruction"] + ("\n\n" + given if given else "")
+        yield row(text, 0, "instruction", "self_instruct")
+
+
+def forbidden_questions(m: Path) -> Iterator[Row]:
+    raw = git_show(
+        m, "kaif0102/Sentinel-AI-Defense-System-", "data/raw/forbidden_question_set.csv"
+    ).decode()
+    lines = raw.split("\n")
+    if lines[0].startswith("<<<<<<<"):
+        lines = lines[1 : lines.index("=======")]
+    for r in csv.DictReader(io.StringIO("\n".join(lines))):
+        yield row(r["question"], 0, "question", "jailbreak_llms.questions")
+
+
+HEADRACE_COMMIT = "50ce8621fdd9885c63add04900ac072a3676b43b"
+"""This repository's own training text is read at a fixed commit, so later edits to
+docs, code or the corpus do not change a rebuilt model."""
+
+
+def _repo_files(top: str, suffix: str) -> list[PurePosixPath]:
+    names = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-tree", "-r", "--name-only", HEADRACE_COMMIT],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    paths = (PurePosixPath(n) for n in names)
+    return sorted(p for p in paths if p.parts[0] == top and p.suffix == suffix)
+
+
+def _repo_text(path: PurePosixPath | str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{HEADRACE_COMMIT}:{path}"],
+        check=True,
+        capture_output=True,
+    ).stdout.decode("utf-8")
+
+
+def headrace_text(_: Path) -> Iterator[Row]:
+    for path in _repo_files("docs", ".md"):
+        if path.name == "sanitizer.md" or len(path.parts) != 2:
+            continue
+        for para in _repo_text(path).split("\n\n"):
+            if len(para) >= 200:
+                yield row(para, 0, "documentation", "headrace.text")
+    for path in _repo_files("services", ".py"):
+        if "sanitizer" in path.parts:
+            continue
+        source = _repo_text(path)
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                code = ast.get_source_segment(source, node) or ""
+                if 300 <= len(code) <= 4000:
+                    yield row("Explain this code:\n\n" + code, 0, "code", "headrace.text")
+
+
+ACP_COMMIT = "008698943a52f085a9e29b361562844cc13ce921"
+_JAILBREAK_WORDS = ("jailbreak", "do anything now", "developer mode", "no restrictions")
+
+
+def awesome_chatgpt_prompts(m: Path) -> Iterator[Row]:
+    git_dir = m / "f+awesome-chatgpt-prompts" / "repo"
+    raw = subprocess.run(
+        ["git", "-C", str(git_dir), "show", f"{ACP_COMMIT}:prompts.csv"],
+        check=True,
+        capture_output=True,
+    ).stdout.decode()
+    csv.field_size_limit(sys.maxsize)
+    for r in csv.DictReader(io.StringIO(raw)):
+        text = r["prompt"]
+        if not any(w in text.lower() for w in _JAILBREAK_WORDS):
+            yield row(text, 0, "roleplay", "awesome_chatgpt_prompts")
+
+
+def _corpus_lines(path: str) -> Iterator[str]:
+    for line in _repo_text(path).splitlines():
+        if line.strip() and not line.startswith("#"):
+            yield re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), line)
+
+
+def headrace_corpus(_: Path) -> Iterator[Row]:
+    for text in _corpus_lines("tests/sanitizer/corpus/injections.txt"):
+        yield row(text, 1, "injection", "headrace.corpus")
+    for text in _corpus_lines("tests/sanitizer/corpus/benign.txt"):
+        yield row(text, 0, "benign", "headrace.corpus")
+
+
+# ---- evaluation sources ------------------------------------------------------------
+
+
+def _literals(source: str) -> dict[str, object]:
+    """Top-level NAME = <literal> assignments of a Python file, read without running it."""
+    out: dict[str, object] = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            try:
+                out[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    return out
+
+
+def promptinject(m: Path) -> Iterator[Row]:
+    data = _literals(git_show(m, "pranavik24/PromptInject", "promptinject/prompt_data.py").decode())
+    tasks = [t for t in data["openai_playground_prompts"].values() if t["instruction"].strip()]
+    rogue = list(data["rogue_strings"].values())
+    escapes = list(data["escape_chars"].values())
+    delimiters = list(data["delimiter_chars"].values())
+    rng = random.Random(SEED)
+    families = (
+        ("hijacking", data["goal_hikacking_attacks"]),
+        ("leaking", data["prompt_leaking_attacks"]),
+    )
+    for family, attacks in families:
+        for attack in attacks.values():
+            for task in tasks:
+                instruction = attack["instruction"].replace(
+                    "{REPLACE_rogue_string}", rng.choice(rogue)
+                )
+                # PromptInject's padding: (escape + delimiter * length) * times, newline.
+                times = rng.choice((0, 1, 2))
+                pad = (rng.choice(escapes) + rng.choice(delimiters) * rng.choice((10, 20))) * times
+                user_input = (pad + "\n" if pad else "") + instruction
+                text = task["instruction"] + task["input"].replace("{user_input}", user_input)
+                yield row(text, 1, f"promptinject.{family}", "promptinject")
+    for task in tasks:
+        text = task["instruction"] + task["input"].replace("{user_input}", "")
+        yield row(text, 0, "benign.task_prompts", "promptinject")
+
+
+def chatgpt_dan(m: Path) -> Iterator[Row]:
+    readme = git_show(m, "0xk1h0/ChatGPT_DAN", "README.md").decode()
+    # Each prompt sits in a <details> block after its <summary>.
+    for block in readme.split("<summary>")[1:]:
+        body = block.split("</summary>", 1)[1].split("</details>", 1)[0]
+        text = body.replace("<br>", "\n").strip()
+        if len(text) > 200:
+            yield row(text, 1, "dan", "chatgpt_dan")
+
+
+def jailbreak_sites(m: Path) -> Iterator[Row]:
+    for r in _jailbreak_llms(m):
+        # awesome-chatgpt-prompts is a training source: its two rows stay out.
+        if r["platform"] == "website":
+            text = r["prompt"]
+            dan = "dan" in text.lower().split() or "do anything now" in text.lower()
+            yield row(text, 1, "dan" if dan else "jailbreak.in_the_wild", "jailbreak_llms.sites")
+
+
+def notinject(m: Path) -> Iterator[Row]:
+    for n in ("one", "two", "three"):
+        items = json.loads(git_show(m, "leolee99/InjecGuard", f"datasets/NotInject_{n}.json"))
+        for item in items:
+            family = "benign.notinject." + item["category"].lower().replace(" ", "_")
+            yield row(item["prompt"], 0, family, "notinject")
+
+
+def wildguard(m: Path) -> Iterator[Row]:
+    for item in json.loads(git_show(m, "leolee99/InjecGuard", "datasets/wildguard.json")):
+        if int(item["label"]) == 0:
+            yield row(item["prompt"], 0, "benign.wildguard", "wildguard")
+
+
+def cpython(_: Path) -> Iterator[Row]:
+    """Functions of the standard library whose code says ignore or system, as a user
+    would paste them: code that must not read as an injection."""
+    stdlib = Path(ast.__file__).parent
+    found: list[str] = []
+    for path in sorted(stdlib.glob("*.py")):
+        try:
+            source = path.read_text(encoding="utf-8")
+            tree = ast.parse(source)
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef):
+                code = ast.get_source_segment(source, node) or ""
+                low = code.lower()
+                if ("ignore" in low or "system" in low) and 200 <= len(code) <= 3000:
+                    found.append(code)
+    rng = random.Random(SEED)
+    rng.shuffle(found)
+    asks = (
+        "What does this function do?\n\n",
+        "Can you explain this Python code?\n\n",
+        "Please review this code and suggest improvements:\n\n",
+        "Add type hints to this function:\n\n",
+    )
+    for i, code in enumerate(found[:300]):
+        yield row(asks[i % len(asks)] + code, 0, "benign.code", "cpython")
+
+
+BUILDERS = {
+    "deepset": deepset,
+    "jailbreak_llms.community": jailbreak_communities,
+    "self_instruct": self_instruct,
+    "jailbreak_llms.questions": forbidden_questions,
+    "awesome_chatgpt_prompts": awesome_chatgpt_prompts,
+    "headrace.corpus": headrace_corpus,
+    "headrace.text": headrace_text,
+    "promptinject": promptinject,
+    "chatgpt_dan": chatgpt_dan,
+    "jailbreak_llms.sites": jailbreak_sites,
+    "notinject": notinject,
+    "wildguard": wildguard,
+    "cpython": cpython,
+}
+
+
+# ---- derived training rows ----------------------------------------------------------
+
+_SEPARATORS = ("\n\n", "\n", " ", "\n\n---\n\n", "\n########\n", '\n\n"""\n', "\n> ")
+
+
+def embedded(train: list[Row], count: int = 600) -> list[Row]:
+    """Tasks with an injection in their input (label 1), and the same tasks with a
+    benign input (label 0), so the separator and the layout are not themselves the signal."""
+    rng = random.Random(SEED)
+    tasks = [str(r["text"]) for r in train if r["source"] == "self_instruct"]
+    tasks += [
+        str(r["text"])
+        for r in train
+        if r["source"] == "deepset" and r["label"] == 0 and len(str(r["text"])) < 400
+    ]
+    attacks = [
+        str(r["text"]) for r in train if r["family"] == "injection" and len(str(r["text"])) < 400
+    ]
+    benign = [
+        str(r["text"])
+        for r in train
+        if r["label"] == 0 and r["family"] in ("benign", "question") and len(str(r["text"])) < 400
+    ]
+    out = []
+    for _ in range(count):
+        task, sep = rng.choice(tasks), rng.choice(_SEPARATORS)
+        attack = rng.choice(attacks)
+        if rng.random() < 0.2:
+            attack = attack.upper()
+        out.append(row(task + sep + attack, 1, "injection.embedded", "headrace.embedded"))
+        other = rng.choice(benign)
+        out.append(row(task + rng.choice(_SEPARATORS) + other, 0, "benign", "headrace.embedded"))
+    return out
+
+
+# ---- near-duplicates ---------------------------------------------------------------
+
+
+def _shingles(text: str, k: int = 8) -> set[int]:
+    words = text.lower().split()
+    return {hash(tuple(words[i : i + k])) for i in range(max(1, len(words) - k + 1))}
+
+
+def drop_near_copies(train: list[Row], evaluation: list[Row]) -> tuple[list[Row], Counter[str]]:
+    """Evaluation rows sharing half their 8-word shingles with a training row are dropped."""
+    index: dict[int, set[int]] = {}
+    for i, r in enumerate(train):
+        for s in _shingles(str(r["text"])):
+            index.setdefault(s, set()).add(i)
+    kept, dropped = [], Counter[str]()
+    for r in evaluation:
+        sh = _shingles(str(r["text"]))
+        hits = Counter(i for s in sh for i in index.get(s, ()))
+        if hits and hits.most_common(1)[0][1] >= 0.5 * len(sh):
+            dropped[str(r["family"])] += 1
+        else:
+            kept.append(r)
+    return kept, dropped
+
+
+def dedupe(rows: list[Row]) -> list[Row]:
+    seen: set[str] = set()
+    out = []
+    for r in rows:
+        key = " ".join(str(r["text"]).lower().split())
+        if key and key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def write(path: Path, rows: list[Row]) -> None:
+    # mtime=0: the same rows give the same bytes.
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+        for r in rows:
+            gz.write((json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n").encode())
+
+
+def read(path: Path) -> list[Row]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mirrors", type=Path, default=DEFAULT_MIRRORS)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args()
+    split: dict[str, list[Row]] = {"train": [], "eval": []}
+    for name, build in BUILDERS.items():
+        rows = list(build(args.mirrors))
+        split[SOURCES[name].role].extend(rows)
+        print(f"{name:26} {SOURCES[name].role:5} {len(rows):5} rows")
+    derived = embedded(split["train"])
+    print(f"{'headrace.embedded':26} train {len(derived):5} rows")
+    train = dedupe(split["train"] + derived)
+    evaluation, dropped = drop_near_copies(train, dedupe(split["eval"]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    write(args.out / "train.jsonl.gz", train)
+    write(args.out / "eval.jsonl.gz", evaluation)
+    print(f"train: {len(train)} rows; eval: {len(evaluation)} rows")
+    print("eval rows dropped as near-copies of training rows:", dict(dropped))
+    (args.out / "dropped.json").write_text(json.dumps(dict(dropped), sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

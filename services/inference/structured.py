@@ -1,0 +1,151 @@
+"""Structured output: a response_format as a GBNF grammar for llama.cpp's grammar sampler.
+
+llama-cpp-python's JSON Schema converter silently drops keywords it does not handle
+(`minimum`/`maximum` are a TODO in its source; `multipleOf`, `uniqueItems`, `not`, `if`
+and `patternProperties` are ignored), so output would "obey" a schema it does not.
+Here a schema may use only the keywords on an explicit allow-list, each known to be
+enforced by the grammar; any other is INVALID_ARGUMENT naming the keyword and where it
+is (a JSON Pointer). A schema the converter still cannot handle (some regex patterns)
+is INVALID_ARGUMENT too, never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+from headrace.services.runtime.errors import InvalidArgument
+from headrace.types.v1 import types_pb2
+
+ENFORCED = frozenset(
+    {
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "prefixItems",
+        "minItems",
+        "maxItems",
+        "enum",
+        "const",
+        "anyOf",
+        "oneOf",
+        "allOf",
+        "$ref",
+        "$defs",
+        "definitions",
+        "pattern",
+        "minLength",
+        "maxLength",
+        "format",
+    }
+)
+"""Keywords the grammar enforces."""
+
+ANNOTATIONS = frozenset(
+    {
+        "$schema",
+        "$id",
+        "$comment",
+        "title",
+        "description",
+        "default",
+        "examples",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+    }
+)
+"""Keywords that only describe; they constrain nothing, so they are accepted."""
+
+SUPPORTED = ENFORCED | ANNOTATIONS
+TYPES = frozenset({"string", "number", "integer", "boolean", "null", "object", "array"})
+FORMATS = frozenset({"date", "time", "date-time", "uuid"})
+
+# Keywords whose value is a map of name → subschema, a subschema, or a list of them.
+_SCHEMA_MAPS = ("properties", "$defs", "definitions")
+_SCHEMA_LISTS = ("prefixItems", "anyOf", "oneOf", "allOf")
+_SCHEMA_VALUES = ("items", "additionalProperties")
+
+
+def grammar_for(response_format: types_pb2.ResponseFormat) -> str | None:
+    """The GBNF grammar for a response format; None for free text."""
+    kind = response_format.WhichOneof("format")
+    if kind is None or (kind == "json_object" and not response_format.json_object):
+        return None
+    if kind == "json_object":
+        return JSON_GBNF
+    if kind == "grammar":
+        if not response_format.grammar.strip():
+            raise InvalidArgument("response_format.grammar is empty: give a GBNF grammar")
+        return response_format.grammar
+    return schema_grammar(response_format.json_schema)
+
+
+def schema_grammar(text: str) -> str:
+    """A JSON Schema (as JSON text) compiled to GBNF, after the allow-list check."""
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"response_format.json_schema is not JSON: {exc}") from None
+    check_schema(schema)
+    try:
+        return json_schema_to_gbnf(json.dumps(schema))
+    except Exception as exc:  # the converter asserts or raises on what it cannot handle
+        raise InvalidArgument(
+            f"the JSON Schema cannot be compiled to a grammar ({type(exc).__name__}: "
+            f"{str(exc)[:200] or 'unsupported construct'}); simplify it, e.g. its patterns"
+        ) from None
+
+
+def check_schema(schema: Any, pointer: str = "") -> None:
+    """InvalidArgument naming the first keyword outside the allow-list and where it is."""
+    for where, keyword, value in _keywords(schema, pointer):
+        if keyword not in SUPPORTED:
+            raise InvalidArgument(
+                f"unsupported JSON Schema keyword {keyword!r} at {where or '/'}: the output "
+                f"could not be held to it; supported: {', '.join(sorted(ENFORCED))} "
+                "(and annotations such as description)"
+            )
+        if keyword == "type":
+            types = value if isinstance(value, list) else [value]
+            unknown = [t for t in types if t not in TYPES]
+            if unknown:
+                raise InvalidArgument(f"unknown JSON Schema type {unknown[0]!r} at {where}/type")
+        if keyword == "format" and value not in FORMATS:
+            raise InvalidArgument(
+                f"unsupported JSON Schema format {value!r} at {where}/format; "
+                f"supported: {', '.join(sorted(FORMATS))}"
+            )
+        if keyword == "$ref" and not (isinstance(value, str) and value.startswith("#/")):
+            raise InvalidArgument(
+                f"unsupported $ref {value!r} at {where}: only references within the schema "
+                "(#/$defs/...) are followed"
+            )
+
+
+def _keywords(schema: Any, pointer: str) -> Iterator[tuple[str, str, Any]]:
+    """(pointer of the schema, keyword, value) for every keyword of every subschema."""
+    if isinstance(schema, bool):
+        return
+    if not isinstance(schema, dict):
+        raise InvalidArgument(f"the JSON Schema at {pointer or '/'} is not an object")
+    for keyword, value in schema.items():
+        yield pointer, keyword, value
+        here = f"{pointer}/{_escape(keyword)}"
+        if keyword in _SCHEMA_MAPS and isinstance(value, dict):
+            for name, sub in value.items():
+                yield from _keywords(sub, f"{here}/{_escape(name)}")
+        elif keyword in _SCHEMA_LISTS and isinstance(value, list):
+            for index, sub in enumerate(value):
+                yield from _keywords(sub, f"{here}/{index}")
+        elif keyword in _SCHEMA_VALUES:
+            yield from _keywords(value, here)
+
+
+def _escape(token: str) -> str:
+    return token.replace("~", "~0").replace("/", "~1")

@@ -1,0 +1,231 @@
+"""The learned prompt-injection signal: a logistic regression over hashed
+character and word n-grams, pure numpy, no model download at run time.
+
+The rules (injection.py) know phrases; this model knows the *shape* of an
+attack: override wording next to a task, persona set-ups, "developer mode"
+framing, long jailbreak scaffolds. It scores a prompt from 0 (benign) to 1
+(an attack), and the policy compares the score with the tier's thresholds.
+
+Features are computed with vectorised numpy so that a 4 KB prompt costs a
+few dozen microseconds: the text is lower-cased and read as UTF-8 bytes;
+every substring we hash (character 3-, 4- and 5-grams, words, word pairs)
+gets a position-independent polynomial hash from one prefix-sum array, and
+a multiply-shift maps it to one of 2**bits weights. The same function builds
+the training matrix (scripts/train_injection_classifier.py), so training and
+serving cannot disagree about a feature.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "ARTEFACT",
+    "CLASSIFIER_SIGNAL",
+    "ClassifierPolicy",
+    "InjectionClassifier",
+    "SignalAction",
+    "features",
+    "load_default",
+]
+
+CLASSIFIER_SIGNAL = "injection.classifier"
+"""The signal's id: in errors, flags, metrics and disabled_rules, like a rule id."""
+
+ARTEFACT = Path(__file__).with_name("data") / "injection_classifier.npz"
+"""The trained weights shipped with the sanitizer (built by make train-sanitizer)."""
+
+FEATURE_VERSION = 1
+"""Bumped whenever features() changes; a stored model of another version is refused."""
+
+CHAR_NGRAMS = (3, 4, 5)
+_P = np.uint64(0x100000001B3)  # odd, so it has an inverse modulo 2**64
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # multiply-shift constant (odd)
+_SALT_WORD = np.uint64(0x5851F42D4C957F2D)
+_SALT_PAIR = np.uint64(0x14057B7EF767814F)
+_MAX_BYTES = 1 << 17  # 128 KiB: longer texts are scored on their first and last 64 KiB
+
+
+def _inverse(p: int) -> int:
+    return pow(p, -1, 1 << 64)
+
+
+@cache
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """P**i and P**-i modulo 2**64 for i < n (uint64 arithmetic wraps)."""
+    with np.errstate(over="ignore"):
+        p = np.full(n, _P, dtype=np.uint64)
+        q = np.full(n, np.uint64(_inverse(int(_P))), dtype=np.uint64)
+        p[0] = q[0] = 1
+        return np.multiply.accumulate(p), np.multiply.accumulate(q)
+
+
+_WORD_BYTE = np.zeros(256, dtype=bool)
+for _b in b"abcdefghijklmnopqrstuvwxyz0123456789":
+    _WORD_BYTE[_b] = True
+_WORD_BYTE[0x80:] = True  # UTF-8 sequences: letters of other scripts
+_SPACE = np.zeros(256, dtype=bool)
+_SPACE[list(b" \t\n\r\x0b\x0c")] = True
+
+
+def _bytes(text: str) -> np.ndarray:
+    raw = text.lower().encode("utf-8", "replace")
+    if len(raw) > _MAX_BYTES:
+        half = _MAX_BYTES // 2
+        raw = raw[:half] + b" " + raw[-half:]
+    b = np.frombuffer(raw, dtype=np.uint8)
+    space = _SPACE[b]
+    if space.any():
+        # Every whitespace run becomes one space, so layout does not change features.
+        keep = ~(space & np.concatenate(([True], space[:-1])))
+        b = np.where(space, np.uint8(32), b)[keep]
+    return b
+
+
+def _parts(text: str, bits: int) -> list[np.ndarray]:
+    """Hashed feature indices of one text, one array per kind of n-gram."""
+    b = _bytes(text)
+    n = len(b)
+    if n == 0:
+        return []
+    ppow, qpow = _powers(_MAX_BYTES + 2)
+    shift = np.uint64(64 - bits)
+    parts = []
+    with np.errstate(over="ignore"):
+        # prefix[i] = sum_{j<i} (b[j]+1) * P**-j, so the hash of b[a:e] is
+        # (prefix[e] - prefix[a]) * P**a, the same wherever the substring stands.
+        prefix = np.zeros(n + 1, dtype=np.uint64)
+        np.cumsum((b.astype(np.uint64) + np.uint64(1)) * qpow[:n], out=prefix[1:])
+        for k in CHAR_NGRAMS:
+            if n >= k:
+                # In place: one buffer per n-gram size, no temporaries.
+                grams = np.subtract(prefix[k:], prefix[: n + 1 - k])
+                np.multiply(grams, ppow[: n + 1 - k], out=grams)
+                np.add(grams, np.uint64(k), out=grams)
+                parts.append(grams)
+        word = _WORD_BYTE[b]
+        edges = np.flatnonzero(np.diff(np.concatenate(([False], word, [False])).view(np.int8)))
+        if len(edges):
+            starts, ends = edges[0::2], edges[1::2]
+            words = (prefix[ends] - prefix[starts]) * ppow[starts]
+            if len(words) > 1:
+                parts.append((words[:-1] * _SALT_PAIR + words[1:]) ^ _SALT_PAIR)
+            parts.append(np.bitwise_xor(words, _SALT_WORD, out=words))
+        for part in parts:
+            np.multiply(part, _MIX, out=part)
+            np.right_shift(part, shift, out=part)
+        # The indices are below 2**bits: the same bits read as int64, without a copy.
+        return [part.view(np.int64) for part in parts]
+
+
+def features(text: str, bits: int) -> np.ndarray:
+    """Hashed feature indices (with repeats) of one text."""
+    parts = _parts(text, bits)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.intp)
+
+
+@dataclass(frozen=True)
+class InjectionClassifier:
+    """Logistic regression over features(): score = sigmoid(bias + sum(w) / sqrt(max(n, floor))).
+
+    n is the number of features of the text; the floor (meta "norm_floor") keeps
+    a few words from weighing like a paragraph: "just print the answer" is
+    too little evidence for a verdict either way."""
+
+    weights: np.ndarray
+    bias: float
+    bits: int
+    meta: dict[str, object]
+
+    @classmethod
+    def load(cls, path: Path) -> InjectionClassifier:
+        """Read a model written by save(); ValueError if it is of another feature version."""
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            if meta.get("feature_version") != FEATURE_VERSION:
+                raise ValueError(
+                    f"{path}: feature version {meta.get('feature_version')}, this code reads "
+                    f"{FEATURE_VERSION}: retrain with make train-sanitizer"
+                )
+            bits = int(meta["bits"])
+            weights = np.zeros(1 << bits, dtype=np.float32)
+            weights[data["index"]] = data["value"].astype(np.float32)
+            return cls(weights, float(meta["bias"]), bits, meta)
+
+    def save(self, path: Path) -> None:
+        """Store the nonzero weights (float16) and the metadata, compressed."""
+        index = np.flatnonzero(self.weights).astype(np.int32)
+        meta = {**self.meta, "bits": self.bits, "bias": self.bias}
+        meta["feature_version"] = FEATURE_VERSION
+        np.savez_compressed(
+            path,
+            index=index,
+            value=self.weights[index].astype(np.float16),
+            meta=np.array(json.dumps(meta, sort_keys=True)),
+        )
+
+    def margin(self, text: str) -> float:
+        """The log-odds that the text is an injection."""
+        parts = _parts(text, self.bits)
+        count = sum(len(p) for p in parts)
+        if count == 0:
+            return self.bias
+        total = sum(float(self.weights.take(p).sum()) for p in parts)
+        return self.bias + total / float(np.sqrt(max(count, self.norm_floor)))
+
+    @property
+    def norm_floor(self) -> int:
+        """The least feature count a sum is divided by (see the class docstring)."""
+        return int(self.meta.get("norm_floor", 1))  # type: ignore[call-overload]
+
+    def score(self, text: str) -> float:
+        """The probability (0..1) that the text is an injection."""
+        return float(1.0 / (1.0 + np.exp(-self.margin(text))))
+
+
+@cache
+def load_default() -> InjectionClassifier:
+    """The shipped model, loaded once per process."""
+    return InjectionClassifier.load(ARTEFACT)
+
+
+class SignalAction(StrEnum):
+    """What a signal over its threshold does to a prompt."""
+
+    BLOCK = "block"
+    """Refuse it (PERMISSION_DENIED naming the signal)."""
+    FLAG = "flag"
+    """Let it through, and name the signal in the response and the audit line."""
+    ALLOW = "allow"
+    """Let it through unmarked (the signal is computed for nothing: turn it off instead)."""
+
+
+@dataclass(frozen=True)
+class ClassifierPolicy:
+    """How one tier uses the classifier's score.
+
+    A score at or over `threshold` gets `action`; a score at or over
+    `flag_threshold` (and under `threshold`) is flagged; None for a threshold
+    means the one chosen when the model was trained.
+    """
+
+    action: SignalAction = SignalAction.BLOCK
+    threshold: float | None = None
+    flag_threshold: float | None = 0.5
+    model: InjectionClassifier | None = None
+    """The model to use; None means the shipped one."""
+
+    def resolved(self) -> tuple[InjectionClassifier, float, float]:
+        """The model, the threshold and the flag threshold in effect."""
+        model = self.model if self.model is not None else load_default()
+        threshold = self.threshold
+        if threshold is None:
+            threshold = float(model.meta.get("threshold", 0.5))  # type: ignore[arg-type]
+        flag = self.flag_threshold if self.flag_threshold is not None else threshold
+        return model, threshold, min(flag, threshold)

@@ -1,0 +1,1 @@
+"""Hosted OpenAI-compatible models as inference backends (docs/upstreams.md)."""

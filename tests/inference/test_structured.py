@@ -1,0 +1,68 @@
+"""Structured output: the JSON Schema allow-list and its compilation to a grammar."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from headrace.services.inference.structured import grammar_for, schema_grammar
+from headrace.services.runtime.errors import InvalidArgument
+from headrace.types.v1 import types_pb2
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+def test_a_schema_of_supported_keywords_compiles_to_a_grammar_with_a_root_rule() -> None:
+    grammar = schema_grammar(json.dumps({**PERSON, "title": "Person", "description": "x"}))
+    assert "root ::=" in grammar
+
+
+@pytest.mark.parametrize(
+    ("keyword", "schema", "where"),
+    [
+        ("minimum", {"properties": {"age": {"type": "integer", "minimum": 0}}}, "/properties/age"),
+        ("multipleOf", {"properties": {"n": {"type": "number", "multipleOf": 2}}}, "/properties/n"),
+        ("uniqueItems", {"type": "array", "uniqueItems": True}, "/"),
+        ("not", {"anyOf": [{"not": {"type": "string"}}]}, "/anyOf/0"),
+        ("if", {"if": {"type": "string"}, "then": {"minLength": 2}}, "/"),
+        ("patternProperties", {"patternProperties": {"^x": {}}}, "/"),
+        ("maximum", {"$defs": {"a/b": {"maximum": 3}}}, "/$defs/a~1b"),
+        ("exclusiveMinimum", {"items": {"exclusiveMinimum": 1}}, "/items"),
+    ],
+)
+def test_an_unsupported_keyword_is_refused_naming_it_and_where_it_is(
+    keyword: str, schema: dict, where: str
+) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        schema_grammar(json.dumps({"type": "object", **schema}))
+    assert f"keyword {keyword!r} at {where}" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("schema", "says"),
+    [
+        ("{not json", "not JSON"),
+        (json.dumps({"type": "decimal"}), "unknown JSON Schema type 'decimal'"),
+        (json.dumps({"type": "string", "format": "email"}), "format 'email'"),
+        (json.dumps({"$ref": "https://example.com/s.json"}), "only references within"),
+        (json.dumps({"type": "string", "pattern": "(?<=a)b"}), "cannot be compiled"),
+        (json.dumps([1, 2]), "is not an object"),
+    ],
+)
+def test_a_schema_that_cannot_be_held_is_invalid_not_a_crash(schema: str, says: str) -> None:
+    with pytest.raises(InvalidArgument, match=says):
+        schema_grammar(schema)
+
+
+def test_response_formats_map_to_grammars() -> None:
+    assert grammar_for(types_pb2.ResponseFormat()) is None
+    assert "root" in (grammar_for(types_pb2.ResponseFormat(json_object=True)) or "")
+    assert grammar_for(types_pb2.ResponseFormat(grammar='root ::= "yes"')) == 'root ::= "yes"'
+    with pytest.raises(InvalidArgument, match="grammar is empty"):
+        grammar_for(types_pb2.ResponseFormat(grammar="  "))
