@@ -36,12 +36,15 @@ def _write_json(path: Path, body: dict[str, Any]) -> None:
 
 def variant_spec(base: dict[str, Any], name: str, adapter: Path) -> dict[str, Any]:
     """The base model's spec as the variant: its name, the adapter, no aliases (they
-    belong to the base), and the chat template the adapter was trained with."""
+    belong to the base), and the chat template the adapter was trained with. The
+    adapter has only ever seen conversations, so a plain prompt reaches it as one user
+    turn of that template (a raw prompt would be a format it was never trained on)."""
     spec = {k: v for k, v in base.items() if k not in ("aliases", "lora")}
     spec["name"] = name
     spec["lora"] = [{"path": str(adapter.resolve()), "scale": 1.0}]
     if not spec.get("chat_template"):
         spec["chat_template"] = "gemma"  # the built-in the training renders with
+    spec["prompt_as_user_turn"] = True
     return spec
 
 

@@ -132,3 +132,16 @@ def test_training_renders_exactly_what_the_server_renders() -> None:
     )
     trained = "".join(text for text, _ in render_gemma(chat, add_generation_prompt=True))
     assert trained == served
+
+
+def test_the_variant_is_served_in_the_format_it_was_trained_on(tmp_path: Path) -> None:
+    from headrace.services.finetune.variants import variant_spec
+    from headrace.services.inference.settings import ModelSpec
+
+    base = {"name": "gemma-3-270m", "path": "m.gguf", "aliases": ["small"], "lora": []}
+    spec = variant_spec(base, "gemma-3-270m:legal", tmp_path / "adapter.gguf")
+    assert spec["name"] == "gemma-3-270m:legal" and "aliases" not in spec
+    assert spec["lora"] == [{"path": str((tmp_path / "adapter.gguf").resolve()), "scale": 1.0}]
+    # Trained on Gemma turns only: a plain prompt must reach it as a user turn.
+    assert spec["chat_template"] == "gemma" and spec["prompt_as_user_turn"] is True
+    assert ModelSpec.model_validate(spec).prompt_as_user_turn
