@@ -551,7 +551,9 @@ def main() -> int:
             [
                 name,
                 fmt(med_first.get(name), " ms"),
-                f"{mid:+.1f} ({low:+.1f} to {high:+.1f})" if name in first else "–",
+                f"{mid:+.1f} ({low:+.1f} to {high:+.1f})"
+                if name in first and name != "in-process"
+                else "–",
                 fmt(med_tps.get(name)),
                 fmt(med_four.get(name)),
             ]
