@@ -41,6 +41,17 @@ def decode_tps(first_s: float, last_s: float, tokens: int) -> float:
     return (tokens - 1) / (last_s - first_s) if tokens > 1 and last_s > first_s else 0.0
 
 
+def order_for_round(sides: Sequence[str], i: int) -> list[str]:
+    """The order in which round `i` visits the sides: rotated by one each round, and
+    every other block of len(sides) rounds reversed, so over 2 * len(sides) rounds each
+    side goes first equally often and each goes before each other equally often (with
+    two sides: a b, b a, b a, a b)."""
+    n = len(sides)
+    k = i % n
+    order = list(sides[k:]) + list(sides[:k])
+    return order[::-1] if (i // n) % 2 else order
+
+
 @dataclass(frozen=True)
 class Figures:
     """Medians measured in one run; None where a side was not measured (a peer

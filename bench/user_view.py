@@ -53,7 +53,16 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
-from bench.targets import Figures, decode_tps, fmt, markdown_table, median, spread, target_table
+from bench.targets import (
+    Figures,
+    decode_tps,
+    fmt,
+    markdown_table,
+    median,
+    order_for_round,
+    spread,
+    target_table,
+)
 from headrace.inference.v1 import inference_pb2, inference_pb2_grpc
 from headrace.router.v1 import router_pb2, router_pb2_grpc
 from headrace.services.inference.registry import resolve_path
@@ -419,12 +428,6 @@ def _metric_sum_count(suite: RunningSuite, service: str) -> tuple[float, float]:
     )
 
 
-def _rotated(sides: list[str], i: int) -> list[str]:
-    k = i % len(sides)
-    order = sides[k:] + sides[:k]
-    return order if i % 2 == 0 else order[::-1]
-
-
 @contextlib.contextmanager
 def _peers(model: Path, threads: int, home: Path, skip: bool) -> Iterator[dict[str, Peer]]:
     started: dict[str, Peer] = {}
@@ -498,15 +501,18 @@ def main() -> int:
             first: dict[str, list[float]] = {n: [] for n in names}
             for i in range(args.pairs):
                 prompt = prompts.next()
-                for name in _rotated(names, i):
+                for name in order_for_round(names, i):
                     time.sleep(0.2)  # llama.cpp's workers idle before the next side
                     first[name].append(sides[name](prompt, SHORT_TOKENS).first_text_s * 1000)
             tps: dict[str, list[float]] = {n: [] for n in names}
+            long_first: dict[str, list[float]] = {n: [] for n in names}
             for i in range(args.rounds):
                 prompt = prompts.next()
-                for name in _rotated(names, i):
+                for name in order_for_round(names, i):
                     time.sleep(0.25)
-                    tps[name].append(sides[name](prompt, args.max_tokens).tps)
+                    sample = sides[name](prompt, args.max_tokens)
+                    tps[name].append(sample.tps)
+                    long_first[name].append(sample.first_text_s * 1000)
             # The engine's own first token: its own prompts (see the docstring).
             engine = engine_direct(inference)
             engine(prompts.next(), SHORT_TOKENS)
@@ -528,7 +534,7 @@ def main() -> int:
             four["batched limit"] = []
             for i in range(args.repeats):
                 batch_prompts = [prompts.next() for _ in range(STREAMS)]
-                for name in _rotated(list(four), i):
+                for name in order_for_round(list(four), i):
                     time.sleep(0.25)
                     if name == "batched limit":
                         value = batched_limit(llm, batch_prompts, args.max_tokens, threads)
@@ -554,6 +560,7 @@ def main() -> int:
                 f"{mid:+.1f} ({low:+.1f} to {high:+.1f})"
                 if name in first and name != "in-process"
                 else "–",
+                fmt(median(long_first.get(name, [])), " ms"),
                 fmt(med_tps.get(name)),
                 fmt(med_four.get(name)),
             ]
@@ -563,6 +570,7 @@ def main() -> int:
             "side",
             f"first visible text, median of {args.pairs}",
             "per-prompt gap to in-process, ms: median (middle half)",
+            f"first visible text in the {args.max_tokens}-token rounds, median",
             f"decode tok/s, 1 stream, median of {args.rounds}",
             f"aggregate tok/s, {STREAMS} streams, median of {args.repeats}",
         ],

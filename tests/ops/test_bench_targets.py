@@ -12,6 +12,7 @@ from bench.targets import (
     fmt,
     markdown_table,
     median,
+    order_for_round,
     spread,
     target_table,
     targets,
@@ -137,3 +138,16 @@ def test_fmt_shows_a_dash_for_missing_figures() -> None:
     assert fmt(None) == "–"
     assert fmt(float("nan"), " ms") == "–"
     assert fmt(12.345, " ms") == "12.3 ms"
+
+
+@pytest.mark.parametrize("sides", [["a", "b"], ["a", "b", "c"], ["a", "b", "c", "d"]])
+def test_round_orders_balance_who_goes_first_and_who_follows(sides: list[str]) -> None:
+    rounds = [order_for_round(sides, i) for i in range(2 * len(sides))]
+    assert all(sorted(order) == sorted(sides) for order in rounds)
+    firsts = [order[0] for order in rounds]
+    assert all(firsts.count(s) == 2 for s in sides)
+    for a in sides:
+        for b in sides:
+            if a != b:
+                before = sum(order.index(a) < order.index(b) for order in rounds)
+                assert before == len(rounds) // 2
