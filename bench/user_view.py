@@ -362,7 +362,8 @@ def _start(name: str, argv: list[str], home: Path, port: int, ready: str) -> Pee
 
 
 def start_py_server(model: Path, threads: int, home: Path) -> Peer:
-    """llama-cpp-python's own OpenAI server with Headrace's load choices."""
+    """llama-cpp-python's own OpenAI server with Headrace's load choices (one model,
+    one sequence at a time: concurrent requests queue behind a lock)."""
     port = free_port()
     argv = [
         sys.executable,
@@ -380,6 +381,10 @@ def start_py_server(model: Path, threads: int, home: Path) -> Peer:
         str(threads),
         "--n_ctx",
         str(N_CTX),
+        # Its default cuts a running stream short when the next request arrives:
+        # 4 concurrent users would not get their answers; serve each in full.
+        "--interrupt_requests",
+        "False",
     ]
     return _start("llama_cpp.server", argv, home, port, "/v1/models")
 
