@@ -8,7 +8,7 @@ figures and prints `target_table(...)`.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 # The issue's margins ("What it must show").
@@ -191,3 +191,53 @@ def fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
     if value is None or value != value:
         return "–"
     return f"{value:.{digits}f}{unit}"
+
+
+def sides_table(
+    sides: Sequence[str],
+    first_ms: Mapping[str, Sequence[float]],
+    long_first_ms: Mapping[str, Sequence[float]],
+    tps: Mapping[str, Sequence[float]],
+    four_tps: Mapping[str, Sequence[float]],
+    *,
+    max_tokens: int,
+    streams: int,
+    baseline: str = "in-process",
+) -> list[str]:
+    """Every side's medians as a markdown table. `first_ms[side][i]` is round i's
+    first visible text (the same prompt on every side), so the gap to `baseline` is
+    taken per prompt; a side missing from a mapping shows a dash."""
+    rows = []
+    for name in sides:
+        if name in first_ms and name != baseline:
+            low, mid, high = spread(
+                [b - a for a, b in zip(first_ms[baseline], first_ms[name], strict=True)]
+            )
+            gap = f"{mid:+.1f} ({low:+.1f} to {high:+.1f})"
+        else:
+            gap = "–"
+        rows.append(
+            [
+                name,
+                fmt(median(first_ms.get(name, ())), " ms"),
+                gap,
+                fmt(median(long_first_ms.get(name, ())), " ms"),
+                fmt(median(tps.get(name, ()))),
+                fmt(median(four_tps.get(name, ()))),
+            ]
+        )
+
+    def count(values: Mapping[str, Sequence[float]]) -> int:
+        return max((len(v) for v in values.values()), default=0)
+
+    return markdown_table(
+        [
+            "side",
+            f"first visible text, median of {count(first_ms)}",
+            "per-prompt gap to in-process, ms: median (middle half)",
+            f"first visible text in the {max_tokens}-token rounds, median",
+            f"decode tok/s, 1 stream, median of {count(tps)}",
+            f"aggregate tok/s, {streams} streams, median of {count(four_tps)}",
+        ],
+        rows,
+    )

@@ -57,9 +57,9 @@ from bench.targets import (
     Figures,
     decode_tps,
     fmt,
-    markdown_table,
     median,
     order_for_round,
+    sides_table,
     spread,
     target_table,
 )
@@ -554,32 +554,14 @@ def main() -> int:
     med_tps = {n: median(v) for n, v in tps.items()}
     med_four = {n: median(v) for n, v in four.items()}
     print()
-    rows = []
-    for name in [*names, "batched limit"]:
-        gaps = [b - a for a, b in zip(first["in-process"], first.get(name, []), strict=False)]
-        low, mid, high = spread(gaps)
-        rows.append(
-            [
-                name,
-                fmt(med_first.get(name), " ms"),
-                f"{mid:+.1f} ({low:+.1f} to {high:+.1f})"
-                if name in first and name != "in-process"
-                else "–",
-                fmt(median(long_first.get(name, [])), " ms"),
-                fmt(med_tps.get(name)),
-                fmt(med_four.get(name)),
-            ]
-        )
-    for line in markdown_table(
-        [
-            "side",
-            f"first visible text, median of {args.pairs}",
-            "per-prompt gap to in-process, ms: median (middle half)",
-            f"first visible text in the {args.max_tokens}-token rounds, median",
-            f"decode tok/s, 1 stream, median of {args.rounds}",
-            f"aggregate tok/s, {STREAMS} streams, median of {args.repeats}",
-        ],
-        rows,
+    for line in sides_table(
+        [*names, "batched limit"],
+        first,
+        long_first,
+        tps,
+        four,
+        max_tokens=args.max_tokens,
+        streams=STREAMS,
     ):
         print(line)
     e_local = median(p[0] for p in engine_pairs)

@@ -13,6 +13,7 @@ from bench.targets import (
     markdown_table,
     median,
     order_for_round,
+    sides_table,
     spread,
     target_table,
     targets,
@@ -151,3 +152,20 @@ def test_round_orders_balance_who_goes_first_and_who_follows(sides: list[str]) -
             if a != b:
                 before = sum(order.index(a) < order.index(b) for order in rounds)
                 assert before == len(rounds) // 2
+
+
+def test_sides_table_takes_the_gap_per_prompt_and_dashes_what_a_side_lacks() -> None:
+    lines = sides_table(
+        ["in-process", "gateway", "batched limit"],
+        {"in-process": [20.0, 30.0, 40.0], "gateway": [25.0, 41.0, 46.0]},
+        {"in-process": [50.0], "gateway": [70.0]},
+        {"in-process": [46.0, 47.0], "gateway": [45.0, 44.0]},
+        {"gateway": [110.0, 120.0, 100.0], "batched limit": [125.0]},
+        max_tokens=128,
+        streams=4,
+    )
+    assert "median of 3" in lines[0] and "128-token rounds" in lines[0]
+    assert lines[2] == "| in-process | 30.0 ms | – | 50.0 ms | 46.5 | – |"
+    # per-prompt gaps +5, +11, +6: median +6, quartiles +5 and +11
+    assert lines[3] == "| gateway | 41.0 ms | +6.0 (+5.0 to +11.0) | 70.0 ms | 44.5 | 110.0 |"
+    assert lines[4] == "| batched limit | – | – | – | – | 125.0 |"
