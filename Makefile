@@ -18,7 +18,7 @@ help:
 	@echo "make gen     regenerate Python code from protos/ (buf generate)"
 	@echo "make gen-node regenerate the Node client's code (clients/node/gen)"
 	@echo "make lint    ruff, buf lint, buf breaking, generated-code drift check"
-	@echo "make bench   gateway vs in-process llama-cpp-python benchmarks"
+	@echo "make bench   what a user sees: gateway vs in-process, peers and targets (BENCH_ARGS=...)"
 	@echo "make load    locust against a suite with 2 inference replicas (LOAD_ARGS=...)"
 	@echo "make eval-sanitizer  injection block / false-positive rates on held-out public sources"
 	@echo "make train-sanitizer rebuild the injection classifier from its public training sources"
@@ -74,6 +74,7 @@ lint: install gen-check
 	if git rev-parse --verify -q main >/dev/null; then $(BIN)/buf breaking --against '.git#branch=main'; fi
 
 bench: model
+	$(BIN)/python -m bench.user_view $(BENCH_ARGS)
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.first_token --pairs 40
 

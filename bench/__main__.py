@@ -15,6 +15,9 @@ decode rounds can afford: on a shared 2-core VM one pair's overhead spreads over
 ±15 ms, so 15 pairs leave its median uncertain by about ±3 ms.
 
     make bench                      # or: .venv/bin/python -m bench --rounds 5
+
+`make bench` runs bench/user_view.py first: fresh prompts on the default path (cache
+on, default tier), the peers (`llama_cpp.server`, llama-server) and issue 22's targets.
 """
 
 from __future__ import annotations

@@ -1,0 +1,243 @@
+"""Issue 22's targets for `make bench`, checked against measured figures.
+
+Pure functions (no model, no network) so the table's arithmetic and wording are
+unit-tested: tests/ops/test_bench_targets.py. bench/user_view.py measures the
+figures and prints `target_table(...)`.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+# The issue's margins ("What it must show").
+FIRST_TEXT_MARGIN_MS = 10.0
+DECODE_RATIO_MIN = 0.97
+BATCHED_FRACTION_MIN = 0.95
+ENGINE_FIRST_TOKEN_MARGIN_MS = 3.0
+VS_LLAMA_SERVER_DECODE_MIN = 0.98
+
+
+def median(values: Iterable[float]) -> float:
+    """The median, NaN for no values (a side that was not measured)."""
+    data = [v for v in values if v == v]  # NaN never equals itself
+    return statistics.median(data) if data else float("nan")
+
+
+def spread(values: Sequence[float]) -> tuple[float, float, float]:
+    """(lower quartile, median, upper quartile) of the values, NaN when empty: the
+    middle half of per-pair differences, so a reader can tell a margin from noise."""
+    data = sorted(v for v in values if v == v)
+    if not data:
+        nan = float("nan")
+        return nan, nan, nan
+    return data[len(data) // 4], statistics.median(data), data[(3 * len(data)) // 4]
+
+
+def decode_tps(first_s: float, last_s: float, tokens: int) -> float:
+    """Tokens per second between the first and the last visible text of one stream:
+    `tokens - 1` intervals, 0 when there is nothing to divide."""
+    return (tokens - 1) / (last_s - first_s) if tokens > 1 and last_s > first_s else 0.0
+
+
+def order_for_round(sides: Sequence[str], i: int) -> list[str]:
+    """The order in which round `i` visits the sides: rotated by one each round, and
+    every other block of len(sides) rounds reversed, so over 2 * len(sides) rounds each
+    side goes first equally often and each goes before each other equally often (with
+    two sides: a b, b a, b a, a b)."""
+    n = len(sides)
+    k = i % n
+    order = list(sides[k:]) + list(sides[:k])
+    return order[::-1] if (i // n) % 2 else order
+
+
+@dataclass(frozen=True)
+class Figures:
+    """Medians measured in one run; None where a side was not measured (a peer
+    absent on this machine)."""
+
+    in_process_first_ms: float
+    gateway_first_ms: float
+    in_process_tps: float
+    gateway_tps: float
+    gateway_4_tps: float
+    batched_limit_tps: float
+    engine_first_ms: float
+    engine_pair_in_process_first_ms: float
+    py_server_first_ms: float | None = None
+    py_server_4_tps: float | None = None
+    llama_server_first_ms: float | None = None
+    llama_server_tps: float | None = None
+    llama_server_4_tps: float | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """One line of the table: what is compared, the figure, the goal, the verdict."""
+
+    name: str
+    measured: str
+    goal: str
+    met: bool | None  # None: not measured
+
+    @property
+    def verdict(self) -> str:
+        return "not measured" if self.met is None else ("met" if self.met else "not met")
+
+
+def _finite(*values: float | None) -> bool:
+    return all(v is not None and v == v for v in values)
+
+
+def targets(f: Figures) -> list[Target]:
+    """Issue 22's targets, each checked against the figures."""
+    out: list[Target] = []
+    gap = f.gateway_first_ms - f.in_process_first_ms
+    out.append(
+        Target(
+            "first visible text, gateway vs in-process",
+            f"{f.gateway_first_ms:.1f} vs {f.in_process_first_ms:.1f} ms ({gap:+.1f} ms)",
+            f"≤ +{FIRST_TEXT_MARGIN_MS:.0f} ms",
+            gap <= FIRST_TEXT_MARGIN_MS if _finite(gap) else None,
+        )
+    )
+    ratio = f.gateway_tps / f.in_process_tps if f.in_process_tps else float("nan")
+    out.append(
+        Target(
+            "decode 1 stream, gateway / in-process",
+            f"{f.gateway_tps:.1f} / {f.in_process_tps:.1f} tok/s = {ratio:.3f}",
+            f"≥ {DECODE_RATIO_MIN}",
+            ratio >= DECODE_RATIO_MIN if _finite(ratio) else None,
+        )
+    )
+    fraction = f.gateway_4_tps / f.batched_limit_tps if f.batched_limit_tps else float("nan")
+    out.append(
+        Target(
+            "4 streams, gateway / batched limit",
+            f"{f.gateway_4_tps:.1f} / {f.batched_limit_tps:.1f} tok/s = {fraction:.3f}",
+            f"≥ {BATCHED_FRACTION_MIN}",
+            fraction >= BATCHED_FRACTION_MIN if _finite(fraction) else None,
+        )
+    )
+    engine_gap = f.engine_first_ms - f.engine_pair_in_process_first_ms
+    out.append(
+        Target(
+            "engine first token vs in-process",
+            f"{f.engine_first_ms:.1f} vs {f.engine_pair_in_process_first_ms:.1f} ms "
+            f"({engine_gap:+.1f} ms)",
+            f"≤ +{ENGINE_FIRST_TOKEN_MARGIN_MS:.0f} ms",
+            engine_gap <= ENGINE_FIRST_TOKEN_MARGIN_MS if _finite(engine_gap) else None,
+        )
+    )
+    for peer, first, four in (
+        ("llama_cpp.server", f.py_server_first_ms, f.py_server_4_tps),
+        ("llama-server", f.llama_server_first_ms, f.llama_server_4_tps),
+    ):
+        out.append(
+            Target(
+                f"first visible text ahead of {peer}",
+                f"{f.gateway_first_ms:.1f} vs {first:.1f} ms" if _finite(first) else "peer not run",
+                "gateway lower",
+                f.gateway_first_ms < first if _finite(first) else None,  # type: ignore[operator]
+            )
+        )
+        out.append(
+            Target(
+                f"4 streams ahead of {peer}",
+                f"{f.gateway_4_tps:.1f} vs {four:.1f} tok/s" if _finite(four) else "peer not run",
+                "gateway higher",
+                f.gateway_4_tps > four if _finite(four) else None,  # type: ignore[operator]
+            )
+        )
+    vs = (
+        f.gateway_tps / f.llama_server_tps
+        if _finite(f.llama_server_tps) and f.llama_server_tps
+        else None
+    )
+    out.append(
+        Target(
+            "decode 1 stream, gateway / llama-server",
+            f"{f.gateway_tps:.1f} / {f.llama_server_tps:.1f} tok/s = {vs:.3f}"
+            if vs is not None
+            else "peer not run",
+            f"≥ {VS_LLAMA_SERVER_DECODE_MIN}",
+            vs >= VS_LLAMA_SERVER_DECODE_MIN if vs is not None else None,
+        )
+    )
+    return out
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A GitHub markdown table's lines; every row must have one cell per header."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        if len(row) != len(headers):
+            raise ValueError(f"row has {len(row)} cells, headers {len(headers)}")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def target_table(f: Figures) -> list[str]:
+    """The targets as a markdown table with met / not met per line."""
+    return markdown_table(
+        ["target (issue 22)", "measured (medians)", "goal", "verdict"],
+        ([t.name, t.measured, t.goal, t.verdict] for t in targets(f)),
+    )
+
+
+def fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
+    """A figure for a table cell; a dash where it was not measured."""
+    if value is None or value != value:
+        return "–"
+    return f"{value:.{digits}f}{unit}"
+
+
+def sides_table(
+    sides: Sequence[str],
+    first_ms: Mapping[str, Sequence[float]],
+    long_first_ms: Mapping[str, Sequence[float]],
+    tps: Mapping[str, Sequence[float]],
+    four_tps: Mapping[str, Sequence[float]],
+    *,
+    max_tokens: int,
+    streams: int,
+    baseline: str = "in-process",
+) -> list[str]:
+    """Every side's medians as a markdown table. `first_ms[side][i]` is round i's
+    first visible text (the same prompt on every side), so the gap to `baseline` is
+    taken per prompt; a side missing from a mapping shows a dash."""
+    rows = []
+    for name in sides:
+        if name in first_ms and name != baseline:
+            low, mid, high = spread(
+                [b - a for a, b in zip(first_ms[baseline], first_ms[name], strict=True)]
+            )
+            gap = f"{mid:+.1f} ({low:+.1f} to {high:+.1f})"
+        else:
+            gap = "–"
+        rows.append(
+            [
+                name,
+                fmt(median(first_ms.get(name, ())), " ms"),
+                gap,
+                fmt(median(long_first_ms.get(name, ())), " ms"),
+                fmt(median(tps.get(name, ()))),
+                fmt(median(four_tps.get(name, ()))),
+            ]
+        )
+
+    def count(values: Mapping[str, Sequence[float]]) -> int:
+        return max((len(v) for v in values.values()), default=0)
+
+    return markdown_table(
+        [
+            "side",
+            f"first visible text, median of {count(first_ms)}",
+            "per-prompt gap to in-process, ms: median (middle half)",
+            f"first visible text in the {max_tokens}-token rounds, median",
+            f"decode tok/s, 1 stream, median of {count(tps)}",
+            f"aggregate tok/s, {streams} streams, median of {count(four_tps)}",
+        ],
+        rows,
+    )
