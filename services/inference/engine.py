@@ -512,7 +512,9 @@ class LlamaEngine:
                 # Cancelled, disconnected or past its deadline: the decode thread
                 # drops it at its next step and frees the slot.
                 request.cancel.set()
-                if failed:
+                if hold is not None and not hold.committed:
+                    pass  # never a request to the client: counted as a speculation only
+                elif failed:
                     metrics.REQUESTS.labels(self.name, "error").inc()
                 else:
                     metrics.CANCELLATIONS.labels(self.name).inc()
