@@ -753,6 +753,12 @@ class LlamaEngine:
         with self._wake:
             if self._closing or (self._waiting and self._active < self.slots):
                 return
+            if (
+                self._waiting
+                and not self._waiting[0].held
+                and any(s.request is not None and s.request.held for s in self._slots)
+            ):
+                return  # a checked request takes a held sequence's slot now
             for slot in self._slots:
                 request = slot.request
                 if request is not None and request.held_token is not None:
