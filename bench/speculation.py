@@ -92,7 +92,9 @@ def main() -> int:
         medians = {n: statistics.median(t) * 1000 for n, t in times.items()}
         for name, ms in medians.items():
             print(f"first visible text, {name:<11} median {ms:6.1f} ms")
-        print(f"difference (plain - speculation): {medians['plain'] - medians['speculation']:+.1f} ms")
+        print(
+            f"difference (plain - speculation): {medians['plain'] - medians['speculation']:+.1f} ms"
+        )
         print(f"speculations used: {used:.0f} of {args.pairs + 3} requests")
         for channel in channels.values():
             channel.close()

@@ -121,9 +121,7 @@ class Speculation:
         self.held.cancel()
         self._settle(outcome)
 
-    async def pieces(
-        self, fresh: Callable[[], AsyncIterator[Piece]]
-    ) -> AsyncIterator[Piece]:
+    async def pieces(self, fresh: Callable[[], AsyncIterator[Piece]]) -> AsyncIterator[Piece]:
         """Commit and stream; should the speculation have failed before its first
         piece, the checked request generated afresh (`fresh`)."""
         self.committed = True

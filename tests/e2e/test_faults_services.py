@@ -125,7 +125,9 @@ def assert_fails_closed(
     recently), never released, and none after that refusal; each audited as refused,
     with no answer."""
     calls, prefills = inference_calls(suite), speculations(suite)
-    refused = suite.metric("router", "headrace_router_speculative_prefills_total", outcome="refused")
+    refused = suite.metric(
+        "router", "headrace_router_speculative_prefills_total", outcome="refused"
+    )
     for i in range(3):
         rid = f"{label}-{i}"
         started = time.monotonic()

@@ -111,7 +111,9 @@ def test_a_used_speculation_answers_as_a_plain_request(
     suite: RunningSuite, stub: router_pb2_grpc.RouterServiceStub
 ) -> None:
     prompt = fresh("Tell me a story")
-    plain = list(stub.Generate(request(prompt, 24), metadata=bearer(suite.token("plain")), timeout=30))
+    plain = list(
+        stub.Generate(request(prompt, 24), metadata=bearer(suite.token("plain")), timeout=30)
+    )
     metadata = admitted(suite, stub, "speculating")
     used, before = outcome(suite, "used"), speculations(suite)
     speculated = list(stub.Generate(request(prompt, 24), metadata=metadata, timeout=30))

@@ -17,7 +17,7 @@ from headrace.services.router.orchestrator import Ask, Orchestrator
 from headrace.services.router.speculation import AdmissionMemory
 from headrace.services.runtime.errors import PermissionDenied, ResourceExhausted, Unavailable
 from headrace.types.v1 import types_pb2
-from tests.router.fakes import FakeCache, Fakes, answer, audit_lines
+from tests.router.fakes import Fakes, answer, audit_lines
 
 GREEDY = types_pb2.SamplingParams(temperature=0.0)
 SECRET = "mail me at alice@example.com"
@@ -26,9 +26,7 @@ REDACTED = "mail me at [EMAIL]"
 
 def outcome(name: str) -> float:
     return (
-        REGISTRY.get_sample_value(
-            "headrace_router_speculative_prefills_total", {"outcome": name}
-        )
+        REGISTRY.get_sample_value("headrace_router_speculative_prefills_total", {"outcome": name})
         or 0.0
     )
 
@@ -47,9 +45,7 @@ async def ask(
 
 def everything_written(fakes: Fakes, router: Orchestrator, replies: list[Any]) -> str:
     """The audit lines, the cache copies' keys and texts, and the replies, as text."""
-    copies = [
-        (c.key.content.prompt if c.key else "", c.texts) for c in fakes.cache.copies
-    ]
+    copies = [(c.key.content.prompt if c.key else "", c.texts) for c in fakes.cache.copies]
     return json.dumps([audit_lines(router), copies, [r.text for r in replies]], default=str)
 
 
@@ -92,7 +88,9 @@ async def test_speculation_can_be_turned_off(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "refusal",
     [
-        pytest.param(("sanitizer", PermissionDenied("blocked by rule injection.ignore")), id="sanitizer"),
+        pytest.param(
+            ("sanitizer", PermissionDenied("blocked by rule injection.ignore")), id="sanitizer"
+        ),
         pytest.param(("auth", ResourceExhausted("token quota exhausted")), id="quota"),
         pytest.param(("auth", Unavailable("the auth service is unavailable")), id="auth-down"),
     ],
