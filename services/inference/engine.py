@@ -458,7 +458,9 @@ class LlamaEngine:
                     f"model {self.name!r} has no free slot to prefill speculatively",
                     retry_after_s=0.0,
                 )
-            if self._active + len(self._waiting) >= self.slots + self.queue_size:
+            # Held speculations give way to a checked request (see _preempt_held).
+            preemptible = 0 if request.held else self.held_sequences()
+            if self._active + len(self._waiting) - preemptible >= self.slots + self.queue_size:
                 self._free_samplers(request)
                 metrics.REJECTED.labels(self.name).inc()
                 raise ResourceExhausted(

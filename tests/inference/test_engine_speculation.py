@@ -117,3 +117,20 @@ async def test_a_hold_never_queues_and_gives_its_slot_to_a_checked_request(
     with pytest.raises(SpeculationDropped):
         await first
     assert idle(engine)
+
+
+async def test_a_full_queue_still_admits_a_checked_request_in_a_held_slot(
+    tiny_model: Path,
+) -> None:
+    spec = ModelSpec(name="tiny-speculation-noqueue", path=tiny_model, context_size=2048)
+    engine = LlamaEngine(spec, tiny_model, slots=1, queue_size=0)
+    try:
+        held = engine.generate(PROMPT, GREEDY, Hold())
+        first = asyncio.ensure_future(anext(held))
+        await until(lambda: prefilled(engine), "prefilled")
+        checked = text_of([d async for d in engine.generate(PROMPT, GREEDY)])
+        assert checked, "refused as busy while only a speculation held the slot"
+        with pytest.raises(SpeculationDropped):
+            await first
+    finally:
+        engine.close()
