@@ -62,6 +62,7 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--verbose", action="store_true", help="print every time")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="headrace-bench-spec-"))
     model = args.model or default_or_tiny(home)
@@ -92,9 +93,14 @@ def main() -> int:
         medians = {n: statistics.median(t) * 1000 for n, t in times.items()}
         for name, ms in medians.items():
             print(f"first visible text, {name:<11} median {ms:6.1f} ms")
-        print(
-            f"difference (plain - speculation): {medians['plain'] - medians['speculation']:+.1f} ms"
+        gap = medians["plain"] - medians["speculation"]
+        paired = statistics.median(
+            (p - q) * 1000 for p, q in zip(times["plain"], times["speculation"], strict=True)
         )
+        print(f"difference (plain - speculation): medians {gap:+.1f} ms, pairs {paired:+.1f} ms")
+        if args.verbose:
+            for name, values in times.items():
+                print(name, " ".join(f"{v * 1000:.0f}" for v in values))
         print(f"speculations used: {used:.0f} of {args.pairs + 3} requests")
         for channel in channels.values():
             channel.close()

@@ -802,9 +802,12 @@ class LlamaEngine:
             if request is None:
                 continue
             if request.held_token is not None and not request.held:
-                # Committed: the token sampled at the end of its prefill goes out now.
+                # Committed: the token sampled at the end of its prefill goes out now,
+                # not after this step's decode.
                 token, request.held_token = request.held_token, None
                 self._accept(slot, request, token, out)
+                _deliver(out)
+                out = []
                 if slot.request is not request:
                     continue
             if request.next_token is not None and n < capacity:
@@ -831,8 +834,6 @@ class LlamaEngine:
                     sample_at.append((slot, n))
                 n += 1
         if n == 0:
-            if out:
-                _deliver(out)
             return False
         batch.n_tokens = n
         metrics.BATCH_SIZE.labels(self.name).observe(len(sample_at))
