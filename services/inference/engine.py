@@ -150,6 +150,7 @@ class Hold:
 
     def __init__(self) -> None:
         self.committed = False
+        self.cancelled = False
         self.committed_at = 0.0
         self._request: _Request | None = None
         self._wake: threading.Condition | None = None
@@ -167,9 +168,12 @@ class Hold:
 
     def cancel(self) -> None:
         """Drop the generation unless committed (the stream ends, the cells are cleared)."""
-        request = self._request
-        if request is None or self.committed:
+        if self.committed:
             return
+        self.cancelled = True
+        request = self._request
+        if request is None:
+            return  # generate() has not started: it refuses to
         request.cancel.set()
         request.emit(SpeculationDropped("speculation cancelled before its commit"))
         assert self._wake is not None
@@ -448,6 +452,9 @@ class LlamaEngine:
         if sampling.grammar is not None:
             request.grammar = self.grammar_sampler(sampling.grammar)
         if hold is not None:
+            if hold.cancelled:
+                self._free_samplers(request)
+                raise SpeculationDropped("speculation cancelled before its prefill")
             request.held = not hold.committed
             hold._request, hold._wake = request, self._wake
         with self._wake:
