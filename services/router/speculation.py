@@ -100,9 +100,12 @@ class Speculation:
     """How it ended (the metric's label), once settled."""
 
     def serves(self, model: ModelInfo, content: Content, params: types_pb2.SamplingParams) -> bool:
-        """Whether the checked request is exactly the one prefilled."""
+        """Whether the checked request is exactly the one prefilled (and the prefill
+        is still held: neither committed nor discarded)."""
         return (
-            not model.hosted
+            not self.committed
+            and not self.outcome
+            and not model.hosted
             and model.name == self.model
             and content == self.content
             and params == self.params
