@@ -18,6 +18,16 @@ only the rest of the prompt is evaluated (a shared system prompt is computed
 once per slot). A cancelled request is dropped within one decode step and its
 slot is free for the next one.
 
+Speculation (Speculate, issue 22): a request generated with a `Hold` is prefilled
+at once, while the router still has it checked, but nothing it decodes leaves the
+engine until `Hold.commit()`: its first token is sampled and kept in the slot, and
+the sequence then waits without decoding. A commit hands that token out at the
+next step with no further decode; a cancel before the commit drops the sequence
+within one step and clears the KV cells it wrote (those of a prefix an earlier,
+checked request left in the slot stay), so an unchecked prompt is never reused as
+a cached prefix. A hold only takes a free slot, and gives it up to a checked
+request that would otherwise wait.
+
 Backpressure: a sequence whose consumer (its gRPC stream, so its client) has
 `stream_buffer` deltas not yet taken is skipped in the batch - paused, KV cells
 and slot kept - until the consumer has taken half of them; the others decode on
@@ -129,6 +139,48 @@ def default_gpu_layers() -> int:
     return -1 if llama_cpp.llama_supports_gpu_offload() else 0
 
 
+class SpeculationDropped(Exception):
+    """A held sequence ended before its commit (cancelled or preempted)."""
+
+
+class Hold:
+    """The gate of a speculative generation: prefill now, tokens only after commit().
+
+    Used from the event loop; the decode thread reads the request's `held` flag."""
+
+    def __init__(self) -> None:
+        self.committed = False
+        self.cancelled = False
+        self.committed_at = 0.0
+        self._request: _Request | None = None
+        self._wake: threading.Condition | None = None
+
+    def commit(self) -> None:
+        """Release the generation: its tokens now flow as a plain Generate's would."""
+        self.committed = True
+        self.committed_at = time.perf_counter()
+        request = self._request
+        if request is not None and request.held:
+            request.held = False
+            assert self._wake is not None
+            with self._wake:
+                self._wake.notify()
+
+    def cancel(self) -> None:
+        """Drop the generation unless committed (the stream ends, the cells are cleared)."""
+        if self.committed:
+            return
+        self.cancelled = True
+        request = self._request
+        if request is None:
+            return  # generate() has not started: it refuses to
+        request.cancel.set()
+        request.emit(SpeculationDropped("speculation cancelled before its commit"))
+        assert self._wake is not None
+        with self._wake:
+            self._wake.notify()
+
+
 @dataclass(eq=False)
 class _Request:
     """One generation, shared between the event loop and the decode thread."""
@@ -159,6 +211,12 @@ class _Request:
     taken: int = 0
     paused: bool = False
     """Set by the decode thread while it skips this sequence for a full buffer."""
+    held: bool = False
+    """Speculative and not yet committed: nothing decoded may leave (see Hold)."""
+    held_token: int | None = None
+    """The first token, sampled while held, handed out at the commit."""
+    kept: int = 0
+    """Prompt tokens whose KV cells the slot held before this request (reused)."""
 
     @property
     def undelivered(self) -> int:
@@ -270,6 +328,9 @@ class LlamaEngine:
         metrics.UNDELIVERED_DELTAS.labels(spec.name).set_function(
             lambda: e.undelivered_deltas() if (e := engine()) else 0
         )
+        metrics.HELD_SEQUENCES.labels(spec.name).set_function(
+            lambda: e.held_sequences() if (e := engine()) else 0
+        )
         self._thread = threading.Thread(target=self._loop, name=f"decode-{spec.name}", daemon=True)
         self._thread.start()
         log.info(
@@ -366,10 +427,14 @@ class LlamaEngine:
         return sampler
 
     async def generate(
-        self, prompt: str | Conversation, sampling: Sampling
+        self, prompt: str | Conversation, sampling: Sampling, hold: Hold | None = None
     ) -> AsyncIterator[Delta]:
         """Stream deltas for a prompt or a conversation. Raises ResourceExhausted when
-        the queue is full, FailedPrecondition for a conversation without a template."""
+        the queue is full, FailedPrecondition for a conversation without a template.
+
+        With `hold` (speculation) the prompt is prefilled but nothing is streamed until
+        `hold.commit()`; `hold.cancel()` ends the stream with SpeculationDropped. A
+        hold takes only a free slot: ResourceExhausted when there is none."""
         arrived = time.perf_counter()
         chat = not isinstance(prompt, str)
         tokens = self.tokenize_chat(prompt) if chat else self.tokenize(prompt)  # type: ignore[arg-type]
@@ -386,8 +451,23 @@ class LlamaEngine:
         )
         if sampling.grammar is not None:
             request.grammar = self.grammar_sampler(sampling.grammar)
+        if hold is not None:
+            if hold.cancelled:
+                self._free_samplers(request)
+                raise SpeculationDropped("speculation cancelled before its prefill")
+            request.held = not hold.committed
+            hold._request, hold._wake = request, self._wake
         with self._wake:
-            if self._active + len(self._waiting) >= self.slots + self.queue_size:
+            if request.held and self._active + len(self._waiting) >= self.slots:
+                self._free_samplers(request)
+                metrics.SPECULATIONS.labels(self.name, "refused").inc()
+                raise ResourceExhausted(
+                    f"model {self.name!r} has no free slot to prefill speculatively",
+                    retry_after_s=0.0,
+                )
+            # Held speculations give way to a checked request (see _preempt_held).
+            preemptible = 0 if request.held else self.held_sequences()
+            if self._active + len(self._waiting) - preemptible >= self.slots + self.queue_size:
                 self._free_samplers(request)
                 metrics.REJECTED.labels(self.name).inc()
                 raise ResourceExhausted(
@@ -406,7 +486,9 @@ class LlamaEngine:
             while finished is None:
                 item = await queue.get()
                 if isinstance(item, BaseException):
-                    failed = True  # the engine's failure (or shutdown), not the client's
+                    # The engine's failure (or shutdown), not the client's; a dropped
+                    # speculation is neither.
+                    failed = not isinstance(item, SpeculationDropped)
                     raise item
                 request.taken += 1
                 if request.paused and request.undelivered <= resume_at:
@@ -418,7 +500,9 @@ class LlamaEngine:
                 if item.text:
                     if not first:
                         first = now
-                        metrics.TIME_TO_FIRST_TOKEN.labels(self.name).observe(now - arrived)
+                        # A speculation's first token counts from its commit.
+                        since = hold.committed_at if hold is not None else arrived
+                        metrics.TIME_TO_FIRST_TOKEN.labels(self.name).observe(now - since)
                     else:
                         metrics.INTER_TOKEN_LATENCY.labels(self.name).observe(now - last)
                     last = now
@@ -430,11 +514,16 @@ class LlamaEngine:
                     metrics.REQUESTS.labels(self.name, finished.value).inc()
                 yield item
         finally:
+            if hold is not None:
+                outcome = "committed" if hold.committed else "dropped"
+                metrics.SPECULATIONS.labels(self.name, outcome).inc()
             if finished is None:
                 # Cancelled, disconnected or past its deadline: the decode thread
                 # drops it at its next step and frees the slot.
                 request.cancel.set()
-                if failed:
+                if hold is not None and not hold.committed:
+                    pass  # never a request to the client: counted as a speculation only
+                elif failed:
                     metrics.REQUESTS.labels(self.name, "error").inc()
                 else:
                     metrics.CANCELLATIONS.labels(self.name).inc()
@@ -445,6 +534,11 @@ class LlamaEngine:
     def paused_sequences(self) -> int:
         """Sequences not decoding now because their consumer is behind."""
         return sum(1 for s in self._slots if s.request is not None and s.request.paused)
+
+    def held_sequences(self) -> int:
+        """Speculative sequences in a slot or waiting for one, not yet committed."""
+        held = sum(1 for s in self._slots if (r := s.request) is not None and r.held)
+        return held + sum(1 for r in list(self._waiting) if r.held)
 
     def undelivered_deltas(self) -> int:
         """Deltas decoded but not yet taken by their consumers, all sequences together."""
@@ -506,6 +600,8 @@ class LlamaEngine:
         """Move waiting requests into free slots, reusing the longest cached prefix."""
         while self._waiting:
             free = [s for s in self._slots if s.request is None]
+            if not free and not self._waiting[0].held:
+                free = self._preempt_held()
             if not free:
                 return
             request = self._waiting.popleft()
@@ -520,6 +616,7 @@ class LlamaEngine:
             metrics.PREFIX_REUSED_TOKENS.labels(self.name).inc(keep)
             metrics.PREFIX_REUSE_RATIO.labels(self.name).observe(keep / len(request.tokens))
             del slot.cached[keep:]
+            request.kept = keep
             request.pending = request.tokens[keep:]
             request.budget = min(
                 request.sampling.max_tokens, self.context_size - len(request.tokens)
@@ -531,6 +628,19 @@ class LlamaEngine:
             slot.request = request
             metrics.QUEUE_TIME.labels(self.name).observe(time.perf_counter() - request.arrived)
             self._active += 1
+
+    def _preempt_held(self) -> list[_Slot]:
+        """A checked request must not wait behind a speculation: drop one held
+        sequence (its router then generates afresh) and return its slot."""
+        for slot in self._slots:
+            request = slot.request
+            if request is not None and request.held:
+                request.cancel.set()
+                request.emit(SpeculationDropped("a checked request needed the slot"))
+                log.info("speculation_preempted", model=self.name, slot=slot.seq_id)
+                self._live(slot)
+                return [slot]
+        return []
 
     @staticmethod
     def _free_samplers(request: _Request) -> None:
@@ -652,8 +762,18 @@ class LlamaEngine:
         with self._wake:
             if self._closing or (self._waiting and self._active < self.slots):
                 return
+            if (
+                self._waiting
+                and not self._waiting[0].held
+                and any(s.request is not None and s.request.held for s in self._slots)
+            ):
+                return  # a checked request takes a held sequence's slot now
             for slot in self._slots:
                 request = slot.request
+                if request is not None and request.held_token is not None:
+                    if not request.held:
+                        return  # committed: its first token goes out now
+                    continue  # waits for its commit without decoding
                 if request is not None and (
                     request.cancel.is_set()
                     or not request.paused
@@ -668,6 +788,11 @@ class LlamaEngine:
         cancelled (the slot is freed now)."""
         request = slot.request
         if request is not None and request.cancel.is_set():
+            if request.held:
+                # An uncommitted speculation: its prompt was never checked, so its
+                # cells must not serve a later request as a cached prefix.
+                llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, request.kept, -1)
+                del slot.cached[request.kept :]
             self._release(slot)
             return None
         return request
@@ -678,10 +803,20 @@ class LlamaEngine:
         capacity = self.spec.batch_size
         n = 0
         sample_at: list[tuple[_Slot, int]] = []
+        out: list[tuple[_Request, Delta]] = []
         for slot in self._slots:
             request = self._live(slot)
             if request is None:
                 continue
+            if request.held_token is not None and not request.held:
+                # Committed: the token sampled at the end of its prefill goes out now,
+                # not after this step's decode.
+                token, request.held_token = request.held_token, None
+                self._accept(slot, request, token, out)
+                _deliver(out)
+                out = []
+                if slot.request is not request:
+                    continue
             if request.next_token is not None and n < capacity:
                 if request.undelivered >= self.stream_buffer:
                     # Its consumer is behind (a slow client): keep the KV cells and
@@ -712,40 +847,49 @@ class LlamaEngine:
         status = llama_cpp.llama_decode(self._ctx.ctx, batch)
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
-        out: list[tuple[_Request, Delta]] = []
         try:
             for slot, index in sample_at:
                 request = self._live(slot)
                 if request is None:
                     continue
-                assert request.text is not None
                 token = self._sample(request, index)
-                if llama_cpp.llama_vocab_is_eog(self._vocab, token) or (
-                    # A base model invents further turns: a new turn ends the reply.
-                    request.chat and llama_cpp.llama_vocab_is_control(self._vocab, token)
-                ):
-                    out.append(
-                        (request, self._finish(slot, FinishReason.STOP, request.text.finish()))
-                    )
+                if request.held:
+                    # Speculative: the token waits in the slot for the commit.
+                    request.held_token = token
                     continue
-                request.generated += 1
-                text = request.text.feed(self._piece(token))
-                if request.text.stopped:
-                    out.append((request, self._finish(slot, FinishReason.STOP, text)))
-                    continue
-                if request.generated >= request.budget:
-                    last = self._finish(slot, FinishReason.LENGTH, text + request.text.finish())
-                    out.append((request, last))
-                    continue
-                if text:
-                    request.emitted += 1
-                    out.append((request, Delta(text)))
-                request.next_token = token
+                self._accept(slot, request, token, out)
         finally:
             # Also when a later sequence fails: what was decided is delivered.
             if out:
                 _deliver(out)
         return True
+
+    def _accept(
+        self, slot: _Slot, request: _Request, token: int, out: list[tuple[_Request, Delta]]
+    ) -> None:
+        """A sampled token's consequence: the end of the reply, or text and the next
+        token to decode."""
+        assert request.text is not None
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token) or (
+            # A base model invents further turns: a new turn ends the reply.
+            request.chat and llama_cpp.llama_vocab_is_control(self._vocab, token)
+        ):
+            out.append((request, self._finish(slot, FinishReason.STOP, request.text.finish())))
+            return
+        request.generated += 1
+        text = request.text.feed(self._piece(token))
+        if request.text.stopped:
+            out.append((request, self._finish(slot, FinishReason.STOP, text)))
+            return
+        if request.generated >= request.budget:
+            out.append(
+                (request, self._finish(slot, FinishReason.LENGTH, text + request.text.finish()))
+            )
+            return
+        if text:
+            request.emitted += 1
+            out.append((request, Delta(text)))
+        request.next_token = token
 
     def _put(self, slot: _Slot, token: int, i: int, *, logits: bool) -> None:
         batch = self._batch

@@ -88,3 +88,16 @@ UNDELIVERED_DELTAS = Gauge(
     "Decoded deltas (about one per token) not yet taken by their streams, all together.",
     ["model"],
 )
+HELD_SEQUENCES = Gauge(
+    "headrace_inference_held_sequences",
+    "Speculative sequences (Speculate) holding a slot, prefilled or prefilling, that wait "
+    "for the router's commit before any token leaves; 0 when no speculation is pending.",
+    ["model"],
+)
+SPECULATIONS = Counter(
+    "headrace_inference_speculations_total",
+    "Speculative prefills by how they ended: committed (released to the client), "
+    "dropped (cancelled before the commit, or their slot given to a checked request; "
+    "KV cells cleared), refused (no free slot to prefill in).",
+    ["model", "outcome"],
+)

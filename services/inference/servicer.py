@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import grpc
 
 from headrace.inference.v1 import inference_pb2, inference_pb2_grpc
-from headrace.services.inference.engine import Conversation, Delta, FinishReason, Sampling
+from headrace.services.inference.engine import (
+    Conversation,
+    Delta,
+    FinishReason,
+    Hold,
+    Sampling,
+    SpeculationDropped,
+)
 from headrace.services.inference.registry import ModelRegistry
 from headrace.services.inference.structured import grammar_for
 from headrace.services.runtime import tracing
@@ -75,6 +83,39 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def Generate(
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.GenerateResponse]:
+        async for response in self._generate(request):
+            yield response
+
+    async def Speculate(
+        self,
+        requests: AsyncIterator[inference_pb2.SpeculateRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[inference_pb2.SpeculateResponse]:
+        first = await anext(aiter(requests), None)
+        if first is None or not first.HasField("request") or first.commit:
+            raise InvalidArgument("Speculate's first message carries the request, not a commit")
+        hold = Hold()
+
+        async def await_commit() -> None:
+            async for message in requests:
+                if message.commit:
+                    hold.commit()
+                    return
+            hold.cancel()  # the request stream closed without a commit
+
+        watcher = asyncio.create_task(await_commit())
+        try:
+            async for response in self._generate(first.request, hold):
+                yield inference_pb2.SpeculateResponse(response=response)
+        except SpeculationDropped as exc:
+            await context.abort(grpc.StatusCode.ABORTED, f"{exc}; generate afresh")
+        finally:
+            watcher.cancel()
+
+    async def _generate(
+        self, request: inference_pb2.GenerateRequest, hold: Hold | None = None
+    ) -> AsyncIterator[inference_pb2.GenerateResponse]:
+        """The generation's messages, shared by Generate and a committed Speculate."""
         engine = self._registry.get(request.model)
         validate_params(request.params, self._max_tokens_limit)
         sampling = sampling_from_proto(request.params, engine.spec.default_max_tokens)
@@ -87,7 +128,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             source = conversation_from_proto(list(request.messages))
         span = tracing.current_span()
         # Deltas decoded while the router (or Envoy) was behind travel as one message.
-        async for delta in coalesced(engine.generate(source, sampling), merge_deltas):
+        deltas = (
+            engine.generate(source, sampling)
+            if hold is None
+            else engine.generate(source, sampling, hold)
+        )
+        async for delta in coalesced(deltas, merge_deltas):
             if delta.finish_reason is None:
                 if span is not None and delta.text:
                     span.add_event("first_token")

@@ -571,6 +571,62 @@ class CacheClient:
 BACKEND_HEADER = "x-headrace-backend"
 
 
+def _generate_request(
+    model: str, content: Content, params: types_pb2.SamplingParams
+) -> inference_pb2.GenerateRequest:
+    request = inference_pb2.GenerateRequest(model=model, params=params)
+    if content.is_conversation:
+        request.messages.extend(_messages(content.turns))
+    else:
+        request.prompt = content.prompt
+    if content.constrained:
+        request.response_format.CopyFrom(content.response_format)
+    return request
+
+
+class SpeculationFailed(Exception):
+    """A speculative generation ended before its first piece; generate afresh."""
+
+
+class HeldGeneration:
+    """A Speculate call: the request prefilling in inference, waiting for commit()."""
+
+    def __init__(self, call: grpc.aio.StreamStreamCall, opened: asyncio.Task[None]) -> None:
+        self._call = call
+        self._opened = opened
+        # A failed first write is read at the commit, or never (cancelled).
+        opened.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def commit(self) -> AsyncIterator[Piece]:
+        """Release the generation and stream its pieces. SpeculationFailed when it
+        ended before the first one (no free slot, preempted, unsupported, ...)."""
+        started = False
+        try:
+            await self._opened
+            await self._call.write(inference_pb2.SpeculateRequest(commit=True))
+            await self._call.done_writing()
+            async for reply in self._call:
+                message = reply.response
+                started = True
+                yield Piece(message.text, message.finish_reason, _usage(message.usage))
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            if not started:
+                log.info(
+                    "speculation_failed",
+                    code=exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else "",
+                )
+                raise SpeculationFailed() from None
+            assert isinstance(exc, grpc.aio.AioRpcError)
+            raise upstream_error("inference", exc) from None
+        finally:
+            self._call.cancel()
+
+    def cancel(self) -> None:
+        """Drop the prefill: inference clears the sequence within one step."""
+        self._opened.cancel()
+        self._call.cancel()
+
+
 class InferenceClient:
     """inference.Generate and ListModels, of local inference or (`hosted`) of the
     upstream service, which speaks the same protocol for hosted models."""
@@ -595,13 +651,7 @@ class InferenceClient:
         """The model's pieces as they are decoded; the call ends with the iteration.
         Inference's own errors (FAILED_PRECONDITION: no chat template; INVALID_ARGUMENT:
         a schema or grammar it refuses) pass through with their messages."""
-        request = inference_pb2.GenerateRequest(model=model, params=params)
-        if content.is_conversation:
-            request.messages.extend(_messages(content.turns))
-        else:
-            request.prompt = content.prompt
-        if content.constrained:
-            request.response_format.CopyFrom(content.response_format)
+        request = _generate_request(model, content, params)
         call = self._stub.Generate(request, timeout=remaining, metadata=self._metadata())
         try:
             async for reply in call:
@@ -610,6 +660,20 @@ class InferenceClient:
             raise upstream_error(self._service, exc) from None
         finally:
             call.cancel()
+
+    def speculate(
+        self,
+        model: str,
+        content: Content,
+        params: types_pb2.SamplingParams,
+        remaining: float | None,
+    ) -> HeldGeneration:
+        """Have local inference prefill a request whose admission is still under way
+        (inference.Speculate); nothing comes back before HeldGeneration.commit()."""
+        assert not self.hosted, "unchecked text never goes to a hosted model"
+        call = self._stub.Speculate(timeout=remaining, metadata=self._metadata())
+        first = inference_pb2.SpeculateRequest(request=_generate_request(model, content, params))
+        return HeldGeneration(call, asyncio.create_task(call.write(first)))
 
     async def list_models(self, timeout: float | None) -> list[ModelInfo]:
         try:

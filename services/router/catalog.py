@@ -85,6 +85,17 @@ class ModelCatalog:
         now = time.monotonic()
         self._fetched = now - self._ttl + min(self._ttl, 2.0) if failures else now
 
+    def known(self, name: str) -> ModelInfo | None:
+        """The model `name` names ("" the default) as last listed, without asking
+        anyone; None for a group, an unknown name or before the first listing."""
+        if name in self._groups:
+            return None
+        for models in self._lists:
+            for model in models:
+                if model.answers_to(name):
+                    return model
+        return None
+
     async def resolve(self, name: str, timeout: float | None) -> ModelInfo:
         """The served model a request names or aliases ("" is the default), or NotFound."""
         models = await self.models(timeout)

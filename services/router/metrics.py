@@ -80,3 +80,12 @@ OUTPUT_POLICY_REFUSALS = Counter(
     "headrace_router_output_policy_refusals_total",
     "Requests refused (UNAVAILABLE) because the output policy was not known to be current.",
 )
+SPECULATIVE_PREFILLS = Counter(
+    "headrace_router_speculative_prefills_total",
+    "Local prefills started before admission ended (speculation), by outcome: used "
+    "(committed and streamed), discarded (the request was served otherwise: redacted "
+    "content, a cache hit or single-flight follower, another model or parameters, the "
+    "client gone), refused (auth, its quota or the sanitizer said no), failed (inference "
+    "could not hold it; the request was generated afresh).",
+    ["outcome"],
+)

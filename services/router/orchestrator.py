@@ -1,13 +1,16 @@
 """One request's way through the suite, as named stages (docs/architecture.md):
 
 admit  validate; route the task (its max_tokens sizes the quota reservation);
-       auth.Authorize (who, which tier, reserve tokens); sanitizer.CheckPrompt
-       under auth's tier (the content as it may go on); the tier's current output
-       policy (refused when the sanitizer's policy watch is lost)
+       for a credential admitted recently, a local model's prefill started
+       (speculation.py: held in inference until the commit); auth.Authorize (who,
+       which tier, reserve tokens); sanitizer.CheckPrompt under auth's tier (the
+       content as it may go on); the tier's current output policy (refused when
+       the sanitizer's policy watch is lost)
 plan   the A/B arm; sampling parameters with defaults; the models to try; whether
        the cache may answer
 serve  per model, until one answers: cache.Lookup (a hit is replayed), else
-       inference.Generate through the output filter (in process, under the policy
+       inference.Generate (or the speculation committed, when it prefilled exactly
+       this request) through the output filter (in process, under the policy
        the sanitizer publishes) to the client token by token, copying the filtered
        text to cache.Store
 finish from the request's record, whatever the outcome: quota settlement,
@@ -43,6 +46,7 @@ from headrace.services.router.content import Content, validate
 from headrace.services.router.experiments import Arm, Experiments
 from headrace.services.router.record import Reply, RequestRecord
 from headrace.services.router.settings import RouterSettings
+from headrace.services.router.speculation import AdmissionMemory, Speculation
 from headrace.services.router.tasks import Route, TaskRouter, fill_unset
 from headrace.services.runtime import tracing
 from headrace.services.runtime.credentials import within_deadline
@@ -116,6 +120,7 @@ class Orchestrator:
         )
         self.tasks = TaskRouter(settings.tasks, settings.task_rules, settings.default_task)
         self._background: set[asyncio.Task[None]] = set()
+        self.admissions = AdmissionMemory(settings.speculate_window_seconds)
 
     def fill_params(self, params: types_pb2.SamplingParams) -> types_pb2.SamplingParams:
         """The request's params with every unset field set to its default."""
@@ -147,6 +152,7 @@ class Orchestrator:
             record.failed(exc)
             raise
         finally:
+            _drop(record)
             self.finish(record)
 
     async def admit(
@@ -165,19 +171,53 @@ class Orchestrator:
         validate(ask.content, self._settings.max_conversation_bytes)
         route = self.tasks.route(ask.task, ask.content.routing_text, ask.params)
         record.task = route.task
-        if principal is None:
-            principal = await self.backends.auth.authorize(
-                credential,
-                remaining,
-                model=ask.model,
-                content_bytes=ask.content.size_bytes,
-                reserve_tokens=self.fill_params(route.params).max_tokens,
+        if principal is not None:  # a batch item: no hurry, no speculation
+            record.principal = principal
+            record.checked = await self.backends.sanitizer.check(
+                ask.content, principal.tier, remaining
             )
-        record.principal = principal
-        record.checked = await self.backends.sanitizer.check(ask.content, principal.tier, remaining)
+        else:
+            record.speculation = self._speculate(ask, route, credential, remaining)
+            try:
+                record.principal = principal = await self.backends.auth.authorize(
+                    credential,
+                    remaining,
+                    model=ask.model,
+                    content_bytes=ask.content.size_bytes,
+                    reserve_tokens=self.fill_params(route.params).max_tokens,
+                )
+                record.checked = await self.backends.sanitizer.check(
+                    ask.content, principal.tier, remaining
+                )
+            except Exception:
+                # Refused (auth, quota, sanitizer) or not checkable: this credential
+                # does not speculate again for a while.
+                self.admissions.refused(credential)
+                _drop(record, "refused")
+                raise
+            self.admissions.admitted(credential)
+            if record.checked.content != ask.content:
+                _drop(record)  # redacted: what was prefilled is not what may run
         # Fail closed: without the tier's current output policy nothing is generated.
         record.output = await self.backends.sanitizer.output_rules(principal.tier, remaining)
         return route
+
+    def _speculate(
+        self, ask: Ask, route: Route, credential: str, remaining: float | None
+    ) -> Speculation | None:
+        """Start the likely model's prefill of the content as it came, when the rules
+        allow (speculation.py): speculation on, the credential admitted recently and
+        not refused since, the model known and local."""
+        s = self._settings
+        if not s.speculate or not self.admissions.may_speculate(credential):
+            return None
+        names = [ask.model] if ask.model else [*route.models, *s.fallback_models]
+        model = self.catalog.known(names[0] if names else "")
+        if model is None or model.hosted:
+            return None
+        params = self.fill_params(route.params)
+        held = self.backends.inference.speculate(model.name, ask.content, params, remaining)
+        return Speculation(model.name, ask.content, params, held)
 
     async def plan(
         self, record: RequestRecord, ask: Ask, route: Route, remaining: float | None
@@ -278,6 +318,8 @@ class Orchestrator:
         if plan.cacheable:
             async with contextlib.aclosing(self.backends.cache.replay(key, remaining)) as hits:
                 async for piece in hits:
+                    if not hit:
+                        _drop(record)  # served from the cache (or another's flight)
                     hit = True
                     yield reply(piece.text, piece.finish_reason, _usage(piece), cached=True)
         if not hit:
@@ -292,9 +334,20 @@ class Orchestrator:
         cache, checked = self.backends.cache, record.checked
         copy = await cache.copy(key) if plan.cacheable else cache.no_copy()
         out = record.output.filter()
-        pieces = self.backends.generator(key.model).generate(
-            key.model.name, checked.content, plan.params, remaining
+        fresh = partial(
+            self.backends.generator(key.model).generate,
+            key.model.name,
+            checked.content,
+            plan.params,
+            remaining,
         )
+        speculation = record.speculation
+        if speculation is not None and speculation.serves(key.model, checked.content, plan.params):
+            # Both said yes to exactly what was prefilled: release it.
+            pieces = speculation.pieces(fresh)
+        else:
+            _drop(record)
+            pieces = fresh()
         redacted = False
         try:
             async with contextlib.aclosing(pieces):
@@ -411,6 +464,12 @@ class Orchestrator:
                     "comment": comment,
                 }
             )
+
+
+def _drop(record: RequestRecord, outcome: str = "discarded") -> None:
+    """Cancel the request's speculation, if it has one not yet committed."""
+    if record.speculation is not None:
+        record.speculation.discard(outcome)
 
 
 def _usage(piece: Piece) -> Usage | None:

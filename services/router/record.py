@@ -13,6 +13,7 @@ import grpc
 
 from headrace.services.router.audit import now_iso
 from headrace.services.router.backends import Checked, OutputRules, Piece, Principal, Usage
+from headrace.services.router.speculation import Speculation
 from headrace.services.runtime.errors import HeadraceError
 from headrace.types.v1 import types_pb2
 
@@ -49,6 +50,8 @@ class RequestRecord:
     at: str = field(default_factory=now_iso)
     started: float = field(default_factory=time.perf_counter)
     # admit
+    speculation: Speculation | None = None
+    """The prefill started before admission ended, if any."""
     principal: Principal | None = None
     checked: Checked | None = None
     output: OutputRules | None = None
@@ -149,6 +152,8 @@ class RequestRecord:
             line["decided_by"] = self.refused_by
         if self.arm:
             line["arm"] = self.arm
+        if self.speculation is not None and self.speculation.outcome:
+            line["speculation"] = self.speculation.outcome
         if self.provider:
             line["provider"] = self.provider
         if self.offered_to:

@@ -80,3 +80,10 @@ class RouterSettings(ServiceSettings):
     sanitizer's redaction applies first). Others are never sent to one."""
     hosted_subjects: list[str] = []
     """Subjects that opt in to hosted models whatever their tier."""
+    speculate: bool = True
+    """Admission hidden behind prefill: for a credential admitted recently, start a
+    local model's prefill while auth and the sanitizer check the request; nothing is
+    decoded for the client before both said yes (services/router/speculation.py)."""
+    speculate_window_seconds: float = Field(default=300.0, ge=0.0)
+    """How recently a credential must have been admitted to speculate; a credential
+    refused (auth, quota, sanitizer) within this long does not."""

@@ -1,7 +1,10 @@
 """Auth, the sanitizer or the cache stopped (issue #9).
 
 Auth and the sanitizer fail closed: while either is down, Generate gets UNAVAILABLE
-at once, naming the service, and nothing reaches inference unchecked; a stream under
+at once, naming the service, and nothing is generated unchecked: a credential admitted
+recently may have its first such request prefilled (speculation, issue 22), held in
+inference and cancelled unreleased, counted as refused, and after that refusal its
+requests are not prefilled at all; a stream under
 way when the sanitizer dies stays filtered (the router filters in its own process
 under the policy the sanitizer published), never lets unfiltered text through. The
 cache fails open: requests are served without it. Each service is SIGKILLed; the
@@ -77,6 +80,18 @@ def inference_calls(suite: RunningSuite) -> float:
     return suite.rpcs_started("inference-0", "headrace.inference.v1.InferenceService", "Generate")
 
 
+def speculations(suite: RunningSuite) -> float:
+    """Speculate calls (prefills held until admission ends) inference has started."""
+    return suite.rpcs_started("inference-0", "headrace.inference.v1.InferenceService", "Speculate")
+
+
+def nothing_held(suite: RunningSuite) -> bool:
+    return (
+        suite.metric("inference-0", "headrace_inference_held_sequences", model="tiny") == 0
+        and suite.metric("inference-0", "headrace_inference_busy_slots", model="tiny") == 0
+    )
+
+
 def kill(suite: RunningSuite, service: str) -> int:
     pid = suite.pid(service)
     os.kill(pid, signal.SIGKILL)
@@ -104,10 +119,17 @@ def assert_fails_closed(
     metadata: tuple[tuple[str, str]],
     service: str,
     label: str,
+    speculates: bool | None = None,
 ) -> None:
-    """Three requests while `service` is down: each UNAVAILABLE at once,
-    naming it; none reaches inference; each audited as refused, with no answer."""
-    calls = inference_calls(suite)
+    """Three requests while `service` is down: each UNAVAILABLE at once, naming it;
+    none generated; at most the first prefilled (when its credential was admitted
+    recently and not refused since: `speculates`, None when that depends on the tests
+    run before), never released, and none after that refusal; each audited as
+    refused, with no answer."""
+    calls, prefills = inference_calls(suite), speculations(suite)
+    refused = suite.metric(
+        "router", "headrace_router_speculative_prefills_total", outcome="refused"
+    )
     for i in range(3):
         rid = f"{label}-{i}"
         started = time.monotonic()
@@ -125,7 +147,18 @@ def assert_fails_closed(
         audit = audit_of(suite.home, rid)
         assert audit["status"] == "UNAVAILABLE"
         assert "completion_tokens" not in audit and "response_summary" not in audit
-    assert inference_calls(suite) == calls, "a request reached inference unchecked"
+    assert inference_calls(suite) == calls, "a request was generated unchecked"
+    # The router counts what it started; inference may not have seen a call the
+    # router cancelled at once.
+    started = (
+        suite.metric("router", "headrace_router_speculative_prefills_total", outcome="refused")
+        - refused
+    )
+    assert started <= 1, "a credential refused moments ago still speculated"
+    if speculates is not None:
+        assert started == int(speculates)
+    assert speculations(suite) - prefills <= started
+    until(lambda: nothing_held(suite), 10, "no prefill left held in inference")
 
 
 def test_auth_down_fails_closed_then_recovers(
@@ -133,7 +166,9 @@ def test_auth_down_fails_closed_then_recovers(
 ) -> None:
     list(stub.Generate(request("warm up"), metadata=metadata, timeout=30))
     pid = kill(suite, "auth")
-    assert_fails_closed(suite, stub, metadata, "auth", "no-auth")
+    # The warm-up admitted the credential: the first request is prefilled (and
+    # refused), the next two are not.
+    assert_fails_closed(suite, stub, metadata, "auth", "no-auth", speculates=True)
     assert suite.pid("auth") == pid, "checked after the restart, not while auth was down"
     wait_until_served(stub, metadata)
 

@@ -17,6 +17,7 @@ from headrace.services.router.backends import (
     Piece,
     Principal,
     ResponseKey,
+    SpeculationFailed,
     Usage,
     Verdict,
 )
@@ -155,6 +156,35 @@ class FakeCache:
 
 
 @dataclass
+class FakeHeld:
+    """A speculative generation: what was prefilled, and whether it was committed
+    or cancelled (a held one is neither)."""
+
+    model: str
+    content: Content
+    params: types_pb2.SamplingParams
+    answer: list[Piece] | BaseException
+    committed: bool = False
+    cancelled: bool = False
+
+    @property
+    def held(self) -> bool:
+        return not self.committed and not self.cancelled
+
+    async def commit(self) -> AsyncIterator[Piece]:
+        assert not self.cancelled, "committed after its cancel"
+        self.committed = True
+        if isinstance(self.answer, BaseException):
+            raise SpeculationFailed() from self.answer
+        for piece in self.answer:
+            yield piece
+
+    def cancel(self) -> None:
+        if not self.committed:
+            self.cancelled = True
+
+
+@dataclass
 class FakeInference:
     """Serves `models`; each model answers with `answers[model]` (pieces, or an
     exception raised before any piece)."""
@@ -165,6 +195,21 @@ class FakeInference:
     answers: dict[str, list[Piece] | BaseException] = field(default_factory=dict)
     default: list[Piece] = field(default_factory=lambda: answer("fresh"))
     asked: list[dict[str, Any]] = field(default_factory=list)
+    held: list[FakeHeld] = field(default_factory=list)
+    """Speculative generations, in order."""
+    speculation_error: BaseException | None = None
+    """Set: every speculation fails before its first piece (no slot, preempted)."""
+
+    def speculate(
+        self,
+        model: str,
+        content: Content,
+        params: types_pb2.SamplingParams,
+        remaining: float | None,
+    ) -> FakeHeld:
+        answer = self.speculation_error or self.answers.get(model, self.default)
+        self.held.append(FakeHeld(model, content, params, answer))
+        return self.held[-1]
 
     async def generate(
         self,

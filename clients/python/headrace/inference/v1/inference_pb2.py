@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from headrace.types.v1 import types_pb2 as headrace_dot_types_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%headrace/inference/v1/inference.proto\x12\x15headrace.inference.v1\x1a\x1dheadrace/types/v1/types.proto\"\x82\x02\n\x0fGenerateRequest\x12\x16\n\x06prompt\x18\x01 \x01(\tR\x06prompt\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12\x39\n\x06params\x18\x03 \x01(\x0b\x32!.headrace.types.v1.SamplingParamsR\x06params\x12:\n\x08messages\x18\x04 \x03(\x0b\x32\x1e.headrace.types.v1.ChatMessageR\x08messages\x12J\n\x0fresponse_format\x18\x05 \x01(\x0b\x32!.headrace.types.v1.ResponseFormatR\x0eresponseFormat\"\xce\x01\n\x10GenerateResponse\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x44\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1f.headrace.types.v1.FinishReasonR\x0c\x66inishReason\x12.\n\x05usage\x18\x03 \x01(\x0b\x32\x18.headrace.types.v1.UsageR\x05usage\x12\x14\n\x05model\x18\x04 \x01(\tR\x05model\x12\x1a\n\x08provider\x18\x05 \x01(\tR\x08provider\"\x13\n\x11ListModelsRequest\"N\n\x12ListModelsResponse\x12\x38\n\x06models\x18\x01 \x03(\x0b\x32 .headrace.inference.v1.ModelInfoR\x06models\"\xc7\x02\n\tModelInfo\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12!\n\x0c\x63ontext_size\x18\x02 \x01(\x05R\x0b\x63ontextSize\x12\x1d\n\nis_default\x18\x03 \x01(\x08R\tisDefault\x12\x1d\n\ngpu_layers\x18\x04 \x01(\x05R\tgpuLayers\x12\x1a\n\x08revision\x18\x05 \x01(\tR\x08revision\x12\x18\n\x07\x61liases\x18\x06 \x03(\tR\x07\x61liases\x12\x1a\n\x08provider\x18\x07 \x01(\tR\x08provider\x12\x16\n\x06hosted\x18\x08 \x01(\x08R\x06hosted\x12\x30\n\x14supports_json_schema\x18\t \x01(\x08R\x12supportsJsonSchema\x12)\n\x10supports_grammar\x18\n \x01(\x08R\x0fsupportsGrammar2\xd4\x01\n\x10InferenceService\x12]\n\x08Generate\x12&.headrace.inference.v1.GenerateRequest\x1a\'.headrace.inference.v1.GenerateResponse0\x01\x12\x61\n\nListModels\x12(.headrace.inference.v1.ListModelsRequest\x1a).headrace.inference.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%headrace/inference/v1/inference.proto\x12\x15headrace.inference.v1\x1a\x1dheadrace/types/v1/types.proto\"\x82\x02\n\x0fGenerateRequest\x12\x16\n\x06prompt\x18\x01 \x01(\tR\x06prompt\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12\x39\n\x06params\x18\x03 \x01(\x0b\x32!.headrace.types.v1.SamplingParamsR\x06params\x12:\n\x08messages\x18\x04 \x03(\x0b\x32\x1e.headrace.types.v1.ChatMessageR\x08messages\x12J\n\x0fresponse_format\x18\x05 \x01(\x0b\x32!.headrace.types.v1.ResponseFormatR\x0eresponseFormat\"\xce\x01\n\x10GenerateResponse\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x44\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1f.headrace.types.v1.FinishReasonR\x0c\x66inishReason\x12.\n\x05usage\x18\x03 \x01(\x0b\x32\x18.headrace.types.v1.UsageR\x05usage\x12\x14\n\x05model\x18\x04 \x01(\tR\x05model\x12\x1a\n\x08provider\x18\x05 \x01(\tR\x08provider\"l\n\x10SpeculateRequest\x12@\n\x07request\x18\x01 \x01(\x0b\x32&.headrace.inference.v1.GenerateRequestR\x07request\x12\x16\n\x06\x63ommit\x18\x02 \x01(\x08R\x06\x63ommit\"X\n\x11SpeculateResponse\x12\x43\n\x08response\x18\x01 \x01(\x0b\x32\'.headrace.inference.v1.GenerateResponseR\x08response\"\x13\n\x11ListModelsRequest\"N\n\x12ListModelsResponse\x12\x38\n\x06models\x18\x01 \x03(\x0b\x32 .headrace.inference.v1.ModelInfoR\x06models\"\xc7\x02\n\tModelInfo\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12!\n\x0c\x63ontext_size\x18\x02 \x01(\x05R\x0b\x63ontextSize\x12\x1d\n\nis_default\x18\x03 \x01(\x08R\tisDefault\x12\x1d\n\ngpu_layers\x18\x04 \x01(\x05R\tgpuLayers\x12\x1a\n\x08revision\x18\x05 \x01(\tR\x08revision\x12\x18\n\x07\x61liases\x18\x06 \x03(\tR\x07\x61liases\x12\x1a\n\x08provider\x18\x07 \x01(\tR\x08provider\x12\x16\n\x06hosted\x18\x08 \x01(\x08R\x06hosted\x12\x30\n\x14supports_json_schema\x18\t \x01(\x08R\x12supportsJsonSchema\x12)\n\x10supports_grammar\x18\n \x01(\x08R\x0fsupportsGrammar2\xb8\x02\n\x10InferenceService\x12]\n\x08Generate\x12&.headrace.inference.v1.GenerateRequest\x1a\'.headrace.inference.v1.GenerateResponse0\x01\x12\x62\n\tSpeculate\x12\'.headrace.inference.v1.SpeculateRequest\x1a(.headrace.inference.v1.SpeculateResponse(\x01\x30\x01\x12\x61\n\nListModels\x12(.headrace.inference.v1.ListModelsRequest\x1a).headrace.inference.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,12 +36,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEREQUEST']._serialized_end=354
   _globals['_GENERATERESPONSE']._serialized_start=357
   _globals['_GENERATERESPONSE']._serialized_end=563
-  _globals['_LISTMODELSREQUEST']._serialized_start=565
-  _globals['_LISTMODELSREQUEST']._serialized_end=584
-  _globals['_LISTMODELSRESPONSE']._serialized_start=586
-  _globals['_LISTMODELSRESPONSE']._serialized_end=664
-  _globals['_MODELINFO']._serialized_start=667
-  _globals['_MODELINFO']._serialized_end=994
-  _globals['_INFERENCESERVICE']._serialized_start=997
-  _globals['_INFERENCESERVICE']._serialized_end=1209
+  _globals['_SPECULATEREQUEST']._serialized_start=565
+  _globals['_SPECULATEREQUEST']._serialized_end=673
+  _globals['_SPECULATERESPONSE']._serialized_start=675
+  _globals['_SPECULATERESPONSE']._serialized_end=763
+  _globals['_LISTMODELSREQUEST']._serialized_start=765
+  _globals['_LISTMODELSREQUEST']._serialized_end=784
+  _globals['_LISTMODELSRESPONSE']._serialized_start=786
+  _globals['_LISTMODELSRESPONSE']._serialized_end=864
+  _globals['_MODELINFO']._serialized_start=867
+  _globals['_MODELINFO']._serialized_end=1194
+  _globals['_INFERENCESERVICE']._serialized_start=1197
+  _globals['_INFERENCESERVICE']._serialized_end=1509
 # @@protoc_insertion_point(module_scope)

@@ -35,6 +35,20 @@ class GenerateResponse(_message.Message):
     provider: str
     def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[_types_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_types_pb2.Usage, _Mapping]] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ...) -> None: ...
 
+class SpeculateRequest(_message.Message):
+    __slots__ = ("request", "commit")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    request: GenerateRequest
+    commit: bool
+    def __init__(self, request: _Optional[_Union[GenerateRequest, _Mapping]] = ..., commit: _Optional[bool] = ...) -> None: ...
+
+class SpeculateResponse(_message.Message):
+    __slots__ = ("response",)
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    response: GenerateResponse
+    def __init__(self, response: _Optional[_Union[GenerateResponse, _Mapping]] = ...) -> None: ...
+
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

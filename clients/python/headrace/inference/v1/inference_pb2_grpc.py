@@ -40,6 +40,11 @@ class InferenceServiceStub:
                 request_serializer=headrace_dot_inference_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=headrace_dot_inference_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.Speculate = channel.stream_stream(
+                '/headrace.inference.v1.InferenceService/Speculate',
+                request_serializer=headrace_dot_inference_dot_v1_dot_inference__pb2.SpeculateRequest.SerializeToString,
+                response_deserializer=headrace_dot_inference_dot_v1_dot_inference__pb2.SpeculateResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/headrace.inference.v1.InferenceService/ListModels',
                 request_serializer=headrace_dot_inference_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
@@ -64,6 +69,23 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Speculate(self, request_iterator, context):
+        """Speculate is Generate in two steps, for a prompt whose admission (auth and
+        the sanitizer's check) is still under way: the first request message carries
+        the GenerateRequest, which is prefilled into a free slot at once; nothing is
+        decoded past the first sampled token and no message is sent back until a
+        second message with `commit` set. Then the stream goes on exactly as
+        Generate's would. Cancelling the call, or closing the request stream without
+        a commit, drops the sequence within one decode step and clears the KV cells
+        it wrote. RESOURCE_EXHAUSTED when no slot is free (a speculation never
+        queues), and a held sequence gives its slot up to a Generate that would wait
+        (the stream then ends with ABORTED); the caller then generates afresh. Local
+        models only: the upstream service answers UNIMPLEMENTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """ListModels lists the models in the registry.
         """
@@ -78,6 +100,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=headrace_dot_inference_dot_v1_dot_inference__pb2.GenerateRequest.FromString,
                     response_serializer=headrace_dot_inference_dot_v1_dot_inference__pb2.GenerateResponse.SerializeToString,
+            ),
+            'Speculate': grpc.stream_stream_rpc_method_handler(
+                    servicer.Speculate,
+                    request_deserializer=headrace_dot_inference_dot_v1_dot_inference__pb2.SpeculateRequest.FromString,
+                    response_serializer=headrace_dot_inference_dot_v1_dot_inference__pb2.SpeculateResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -113,6 +140,33 @@ class InferenceService:
             '/headrace.inference.v1.InferenceService/Generate',
             headrace_dot_inference_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
             headrace_dot_inference_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Speculate(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/headrace.inference.v1.InferenceService/Speculate',
+            headrace_dot_inference_dot_v1_dot_inference__pb2.SpeculateRequest.SerializeToString,
+            headrace_dot_inference_dot_v1_dot_inference__pb2.SpeculateResponse.FromString,
             options,
             channel_credentials,
             insecure,
