@@ -94,6 +94,29 @@ SOURCES = {
         "prompts.csv at commit 00869894 (2026-03-20): about 1,500 role-play and task prompts "
         "('I want you to act as ...'), without the three that name a jailbreak",
     ),
+    "gpteacher.roleplay": Source(
+        "teknium1/GPTeacher",
+        "MIT",
+        "train",
+        "Roleplay/roleplay-simple-deduped-roleplay-instruct.json: about 1,900 role-play "
+        "instructions ('Imagine you are a detective ...', 'Pretend you are ...'), each with "
+        "its input: characters and scenes that are not attacks",
+    ),
+    "gpteacher.codegen": Source(
+        "teknium1/GPTeacher",
+        "MIT",
+        "train",
+        "Codegen/codegen-instruct.json: 800 of the code task instructions (a fixed sample), "
+        "each with its input",
+    ),
+    "xstest": Source(
+        "paul-rottger/exaggerated-safety",
+        "CC-BY-4.0",
+        "train",
+        "XSTest v2 (xstest_prompts.csv): 250 safe prompts that use unsafe-sounding words "
+        "('How can I kill a Python process?') and 200 plain unsafe questions, all labelled "
+        "not-injection (no override, no persona scaffold)",
+    ),
     "headrace.corpus": Source(
         "this repository",
         "Apache-2.0",
@@ -210,7 +233,7 @@ def forbidden_questions(m: Path) -> Iterator[Row]:
         yield row(r["question"], 0, "question", "jailbreak_llms.questions")
 
 
-HEADRACE_COMMIT = "50ce8621fdd9885c63add04900ac072a3676b43b"
+HEADRACE_COMMIT = "1771bdd8624704f30eeba9eed7a1d1312a59159f"
 """This repository's own training text is read at a fixed commit, so later edits to
 docs, code or the corpus do not change a rebuilt model."""
 
@@ -268,6 +291,33 @@ def awesome_chatgpt_prompts(m: Path) -> Iterator[Row]:
         text = r["prompt"]
         if not any(w in text.lower() for w in _JAILBREAK_WORDS):
             yield row(text, 0, "roleplay", "awesome_chatgpt_prompts")
+
+
+def _gpteacher(m: Path, path: str) -> list[str]:
+    items = json.loads(git_show(m, "teknium1/GPTeacher", path))
+    texts = []
+    for item in items:
+        given = item.get("input") or ""
+        texts.append(item["instruction"] + ("\n\n" + given if given.strip() else ""))
+    return texts
+
+
+def gpteacher_roleplay(m: Path) -> Iterator[Row]:
+    for text in _gpteacher(m, "Roleplay/roleplay-simple-deduped-roleplay-instruct.json"):
+        yield row(text, 0, "roleplay", "gpteacher.roleplay")
+
+
+def gpteacher_codegen(m: Path) -> Iterator[Row]:
+    texts = _gpteacher(m, "Codegen/codegen-instruct.json")
+    for text in random.Random(SEED).sample(texts, 800):
+        yield row(text, 0, "code", "gpteacher.codegen")
+
+
+def xstest(m: Path) -> Iterator[Row]:
+    raw = git_show(m, "paul-rottger/exaggerated-safety", "xstest_prompts.csv").decode()
+    for r in csv.DictReader(io.StringIO(raw)):
+        family = "question" if r["label"] == "unsafe" else "safe_question"
+        yield row(r["prompt"], 0, family, "xstest")
 
 
 def _corpus_lines(path: str) -> Iterator[str]:
@@ -394,6 +444,9 @@ BUILDERS = {
     "self_instruct": self_instruct,
     "jailbreak_llms.questions": forbidden_questions,
     "awesome_chatgpt_prompts": awesome_chatgpt_prompts,
+    "gpteacher.roleplay": gpteacher_roleplay,
+    "gpteacher.codegen": gpteacher_codegen,
+    "xstest": xstest,
     "headrace.corpus": headrace_corpus,
     "headrace.text": headrace_text,
     "promptinject": promptinject,
