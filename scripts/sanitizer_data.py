@@ -77,7 +77,7 @@ SOURCES = {
         "derived from the training sources above",
         "as its parts",
         "train",
-        "1,200 texts made of a benign task and, after a separator, either a training "
+        "3,000 texts made of a benign task and, after a separator, either a training "
         "injection (an attack) or another benign text (not one): injections arrive "
         "inside a task's input, not alone",
     ),
@@ -116,6 +116,15 @@ SOURCES = {
         "XSTest v2 (xstest_prompts.csv): 250 safe prompts that use unsafe-sounding words "
         "('How can I kill a Python process?') and 200 plain unsafe questions, all labelled "
         "not-injection (no override, no persona scaffold)",
+    ),
+    "tldr": Source(
+        "tldr-pages/tldr",
+        "CC-BY-4.0",
+        "train",
+        "pages/common/*.md: 1,000 command examples whose description uses an override word "
+        "(ignore, bypass, override, disable, force, skip, reset, kill, activate, admin, "
+        "root, system, unrestricted...), asked as a question ('How do I ignore case "
+        "with grep?'): everyday technical uses of an attack's vocabulary",
     ),
     "headrace.corpus": Source(
         "this repository",
@@ -320,6 +329,48 @@ def xstest(m: Path) -> Iterator[Row]:
         yield row(r["prompt"], 0, family, "xstest")
 
 
+_OVERRIDE_WORDS = re.compile(
+    r"\b(ignor\w*|bypass\w*|overrid\w*|overwrit\w*|disabl\w*|forc\w*|skip\w*|reset\w*|"
+    r"kill\w*|activat\w*|admin\w*|root|system\w*|unrestrict\w*|unlimited|instruction\w*|"
+    r"previous|prompt\w*|mode|privileg\w*|permission\w*|execut\w*|terminat\w*|"
+    r"forget|pretend|simulat\w*|role\w*|persona\w*|jailbreak\w*|exploit\w*)\b",
+    re.IGNORECASE,
+)
+_TLDR_ASKS = (
+    "How do I {what} with {cmd}?",
+    "{What} using {cmd}: what is the command?",
+    "Can you show me how to {what} in {cmd}?",
+    "What {cmd} option lets me {what}?",
+    "I need to {what}. Which {cmd} command does that?",
+)
+
+
+def tldr(m: Path) -> Iterator[Row]:
+    git_dir = m / "tldr-pages+tldr" / "repo"
+    names = subprocess.run(
+        ["git", "-C", str(git_dir), "ls-tree", "--name-only", "HEAD", "pages/common/"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+    found: list[tuple[str, str]] = []
+    for name in sorted(names):
+        if not name.endswith(".md"):
+            continue
+        page = git_show(m, "tldr-pages/tldr", name).decode("utf-8", "replace")
+        cmd = PurePosixPath(name).stem
+        for line in page.splitlines():
+            if line.startswith("- ") and line.rstrip().endswith(":"):
+                what = line[2:].rstrip().rstrip(":").strip()
+                if _OVERRIDE_WORDS.search(what):
+                    found.append((cmd, what))
+    rng = random.Random(SEED)
+    for cmd, what in rng.sample(found, min(1000, len(found))):
+        ask = rng.choice(_TLDR_ASKS)
+        text = ask.format(cmd=cmd, what=what[0].lower() + what[1:], What=what)
+        yield row(text, 0, "technical", "tldr")
+
+
 def _corpus_lines(path: str) -> Iterator[str]:
     for line in _repo_text(path).splitlines():
         if line.strip() and not line.startswith("#"):
@@ -447,6 +498,7 @@ BUILDERS = {
     "gpteacher.roleplay": gpteacher_roleplay,
     "gpteacher.codegen": gpteacher_codegen,
     "xstest": xstest,
+    "tldr": tldr,
     "headrace.corpus": headrace_corpus,
     "headrace.text": headrace_text,
     "promptinject": promptinject,
@@ -463,7 +515,7 @@ BUILDERS = {
 _SEPARATORS = ("\n\n", "\n", " ", "\n\n---\n\n", "\n########\n", '\n\n"""\n', "\n> ")
 
 
-def embedded(train: list[Row], count: int = 600) -> list[Row]:
+def embedded(train: list[Row], count: int = 1500) -> list[Row]:
     """Tasks with an injection in their input (label 1), and the same tasks with a
     benign input (label 0), so the separator and the layout are not themselves the signal."""
     rng = random.Random(SEED)
