@@ -183,6 +183,28 @@ def git_show(mirrors: Path, repo: str, path: str) -> bytes:
     ).stdout
 
 
+def git_show_many(mirrors: Path, repo: str, paths: list[str]) -> list[bytes]:
+    """Several files of a snapshot (HEAD) in one git process."""
+    git_dir = mirrors / repo.replace("/", "+") / "repo"
+    request = "".join(f"HEAD:{p}\n" for p in paths).encode()
+    out = subprocess.run(
+        ["git", "-C", str(git_dir), "cat-file", "--batch"],
+        input=request,
+        check=True,
+        capture_output=True,
+    ).stdout
+    files, at = [], 0
+    for path in paths:
+        header_end = out.index(b"\n", at)
+        header = out[at:header_end].split()
+        if header[-1] == b"missing":
+            raise FileNotFoundError(f"{repo}: {path}")
+        size = int(header[2])
+        files.append(out[header_end + 1 : header_end + 1 + size])
+        at = header_end + 1 + size + 1
+    return files
+
+
 Row = dict[str, object]
 
 
@@ -354,10 +376,9 @@ def tldr(m: Path) -> Iterator[Row]:
         text=True,
     ).stdout.splitlines()
     found: list[tuple[str, str]] = []
-    for name in sorted(names):
-        if not name.endswith(".md"):
-            continue
-        page = git_show(m, "tldr-pages/tldr", name).decode("utf-8", "replace")
+    names = sorted(n for n in names if n.endswith(".md"))
+    for name, raw in zip(names, git_show_many(m, "tldr-pages/tldr", names), strict=True):
+        page = raw.decode("utf-8", "replace")
         cmd = PurePosixPath(name).stem
         for line in page.splitlines():
             if line.startswith("- ") and line.rstrip().endswith(":"):
