@@ -1,6 +1,6 @@
 """CheckPrompt's domain function with and without the injection classifier, in process.
 
-The same 4 KB prompt and 10,000 deny terms as bench/sanitizer.py; the two
+The same 4 KB prompt and 10,000 deny terms as bench/sanitizer.py; the
 policies run interleaved, so machine load falls on both alike. Also times the
 classifier's score alone. Goal: p99 of the policy with the classifier under 1 ms.
 
@@ -23,6 +23,7 @@ from collections.abc import Callable
 from bench.sanitizer import make_prompt, make_terms
 from headrace.services.sanitizer.classifier import ClassifierPolicy, load_default
 from headrace.services.sanitizer.policy import PromptPolicy
+from headrace.services.sanitizer.settings import SanitizerSettings
 
 RUNS = 2_000
 WARMUP = 200
@@ -41,10 +42,16 @@ def main() -> None:
     rules_only = PromptPolicy(**common)  # type: ignore[arg-type]
     with_classifier = PromptPolicy(**common, classifier=ClassifierPolicy())  # type: ignore[arg-type]
     model = load_default()
+    default = SanitizerSettings().policies().default  # what CheckPrompt runs out of the box
     runs: dict[str, tuple[Callable[[], object], list[float], list[float]]] = {
         "rules only": (lambda: rules_only.evaluate(prompt), [], []),
         "rules + classifier": (lambda: with_classifier.evaluate(prompt), [], []),
         "classifier score alone": (lambda: model.score(prompt), [], []),
+        "default tier (built-in rules + classifier, no deny terms)": (
+            lambda: default.evaluate(prompt),
+            [],
+            [],
+        ),
     }
     for i in range(WARMUP + RUNS):
         for fn, wall, cpu in runs.values():
