@@ -77,7 +77,7 @@ SOURCES = {
         "derived from the training sources above",
         "as its parts",
         "train",
-        "1,200 texts made of a benign task and, after a separator, either a training "
+        "3,000 texts made of a benign task and, after a separator, either a training "
         "injection (an attack) or another benign text (not one): injections arrive "
         "inside a task's input, not alone",
     ),
@@ -93,6 +93,38 @@ SOURCES = {
         "train",
         "prompts.csv at commit 00869894 (2026-03-20): about 1,500 role-play and task prompts "
         "('I want you to act as ...'), without the three that name a jailbreak",
+    ),
+    "gpteacher.roleplay": Source(
+        "teknium1/GPTeacher",
+        "MIT",
+        "train",
+        "Roleplay/roleplay-simple-deduped-roleplay-instruct.json: about 1,900 role-play "
+        "instructions ('Imagine you are a detective ...', 'Pretend you are ...'), each with "
+        "its input: characters and scenes that are not attacks",
+    ),
+    "gpteacher.codegen": Source(
+        "teknium1/GPTeacher",
+        "MIT",
+        "train",
+        "Codegen/codegen-instruct.json: 800 of the code task instructions (a fixed sample), "
+        "each with its input",
+    ),
+    "xstest": Source(
+        "paul-rottger/exaggerated-safety",
+        "CC-BY-4.0",
+        "train",
+        "XSTest v2 (xstest_prompts.csv): 250 safe prompts that use unsafe-sounding words "
+        "('How can I kill a Python process?') and 200 plain unsafe questions, all labelled "
+        "not-injection (no override, no persona scaffold)",
+    ),
+    "tldr": Source(
+        "tldr-pages/tldr",
+        "CC-BY-4.0",
+        "train",
+        "pages/common/*.md: 1,000 command examples whose description uses an override word "
+        "(ignore, bypass, override, disable, force, skip, reset, kill, activate, admin, "
+        "root, system, unrestricted...), asked as a question ('How do I ignore case "
+        "with grep?'): everyday technical uses of an attack's vocabulary",
     ),
     "headrace.corpus": Source(
         "this repository",
@@ -149,6 +181,28 @@ def git_show(mirrors: Path, repo: str, path: str) -> bytes:
     return subprocess.run(
         ["git", "-C", str(git_dir), "show", f"HEAD:{path}"], check=True, capture_output=True
     ).stdout
+
+
+def git_show_many(mirrors: Path, repo: str, paths: list[str]) -> list[bytes]:
+    """Several files of a snapshot (HEAD) in one git process."""
+    git_dir = mirrors / repo.replace("/", "+") / "repo"
+    request = "".join(f"HEAD:{p}\n" for p in paths).encode()
+    out = subprocess.run(
+        ["git", "-C", str(git_dir), "cat-file", "--batch"],
+        input=request,
+        check=True,
+        capture_output=True,
+    ).stdout
+    files, at = [], 0
+    for path in paths:
+        header_end = out.index(b"\n", at)
+        header = out[at:header_end].split()
+        if header[-1] == b"missing":
+            raise FileNotFoundError(f"{repo}: {path}")
+        size = int(header[2])
+        files.append(out[header_end + 1 : header_end + 1 + size])
+        at = header_end + 1 + size + 1
+    return files
 
 
 Row = dict[str, object]
@@ -210,7 +264,7 @@ def forbidden_questions(m: Path) -> Iterator[Row]:
         yield row(r["question"], 0, "question", "jailbreak_llms.questions")
 
 
-HEADRACE_COMMIT = "50ce8621fdd9885c63add04900ac072a3676b43b"
+HEADRACE_COMMIT = "1771bdd8624704f30eeba9eed7a1d1312a59159f"
 """This repository's own training text is read at a fixed commit, so later edits to
 docs, code or the corpus do not change a rebuilt model."""
 
@@ -268,6 +322,74 @@ def awesome_chatgpt_prompts(m: Path) -> Iterator[Row]:
         text = r["prompt"]
         if not any(w in text.lower() for w in _JAILBREAK_WORDS):
             yield row(text, 0, "roleplay", "awesome_chatgpt_prompts")
+
+
+def _gpteacher(m: Path, path: str) -> list[str]:
+    items = json.loads(git_show(m, "teknium1/GPTeacher", path))
+    texts = []
+    for item in items:
+        given = item.get("input") or ""
+        texts.append(item["instruction"] + ("\n\n" + given if given.strip() else ""))
+    return texts
+
+
+def gpteacher_roleplay(m: Path) -> Iterator[Row]:
+    for text in _gpteacher(m, "Roleplay/roleplay-simple-deduped-roleplay-instruct.json"):
+        yield row(text, 0, "roleplay", "gpteacher.roleplay")
+
+
+def gpteacher_codegen(m: Path) -> Iterator[Row]:
+    texts = _gpteacher(m, "Codegen/codegen-instruct.json")
+    for text in random.Random(SEED).sample(texts, 800):
+        yield row(text, 0, "code", "gpteacher.codegen")
+
+
+def xstest(m: Path) -> Iterator[Row]:
+    raw = git_show(m, "paul-rottger/exaggerated-safety", "xstest_prompts.csv").decode()
+    for r in csv.DictReader(io.StringIO(raw)):
+        family = "question" if r["label"] == "unsafe" else "safe_question"
+        yield row(r["prompt"], 0, family, "xstest")
+
+
+_OVERRIDE_WORDS = re.compile(
+    r"\b(ignor\w*|bypass\w*|overrid\w*|overwrit\w*|disabl\w*|forc\w*|skip\w*|reset\w*|"
+    r"kill\w*|activat\w*|admin\w*|root|system\w*|unrestrict\w*|unlimited|instruction\w*|"
+    r"previous|prompt\w*|mode|privileg\w*|permission\w*|execut\w*|terminat\w*|"
+    r"forget|pretend|simulat\w*|role\w*|persona\w*|jailbreak\w*|exploit\w*)\b",
+    re.IGNORECASE,
+)
+_TLDR_ASKS = (
+    "How do I {what} with {cmd}?",
+    "{What} using {cmd}: what is the command?",
+    "Can you show me how to {what} in {cmd}?",
+    "What {cmd} option lets me {what}?",
+    "I need to {what}. Which {cmd} command does that?",
+)
+
+
+def tldr(m: Path) -> Iterator[Row]:
+    git_dir = m / "tldr-pages+tldr" / "repo"
+    names = subprocess.run(
+        ["git", "-C", str(git_dir), "ls-tree", "--name-only", "HEAD", "pages/common/"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+    found: list[tuple[str, str]] = []
+    names = sorted(n for n in names if n.endswith(".md"))
+    for name, raw in zip(names, git_show_many(m, "tldr-pages/tldr", names), strict=True):
+        page = raw.decode("utf-8", "replace")
+        cmd = PurePosixPath(name).stem
+        for line in page.splitlines():
+            if line.startswith("- ") and line.rstrip().endswith(":"):
+                what = line[2:].rstrip().rstrip(":").strip()
+                if _OVERRIDE_WORDS.search(what):
+                    found.append((cmd, what))
+    rng = random.Random(SEED)
+    for cmd, what in rng.sample(found, min(1000, len(found))):
+        ask = rng.choice(_TLDR_ASKS)
+        text = ask.format(cmd=cmd, what=what[0].lower() + what[1:], What=what)
+        yield row(text, 0, "technical", "tldr")
 
 
 def _corpus_lines(path: str) -> Iterator[str]:
@@ -394,6 +516,10 @@ BUILDERS = {
     "self_instruct": self_instruct,
     "jailbreak_llms.questions": forbidden_questions,
     "awesome_chatgpt_prompts": awesome_chatgpt_prompts,
+    "gpteacher.roleplay": gpteacher_roleplay,
+    "gpteacher.codegen": gpteacher_codegen,
+    "xstest": xstest,
+    "tldr": tldr,
     "headrace.corpus": headrace_corpus,
     "headrace.text": headrace_text,
     "promptinject": promptinject,
@@ -410,7 +536,7 @@ BUILDERS = {
 _SEPARATORS = ("\n\n", "\n", " ", "\n\n---\n\n", "\n########\n", '\n\n"""\n', "\n> ")
 
 
-def embedded(train: list[Row], count: int = 600) -> list[Row]:
+def embedded(train: list[Row], count: int = 1500) -> list[Row]:
     """Tasks with an injection in their input (label 1), and the same tasks with a
     benign input (label 0), so the separator and the layout are not themselves the signal."""
     rng = random.Random(SEED)

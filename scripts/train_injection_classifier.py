@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,17 @@ FOLDS = 3
 SEED = 21
 NORM_FLOOR = 200
 """Feature sums are divided by sqrt(max(n, NORM_FLOOR)): about 50 characters."""
-TARGET_FALSE_POSITIVES = 0.005
-"""The block threshold lets through all but this share of out-of-fold benign prompts."""
+TARGET_FALSE_POSITIVES = 0.01
+"""The block threshold lets through all but this share of the out-of-fold benign prompts
+of *each* benign training source (the goal is per benign family, not on average)."""
+HARD_NEGATIVES = {
+    "gpteacher.roleplay": 2.0,
+    "xstest": 2.0,
+    "awesome_chatgpt_prompts": 2.0,
+    "tldr": 2.0,
+}
+"""Benign sources that look most like attacks (role-play set-ups, unsafe-sounding words)
+weigh this much more than other benign rows; the benign class keeps its total weight."""
 
 
 class Matrix:
@@ -64,7 +74,9 @@ class Matrix:
         return np.bincount(self.index, weights=err[self.row] * self.value, minlength=self.dim)
 
 
-def fit(x: Matrix, y: np.ndarray, sample_weight: np.ndarray) -> tuple[np.ndarray, float]:
+def fit(
+    x: Matrix, y: np.ndarray, sample_weight: np.ndarray, steps: int = STEPS
+) -> tuple[np.ndarray, float]:
     """Full-batch Adam on the weighted logistic loss + L2; returns (weights, bias)."""
     w = np.zeros(x.dim)
     b = 0.0
@@ -72,7 +84,7 @@ def fit(x: Matrix, y: np.ndarray, sample_weight: np.ndarray) -> tuple[np.ndarray
     m_b = v_b = 0.0
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     total = sample_weight.sum()
-    for step in range(1, STEPS + 1):
+    for step in range(1, steps + 1):
         z = x.dot(w) + b
         p = 1.0 / (1.0 + np.exp(-z))
         err = (p - y) * sample_weight / total
@@ -88,22 +100,40 @@ def fit(x: Matrix, y: np.ndarray, sample_weight: np.ndarray) -> tuple[np.ndarray
     return w, b
 
 
-def balanced(y: np.ndarray) -> np.ndarray:
-    """Each class weighs the same in the loss."""
-    pos = y.mean()
-    return np.where(y == 1, 0.5 / pos, 0.5 / (1 - pos))
+def balanced(y: np.ndarray, hard: np.ndarray) -> np.ndarray:
+    """Each class weighs the same in the loss; within the benign class, hard negatives
+    weigh `hard` times an ordinary row."""
+    w = np.where(y == 1, 1.0, hard)
+    pos, neg = w[y == 1].sum(), w[y == 0].sum()
+    return np.where(y == 1, w * 0.5 * len(y) / pos, w * 0.5 * len(y) / neg)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ROOT / ".headrace" / "sanitizer-data")
-    parser.add_argument("--out", type=Path, default=ARTEFACT)
-    args = parser.parse_args()
-    with gzip.open(args.data / "train.jsonl.gz", "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f]
-    texts = [r["text"] for r in rows]
-    y = np.array([int(r["label"]) for r in rows], dtype=float)
-    x = Matrix(texts, BITS)
+def choose_threshold(oof: np.ndarray, y: np.ndarray, sources: np.ndarray) -> float:
+    """The least threshold under which every benign source keeps its out-of-fold false
+    positives at TARGET_FALSE_POSITIVES or fewer."""
+    worst = 0.0
+    for source in sorted(set(sources[y == 0])):
+        benign = np.sort(oof[(y == 0) & (sources == source)])
+        k = int(np.ceil((1 - TARGET_FALSE_POSITIVES) * len(benign))) - 1
+        worst = max(worst, float(benign[k]))
+    return round(min(0.97, max(0.5, worst + 1e-3)), 3)
+
+
+def train(
+    rows: list[dict[str, object]],
+    *,
+    bits: int = BITS,
+    steps: int = STEPS,
+    log: Callable[[str], object] = print,
+    oof_out: Path | None = None,
+) -> InjectionClassifier:
+    """The model for these training rows: out-of-fold scores choose the threshold,
+    then the final fit uses every row. Deterministic: the same rows give the same model."""
+    texts = [str(r["text"]) for r in rows]
+    y = np.array([int(r["label"]) for r in rows], dtype=float)  # type: ignore[call-overload]
+    sources = np.array([str(r["source"]) for r in rows])
+    hard = np.array([HARD_NEGATIVES.get(str(r["source"]), 1.0) for r in rows])
+    x = Matrix(texts, bits)
 
     # Out-of-fold scores choose the threshold: scores on training rows themselves
     # are optimistic.
@@ -111,35 +141,53 @@ def main() -> None:
     folds = np.array_split(order, FOLDS)
     oof = np.zeros(len(rows))
     for k, test in enumerate(folds):
-        print(f"fold {k + 1} of {FOLDS}", flush=True)
-        train = np.concatenate([f for j, f in enumerate(folds) if j != k])
-        w, b = fit(x.take(np.sort(train)), y[np.sort(train)], balanced(y[np.sort(train)]))
+        log(f"fold {k + 1} of {FOLDS}")
+        fold_train = np.sort(np.concatenate([f for j, f in enumerate(folds) if j != k]))
+        w, b = fit(
+            x.take(fold_train), y[fold_train], balanced(y[fold_train], hard[fold_train]), steps
+        )
         part = x.take(np.sort(test))
         oof[np.sort(test)] = 1.0 / (1.0 + np.exp(-(part.dot(w) + b)))
-    benign = np.sort(oof[y == 0])
-    threshold = float(benign[int(np.ceil((1 - TARGET_FALSE_POSITIVES) * len(benign))) - 1])
-    threshold = round(min(0.95, max(0.5, threshold + 1e-3)), 3)
+    if oof_out is not None:
+        np.savez(oof_out, oof=oof, y=y, sources=sources)
+    threshold = choose_threshold(oof, y, sources)
+    for source in sorted(set(sources)):
+        for label in (0, 1):
+            mine = (sources == source) & (y == label)
+            if mine.any():
+                log(
+                    f"  {source:26} label {label} {int(mine.sum()):5} rows, out-of-fold over "
+                    f"threshold: {(oof[mine] >= threshold).mean():.1%}"
+                )
     recall = float((oof[y == 1] >= threshold).mean())
     fp = float((oof[y == 0] >= threshold).mean())
-    print(
-        f"out-of-fold: threshold {threshold}, attacks caught {recall:.1%}, benign {fp:.2%}",
-        flush=True,
-    )
+    log(f"out-of-fold: threshold {threshold}, attacks caught {recall:.1%}, benign {fp:.2%}")
 
-    print("the final fit, on every training row", flush=True)
-    w, b = fit(x, y, balanced(y))
-    model = InjectionClassifier(
+    log("the final fit, on every training row")
+    w, b = fit(x, y, balanced(y, hard), steps)
+    return InjectionClassifier(
         w.astype(np.float32),
         float(b),
-        BITS,
+        bits,
         {
             "threshold": threshold,
             "norm_floor": NORM_FLOOR,
             "trained_on": len(rows),
-            "sources": sorted({r["source"] for r in rows}),
+            "sources": sorted(set(sources.tolist())),
             "out_of_fold": {"attacks_caught": round(recall, 4), "benign_flagged": round(fp, 4)},
         },
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT / ".headrace" / "sanitizer-data")
+    parser.add_argument("--out", type=Path, default=ARTEFACT)
+    parser.add_argument("--oof", type=Path, help="also write the out-of-fold scores here (.npz)")
+    args = parser.parse_args()
+    with gzip.open(args.data / "train.jsonl.gz", "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    model = train(rows, log=lambda line: print(line, flush=True), oof_out=args.oof)
     model.save(args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes)")
 
