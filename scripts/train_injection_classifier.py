@@ -20,7 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from headrace.services.sanitizer.classifier import ARTEFACT, InjectionClassifier, features
+from headrace.services.sanitizer.classifier import (
+    ARTEFACT,
+    InjectionClassifier,
+    _bytes,
+    features,
+    features_at,
+    window_spans,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BITS = 18
@@ -42,14 +49,19 @@ HARD_NEGATIVES = {
 }
 """Benign sources that look most like attacks (role-play set-ups, unsafe-sounding words)
 weigh this much more than other benign rows; the benign class keeps its total weight."""
+WINDOW = (256, 128)
+"""--window: the (size, stride) in bytes of the windows scored beside the whole prompt."""
+MAX_WINDOWS = 8
+"""Training windows taken from one row at most (evenly spread over it)."""
 
 
 class Matrix:
     """Rows of hashed feature indices, each row's values 1/sqrt(max(n, floor))
     (classifier.margin)."""
 
-    def __init__(self, texts: list[str], bits: int) -> None:
-        rows = [features(t, bits) for t in texts]
+    def __init__(self, texts: list[str], bits: int, rows: list[np.ndarray] | None = None) -> None:
+        if rows is None:
+            rows = [features(t, bits) for t in texts]
         self.lengths = np.array([max(1, len(r)) for r in rows])
         self.index = np.concatenate(rows)
         self.row = np.repeat(np.arange(len(rows)), [len(r) for r in rows])
@@ -119,6 +131,70 @@ def choose_threshold(oof: np.ndarray, y: np.ndarray, sources: np.ndarray) -> flo
     return round(min(0.97, max(0.5, worst + 1e-3)), 3)
 
 
+def attack_start(text: str, attacks: list[str]) -> int | None:
+    """Where (in normalised bytes) the injection appended to a headrace.embedded task
+    starts: the row ends with one of the training injections, as is or upper-cased."""
+    best = None
+    for attack in attacks:
+        if text.endswith(attack) or text.endswith(attack.upper()):
+            if best is None or len(attack) > len(best):
+                best = attack
+    if best is None:
+        return None
+    return max(0, len(_bytes(text)) - len(_bytes(best)))
+
+
+def windows(
+    rows: list[dict[str, object]], bits: int, window: tuple[int, int]
+) -> tuple[list[np.ndarray], list[int], list[int]]:
+    """Training windows: (feature rows, labels, the row each came from).
+
+    A benign row's windows are benign. Of an embedded attack (a benign task, then
+    an injection) the windows that hold the whole injection or lie inside it are
+    attacks, those wholly in the task are benign, and those that cut the injection
+    are left out; other attacks give no windows (where the attack is in them is
+    not known), only their whole text."""
+    size, stride = window
+    attacks = sorted(
+        {
+            str(r["text"])
+            for r in rows
+            if r["family"] == "injection" and int(r["label"]) == 1  # type: ignore[call-overload]
+        }
+    )
+    feats: list[np.ndarray] = []
+    labels: list[int] = []
+    parent: list[int] = []
+    for i, r in enumerate(rows):
+        label = int(r["label"])  # type: ignore[call-overload]
+        start = None
+        if label == 1:
+            if r["source"] != "headrace.embedded":
+                continue
+            start = attack_start(str(r["text"]), attacks)
+            if start is None:
+                continue
+        index, pos, n = features_at(str(r["text"]), bits)
+        spans = window_spans(n, size, stride)
+        if len(spans) > MAX_WINDOWS:
+            spans = spans[
+                np.unique(np.linspace(0, len(spans) - 1, MAX_WINDOWS).round().astype(int))
+            ]
+        for s, e in spans:
+            if start is None:
+                wl = 0
+            elif e <= start:
+                wl = 0
+            elif s >= start or (s <= start and e >= n):
+                wl = 1
+            else:
+                continue
+            feats.append(index[(pos >= s) & (pos < e)])
+            labels.append(wl)
+            parent.append(i)
+    return feats, labels, parent
+
+
 def train(
     rows: list[dict[str, object]],
     *,
@@ -126,9 +202,19 @@ def train(
     steps: int = STEPS,
     log: Callable[[str], object] = print,
     oof_out: Path | None = None,
+    window: tuple[int, int] | None = None,
 ) -> InjectionClassifier:
     """The model for these training rows: out-of-fold scores choose the threshold,
-    then the final fit uses every row. Deterministic: the same rows give the same model."""
+    then the final fit uses every row. Deterministic: the same rows give the same model.
+
+    With a window, the model scores a prompt as the highest of its whole text and its
+    windows (classifier.InjectionClassifier.margin), and is trained on the same: each
+    row's whole text and its windows (windows()); the out-of-fold scores that choose
+    the threshold are computed the way the sanitizer computes them."""
+    if window is not None:
+        return _train_windowed(
+            rows, bits=bits, steps=steps, log=log, oof_out=oof_out, window=window
+        )
     texts = [str(r["text"]) for r in rows]
     y = np.array([int(r["label"]) for r in rows], dtype=float)  # type: ignore[call-overload]
     sources = np.array([str(r["source"]) for r in rows])
@@ -179,15 +265,102 @@ def train(
     )
 
 
+def _train_windowed(
+    rows: list[dict[str, object]],
+    *,
+    bits: int,
+    steps: int,
+    log: Callable[[str], object],
+    oof_out: Path | None,
+    window: tuple[int, int],
+) -> InjectionClassifier:
+    texts = [str(r["text"]) for r in rows]
+    y_rows = np.array([int(r["label"]) for r in rows], dtype=float)  # type: ignore[call-overload]
+    sources = np.array([str(r["source"]) for r in rows])
+    hard_rows = np.array([HARD_NEGATIVES.get(str(r["source"]), 1.0) for r in rows])
+    whole = [features(t, bits) for t in texts]
+    win, win_y, win_parent = windows(rows, bits, window)
+    log(f"{len(win)} training windows ({sum(win_y)} attacks) beside {len(rows)} rows")
+    parent = np.concatenate([np.arange(len(rows)), np.array(win_parent, dtype=int)])
+    y = np.concatenate([y_rows, np.array(win_y, dtype=float)])
+    # A row's windows weigh as much together as the row itself: a long benign text
+    # (a 100 KB role-play prompt) must not outweigh a source of short ones.
+    per_row = np.bincount(np.array(win_parent, dtype=int), minlength=len(rows))
+    share = np.concatenate([np.ones(len(rows)), 1.0 / per_row[np.array(win_parent, dtype=int)]])
+    hard = hard_rows[parent] * share
+    x = Matrix([], bits, rows=whole + win)
+    meta_window = {"size": window[0], "stride": window[1]}
+
+    def scorer(w: np.ndarray, b: float) -> InjectionClassifier:
+        meta = {"norm_floor": NORM_FLOOR, "window": meta_window}
+        return InjectionClassifier(w.astype(np.float32), float(b), bits, meta)
+
+    order = np.random.default_rng(SEED).permutation(len(rows))
+    folds = np.array_split(order, FOLDS)
+    oof = np.zeros(len(rows))
+    for k, test in enumerate(folds):
+        log(f"fold {k + 1} of {FOLDS}")
+        in_train = np.ones(len(rows), dtype=bool)
+        in_train[test] = False
+        fold_train = np.flatnonzero(in_train[parent])
+        w, b = fit(
+            x.take(fold_train), y[fold_train], balanced(y[fold_train], hard[fold_train]), steps
+        )
+        model = scorer(w, b)
+        for i in np.sort(test):
+            oof[i] = model.score(texts[i])
+    if oof_out is not None:
+        np.savez(oof_out, oof=oof, y=y_rows, sources=sources)
+    threshold = choose_threshold(oof, y_rows, sources)
+    for source in sorted(set(sources)):
+        for label in (0, 1):
+            mine = (sources == source) & (y_rows == label)
+            if mine.any():
+                log(
+                    f"  {source:26} label {label} {int(mine.sum()):5} rows, out-of-fold over "
+                    f"threshold: {(oof[mine] >= threshold).mean():.1%}"
+                )
+    recall = float((oof[y_rows == 1] >= threshold).mean())
+    fp = float((oof[y_rows == 0] >= threshold).mean())
+    log(f"out-of-fold: threshold {threshold}, attacks caught {recall:.1%}, benign {fp:.2%}")
+
+    log("the final fit, on every training row and window")
+    w, b = fit(x, y, balanced(y, hard), steps)
+    return InjectionClassifier(
+        w.astype(np.float32),
+        float(b),
+        bits,
+        {
+            "threshold": threshold,
+            "norm_floor": NORM_FLOOR,
+            "window": meta_window,
+            "trained_on": len(rows),
+            "sources": sorted(set(sources.tolist())),
+            "out_of_fold": {"attacks_caught": round(recall, 4), "benign_flagged": round(fp, 4)},
+        },
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT / ".headrace" / "sanitizer-data")
     parser.add_argument("--out", type=Path, default=ARTEFACT)
     parser.add_argument("--oof", type=Path, help="also write the out-of-fold scores here (.npz)")
+    parser.add_argument(
+        "--window",
+        action="store_true",
+        help=f"score (and train on) {WINDOW[0]}-byte windows every {WINDOW[1]} bytes beside the "
+        "whole prompt, the highest score counting",
+    )
     args = parser.parse_args()
     with gzip.open(args.data / "train.jsonl.gz", "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
-    model = train(rows, log=lambda line: print(line, flush=True), oof_out=args.oof)
+    model = train(
+        rows,
+        log=lambda line: print(line, flush=True),
+        oof_out=args.oof,
+        window=WINDOW if args.window else None,
+    )
     model.save(args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes)")
 

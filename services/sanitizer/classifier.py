@@ -32,7 +32,9 @@ __all__ = [
     "InjectionClassifier",
     "SignalAction",
     "features",
+    "features_at",
     "load_default",
+    "window_spans",
 ]
 
 CLASSIFIER_SIGNAL = "injection.classifier"
@@ -90,7 +92,11 @@ def _bytes(text: str) -> np.ndarray:
 
 def _parts(text: str, bits: int) -> list[np.ndarray]:
     """Hashed feature indices of one text, one array per kind of n-gram."""
-    b = _bytes(text)
+    return _parts_of(_bytes(text), bits)
+
+
+def _parts_of(b: np.ndarray, bits: int) -> list[np.ndarray]:
+    """_parts() of normalised bytes."""
     n = len(b)
     if n == 0:
         return []
@@ -128,6 +134,36 @@ def features(text: str, bits: int) -> np.ndarray:
     """Hashed feature indices (with repeats) of one text."""
     parts = _parts(text, bits)
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.intp)
+
+
+def features_at(text: str, bits: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Hashed feature indices of one text, the byte offset where each starts, and the
+    text's length in (normalised) bytes: what window margins are computed from."""
+    b = _bytes(text)
+    parts = _parts_of(b, bits)
+    if not parts:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp), len(b)
+    n = len(b)
+    pos = [np.arange(n + 1 - k) for k in CHAR_NGRAMS if n >= k]
+    word = _WORD_BYTE[b]
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], word, [False])).view(np.int8)))
+    starts = edges[0::2]
+    if len(starts) > 1:
+        pos.append(starts[:-1])
+    if len(starts):
+        pos.append(starts)
+    return np.concatenate(parts), np.concatenate(pos), n
+
+
+def window_spans(n: int, size: int, stride: int) -> np.ndarray:
+    """(start, end) byte offsets of the windows of a text of n bytes: every `stride`
+    bytes a window of `size`, the last one ending at the text's end; none when the
+    text fits in one window (the whole text is then its only window)."""
+    if n <= size:
+        return np.zeros((0, 2), dtype=np.intp)
+    starts = np.arange(0, n - size, stride)
+    starts = np.append(starts, n - size)
+    return np.stack([starts, starts + size], axis=1)
 
 
 @dataclass(frozen=True)
@@ -171,13 +207,48 @@ class InjectionClassifier:
         )
 
     def margin(self, text: str) -> float:
-        """The log-odds that the text is an injection."""
+        """The log-odds that the text is an injection.
+
+        With a window (meta "window": {"size": bytes, "stride": bytes}) it is the
+        highest of the whole text's margin and each window's: a one-line override
+        in a long task is then scored next to its own few lines, not diluted by the
+        whole prompt."""
+        if self.window is not None:
+            return self._windowed_margin(text, *self.window)
         parts = _parts(text, self.bits)
         count = sum(len(p) for p in parts)
         if count == 0:
             return self.bias
         total = sum(float(self.weights.take(p).sum()) for p in parts)
         return self.bias + total / float(np.sqrt(max(count, self.norm_floor)))
+
+    def _windowed_margin(self, text: str, size: int, stride: int) -> float:
+        index, pos, n = features_at(text, self.bits)
+        if len(index) == 0:
+            return self.bias
+        floor = float(self.norm_floor)
+        w = self.weights.take(index).astype(np.float64)
+        whole = self.bias + float(w.sum()) / float(np.sqrt(max(len(index), floor)))
+        spans = window_spans(n, size, stride)
+        if len(spans) == 0:
+            return whole
+        # Prefix sums of the weights and counts of the features starting at each byte.
+        total = np.zeros(n + 1)
+        np.cumsum(np.bincount(pos, weights=w, minlength=n), out=total[1:])
+        count = np.zeros(n + 1)
+        np.cumsum(np.bincount(pos, minlength=n), out=count[1:])
+        s, e = spans[:, 0], spans[:, 1]
+        sums = total[e] - total[s]
+        counts = np.maximum(count[e] - count[s], floor)
+        return max(whole, self.bias + float((sums / np.sqrt(counts)).max()))
+
+    @property
+    def window(self) -> tuple[int, int] | None:
+        """(size, stride) in bytes of the windows scored beside the whole text, or None."""
+        window = self.meta.get("window")
+        if not isinstance(window, dict):
+            return None
+        return int(window["size"]), int(window["stride"])
 
     @property
     def norm_floor(self) -> int:
