@@ -348,9 +348,11 @@ def main() -> None:
     parser.add_argument("--oof", type=Path, help="also write the out-of-fold scores here (.npz)")
     parser.add_argument(
         "--window",
-        action="store_true",
-        help=f"score (and train on) {WINDOW[0]}-byte windows every {WINDOW[1]} bytes beside the "
-        "whole prompt, the highest score counting",
+        nargs="?",
+        const=f"{WINDOW[0]},{WINDOW[1]}",
+        metavar="SIZE,STRIDE",
+        help=f"score (and train on) windows of SIZE bytes every STRIDE bytes (default "
+        f"{WINDOW[0]},{WINDOW[1]}) beside the whole prompt, the highest score counting",
     )
     args = parser.parse_args()
     with gzip.open(args.data / "train.jsonl.gz", "rt", encoding="utf-8") as f:
@@ -359,7 +361,7 @@ def main() -> None:
         rows,
         log=lambda line: print(line, flush=True),
         oof_out=args.oof,
-        window=WINDOW if args.window else None,
+        window=tuple(int(v) for v in args.window.split(",")) if args.window else None,  # type: ignore[arg-type]
     )
     model.save(args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes)")

@@ -95,8 +95,11 @@ def _parts(text: str, bits: int) -> list[np.ndarray]:
     return _parts_of(_bytes(text), bits)
 
 
-def _parts_of(b: np.ndarray, bits: int) -> list[np.ndarray]:
-    """_parts() of normalised bytes."""
+def _parts_of(
+    b: np.ndarray, bits: int, word_starts: list[np.ndarray] | None = None
+) -> list[np.ndarray]:
+    """_parts() of normalised bytes; the offsets where words start are appended to
+    word_starts when it is given (window scores need to know where features stand)."""
     n = len(b)
     if n == 0:
         return []
@@ -119,6 +122,8 @@ def _parts_of(b: np.ndarray, bits: int) -> list[np.ndarray]:
         edges = np.flatnonzero(np.diff(np.concatenate(([False], word, [False])).view(np.int8)))
         if len(edges):
             starts, ends = edges[0::2], edges[1::2]
+            if word_starts is not None:
+                word_starts.append(starts)
             words = (prefix[ends] - prefix[starts]) * ppow[starts]
             if len(words) > 1:
                 parts.append((words[:-1] * _SALT_PAIR + words[1:]) ^ _SALT_PAIR)
@@ -215,32 +220,53 @@ class InjectionClassifier:
         whole prompt."""
         if self.window is not None:
             return self._windowed_margin(text, *self.window)
-        parts = _parts(text, self.bits)
+        return self._whole_margin(_parts(text, self.bits))
+
+    def _windowed_margin(self, text: str, size: int, stride: int) -> float:
+        b = _bytes(text)
+        n = len(b)
+        spans = window_spans(n, size, stride)
+        if len(spans) == 0:
+            return self._whole_margin(_parts_of(b, self.bits))
+        found: list[np.ndarray] = []
+        parts = _parts_of(b, self.bits, found)
+        starts = found[0] if found else np.zeros(0, dtype=np.intp)
+        chars = sum(1 for k in CHAR_NGRAMS if n >= k)
+        # The weight of the features that start at each byte: a character n-gram stands
+        # at its own offset, a word pair at its first word's, a word at its own (word
+        # offsets are distinct, so a fancy-indexed add is exact). A window's sum is then
+        # a difference of one prefix sum, and its feature count a closed form.
+        at_byte = np.zeros(n)
+        count = 0
+        for i, part in enumerate(parts):
+            w = self.weights.take(part)
+            if i < chars:
+                at_byte[: len(w)] += w
+            else:
+                at_byte[starts[: len(w)]] += w
+            count += len(part)
+        prefix = np.zeros(n + 1)
+        np.cumsum(at_byte, out=prefix[1:])
+        bounds = spans.ravel()  # start, end, start, end...
+        counts = np.zeros(len(bounds), dtype=np.int64)
+        for i, part in enumerate(parts):
+            if i < chars:
+                counts += np.minimum(bounds, len(part))
+            else:
+                counts += np.searchsorted(starts[: len(part)], bounds)
+        sums = prefix[bounds]
+        floor = self.norm_floor
+        window_sums = sums[1::2] - sums[0::2]
+        window_counts = np.maximum(counts[1::2] - counts[0::2], floor)
+        best = float((window_sums / np.sqrt(window_counts)).max())
+        return self.bias + max(float(prefix[-1]) / float(np.sqrt(max(count, floor))), best)
+
+    def _whole_margin(self, parts: list[np.ndarray]) -> float:
         count = sum(len(p) for p in parts)
         if count == 0:
             return self.bias
         total = sum(float(self.weights.take(p).sum()) for p in parts)
         return self.bias + total / float(np.sqrt(max(count, self.norm_floor)))
-
-    def _windowed_margin(self, text: str, size: int, stride: int) -> float:
-        index, pos, n = features_at(text, self.bits)
-        if len(index) == 0:
-            return self.bias
-        floor = float(self.norm_floor)
-        w = self.weights.take(index).astype(np.float64)
-        whole = self.bias + float(w.sum()) / float(np.sqrt(max(len(index), floor)))
-        spans = window_spans(n, size, stride)
-        if len(spans) == 0:
-            return whole
-        # Prefix sums of the weights and counts of the features starting at each byte.
-        total = np.zeros(n + 1)
-        np.cumsum(np.bincount(pos, weights=w, minlength=n), out=total[1:])
-        count = np.zeros(n + 1)
-        np.cumsum(np.bincount(pos, minlength=n), out=count[1:])
-        s, e = spans[:, 0], spans[:, 1]
-        sums = total[e] - total[s]
-        counts = np.maximum(count[e] - count[s], floor)
-        return max(whole, self.bias + float((sums / np.sqrt(counts)).max()))
 
     @property
     def window(self) -> tuple[int, int] | None:
