@@ -145,18 +145,16 @@ def features_at(text: str, bits: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Hashed feature indices of one text, the byte offset where each starts, and the
     text's length in (normalised) bytes: what window margins are computed from."""
     b = _bytes(text)
-    parts = _parts_of(b, bits)
+    found: list[np.ndarray] = []
+    parts = _parts_of(b, bits, found)
     if not parts:
         return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp), len(b)
     n = len(b)
     pos = [np.arange(n + 1 - k) for k in CHAR_NGRAMS if n >= k]
-    word = _WORD_BYTE[b]
-    edges = np.flatnonzero(np.diff(np.concatenate(([False], word, [False])).view(np.int8)))
-    starts = edges[0::2]
-    if len(starts) > 1:
-        pos.append(starts[:-1])
-    if len(starts):
-        pos.append(starts)
+    for starts in found:
+        if len(starts) > 1:
+            pos.append(starts[:-1])  # word pairs, at their first word
+        pos.append(starts)  # words
     return np.concatenate(parts), np.concatenate(pos), n
 
 
