@@ -604,7 +604,9 @@ class HeldGeneration:
         try:
             await self._opened
             await self._call.write(inference_pb2.SpeculateRequest(commit=True))
-            await self._call.done_writing()
+            # No done_writing() first: inference acts on the commit itself, and the
+            # pieces are read from the moment it is sent (a half-close costs a wait
+            # during which the first tokens would pile up and go out as one message).
             async for reply in self._call:
                 message = reply.response
                 started = True

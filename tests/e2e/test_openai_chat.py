@@ -74,7 +74,7 @@ def test_a_streamed_chat_sends_chunks_then_finish_then_usage_without_template_to
         model="tiny",
         messages=conversation("Tell me a story"),
         # Long enough to stream: tokens decoded while a hop is behind travel together.
-        max_tokens=40,
+        max_tokens=160,
         stream=True,
         stream_options={"include_usage": True},
     )
@@ -88,7 +88,7 @@ def test_a_streamed_chat_sends_chunks_then_finish_then_usage_without_template_to
         c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
     ]
     assert finishes == ["length"]
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 40
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 160
     # The template's turns count as prompt tokens: far more than the last turn alone.
     assert chunks[-1].usage.prompt_tokens > 12
 
