@@ -234,35 +234,48 @@ def train(
         )
         part = x.take(np.sort(test))
         oof[np.sort(test)] = 1.0 / (1.0 + np.exp(-(part.dot(w) + b)))
+    return _final(x, y, hard, steps, bits, log, oof_out, oof, y, sources, window=None)
+
+
+def _final(
+    x: Matrix,
+    y: np.ndarray,
+    hard: np.ndarray,
+    steps: int,
+    bits: int,
+    log: Callable[[str], object],
+    oof_out: Path | None,
+    oof: np.ndarray,
+    y_rows: np.ndarray,
+    sources: np.ndarray,
+    window: dict[str, int] | None,
+) -> InjectionClassifier:
+    """The threshold from the rows' out-of-fold scores (reported per source), then
+    the fit on everything (x, y, hard: rows, and windows where there are any)."""
     if oof_out is not None:
-        np.savez(oof_out, oof=oof, y=y, sources=sources)
-    threshold = choose_threshold(oof, y, sources)
+        np.savez(oof_out, oof=oof, y=y_rows, sources=sources)
+    threshold = choose_threshold(oof, y_rows, sources)
     for source in sorted(set(sources)):
         for label in (0, 1):
-            mine = (sources == source) & (y == label)
+            mine = (sources == source) & (y_rows == label)
             if mine.any():
                 log(
                     f"  {source:26} label {label} {int(mine.sum()):5} rows, out-of-fold over "
                     f"threshold: {(oof[mine] >= threshold).mean():.1%}"
                 )
-    recall = float((oof[y == 1] >= threshold).mean())
-    fp = float((oof[y == 0] >= threshold).mean())
+    recall = float((oof[y_rows == 1] >= threshold).mean())
+    fp = float((oof[y_rows == 0] >= threshold).mean())
     log(f"out-of-fold: threshold {threshold}, attacks caught {recall:.1%}, benign {fp:.2%}")
 
-    log("the final fit, on every training row")
+    log(f"the final fit, on every training row{' and window' if window else ''}")
     w, b = fit(x, y, balanced(y, hard), steps)
-    return InjectionClassifier(
-        w.astype(np.float32),
-        float(b),
-        bits,
-        {
-            "threshold": threshold,
-            "norm_floor": NORM_FLOOR,
-            "trained_on": len(rows),
-            "sources": sorted(set(sources.tolist())),
-            "out_of_fold": {"attacks_caught": round(recall, 4), "benign_flagged": round(fp, 4)},
-        },
-    )
+    meta: dict[str, object] = {"threshold": threshold, "norm_floor": NORM_FLOOR}
+    if window is not None:
+        meta["window"] = window
+    meta["trained_on"] = len(y_rows)
+    meta["sources"] = sorted(set(sources.tolist()))
+    meta["out_of_fold"] = {"attacks_caught": round(recall, 4), "benign_flagged": round(fp, 4)}
+    return InjectionClassifier(w.astype(np.float32), float(b), bits, meta)
 
 
 def _train_windowed(
@@ -309,36 +322,7 @@ def _train_windowed(
         model = scorer(w, b)
         for i in np.sort(test):
             oof[i] = model.score(texts[i])
-    if oof_out is not None:
-        np.savez(oof_out, oof=oof, y=y_rows, sources=sources)
-    threshold = choose_threshold(oof, y_rows, sources)
-    for source in sorted(set(sources)):
-        for label in (0, 1):
-            mine = (sources == source) & (y_rows == label)
-            if mine.any():
-                log(
-                    f"  {source:26} label {label} {int(mine.sum()):5} rows, out-of-fold over "
-                    f"threshold: {(oof[mine] >= threshold).mean():.1%}"
-                )
-    recall = float((oof[y_rows == 1] >= threshold).mean())
-    fp = float((oof[y_rows == 0] >= threshold).mean())
-    log(f"out-of-fold: threshold {threshold}, attacks caught {recall:.1%}, benign {fp:.2%}")
-
-    log("the final fit, on every training row and window")
-    w, b = fit(x, y, balanced(y, hard), steps)
-    return InjectionClassifier(
-        w.astype(np.float32),
-        float(b),
-        bits,
-        {
-            "threshold": threshold,
-            "norm_floor": NORM_FLOOR,
-            "window": meta_window,
-            "trained_on": len(rows),
-            "sources": sorted(set(sources.tolist())),
-            "out_of_fold": {"attacks_caught": round(recall, 4), "benign_flagged": round(fp, 4)},
-        },
-    )
+    return _final(x, y, hard, steps, bits, log, oof_out, oof, y_rows, sources, window=meta_window)
 
 
 def main() -> None:
