@@ -350,6 +350,28 @@ def test_stream_filter_holds_back_only_text_that_could_still_become_a_term() -> 
     assert stream.feed("ond").text == "second"
 
 
+def test_without_the_email_rule_a_word_goes_out_before_the_next_one_arrives() -> None:
+    # Only user:password after "://" is ever replaced, so the URL rule holds from
+    # the ":" on, never a plain word (the e-mail rule must hold one: "You" could
+    # still become "You@example.com").
+    stream = _stream([], disabled_rules=["pii"])
+
+    assert stream.feed("You").text == "You"
+    assert stream.feed(" are").text == " are"
+    assert stream.feed(" at https").text == " at https"
+    assert stream.feed("://bob:hun").text == ""
+    assert stream.feed("ter2@db.example.com/x now").text == "://[CREDENTIALS]@db.example.com/x now"
+
+
+def test_with_the_email_rule_the_unfinished_word_waits_for_the_next_piece() -> None:
+    stream = _stream([])
+
+    assert stream.feed("You").text == ""
+    assert stream.feed(" are").text == "You "
+    assert stream.feed("@example.com").text == ""  # the domain may go on
+    assert stream.feed(", then").text == "[EMAIL], "
+
+
 def test_stream_filter_releases_everything_held_back_at_end() -> None:
     stream = _stream(["forbidden"])
 

@@ -34,6 +34,7 @@ SECRETS = [
     ("(555) 123-4567", "[PHONE]"),
     ("+1-202-555-0143", "[PHONE]"),
     ("030 12345678", "[PHONE]"),
+    ("https://bob:hunter2@db.example.com/x", "[CREDENTIALS]"),
     ("-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAKj34GkxFhD9\n-----END RSA PRIVATE KEY-----", "[PRIVATE_KEY]"),
 ]  # fmt: skip
 # What must never show in released text: the secret itself or its distinctive core.
@@ -51,6 +52,7 @@ LEAKS = {
     "(555) 123-4567": "123-4567",
     "+1-202-555-0143": "555-0143",
     "030 12345678": "12345678",
+    "https://bob:hunter2@db.example.com/x": "hunter2",
 }
 LEAKS[SECRETS[4][0]] = "dozjgNryP4J3"
 LEAKS[SECRETS[-1][0]] = "MIIBOgIBAAJB"

@@ -343,10 +343,10 @@ REDACTION_RULES: tuple[PatternRule, ...] = (
         pattern=_URL_CREDENTIALS,
         finder=_url_credentials,
         max_length=513,
-        # A scheme and "://", and anything up to the next white space.
-        partial=re.compile(
-            r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{0,31}(?::(?:/(?:/\S{0,520})?)?)?\Z"
-        ),
+        # Only user:password after "://" is replaced, so the scheme before it can go
+        # out at once: hold from the ":" of "://", and anything up to the next white
+        # space. (Holding the scheme too held back every word of prose.)
+        partial=re.compile(r":(?:/(?:/\S{0,520})?)?\Z"),
     ),
     PatternRule(
         id="pii.email",
