@@ -41,6 +41,9 @@ class Question:
     deterministic: bool
     subject: str
     task: str
+    output_policy: str = ""
+    """A digest of the output policy the response is filtered with ("": none given):
+    an answer filtered under one policy never answers under another."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class Answers:
             subject,
             question.revision,
             question.digest,
+            question.output_policy,
         )
 
     def _scope(self, question: Question) -> str | None:
@@ -101,7 +105,14 @@ class Answers:
             return None
         subject = question.subject if self.per_subject else ""
         return (
-            cache_key(question.model, "", question.params, subject, question.revision)
+            cache_key(
+                question.model,
+                "",
+                question.params,
+                subject,
+                question.revision,
+                output_policy=question.output_policy,
+            )
             + ":"
             + question.task
         )

@@ -3,7 +3,8 @@
 A key is the SHA-256 of a canonical JSON encoding of model and its revision, sanitised prompt
 (or, instead, the opaque content digest the caller made of the request's content)
 and the sampling parameters with defaults filled in (and the subject, when the
-cache is per subject), so equal requests meet and different ones never do. Only
+cache is per subject, and the output policy the response is filtered with, when the
+caller names one), so equal requests meet and different ones never do. Only
 deterministic requests (temperature 0, or a fixed seed) are cacheable. Stored
 keys carry the model name so one model's entries can be flushed.
 """
@@ -39,9 +40,12 @@ def cache_key(
     subject: str = "",
     revision: str = "",
     digest: str = "",
+    output_policy: str = "",
 ) -> str:
     """The cache key of a request: `<model>:<hex SHA-256>`. A caller's opaque content
-    `digest`, when given, stands for the content (and the prompt is left out)."""
+    `digest`, when given, stands for the content (and the prompt is left out); an
+    `output_policy` digest, when given, keeps answers filtered under different output
+    policies apart (keys made without one are unchanged)."""
     fields: dict[str, Any] = {
         "model": model,
         "revision": revision,
@@ -51,6 +55,8 @@ def cache_key(
     }
     if digest:
         fields["digest"] = digest
+    if output_policy:
+        fields["output_policy"] = output_policy
     canonical = json.dumps(
         fields,
         sort_keys=True,

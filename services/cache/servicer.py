@@ -47,6 +47,7 @@ def question_from(key: cache_pb2.CacheKey) -> Question:
         deterministic=is_deterministic(key.params),
         subject=key.subject,
         task=key.task,
+        output_policy=key.output_policy,
     )
 
 

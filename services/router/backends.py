@@ -151,6 +151,8 @@ class ResponseKey:
     params: types_pb2.SamplingParams
     subject: str
     task: str
+    output_policy: str = ""
+    """The digest of the output policy the response is filtered with."""
 
     def to_proto(self) -> cache_pb2.CacheKey:
         return cache_pb2.CacheKey(
@@ -162,6 +164,7 @@ class ResponseKey:
             params=self.params,
             subject=self.subject,
             task=self.task,
+            output_policy=self.output_policy,
         )
 
 
@@ -271,6 +274,9 @@ class OutputRules:
     version: str
     rules: RuleSet | None
     """None: the policy has no output rule."""
+    digest: str = ""
+    """A digest of this tier's rules alone: part of the cache key, so a response
+    filtered under one policy is never replayed under another."""
 
     def filter(self) -> LocalFilter | NoFilter:
         """A filter for one response (each holds its own split-safe state)."""
@@ -369,7 +375,8 @@ class OutputPolicyWatch:
                 f"sanitizer's policy watch for over {self._stale:g} s), and output is never "
                 "sent unfiltered: retry in a few seconds"
             )
-        return OutputRules(self._policies.version, self._policies.for_tier(tier))
+        policies = self._policies
+        return OutputRules(policies.version, policies.for_tier(tier), policies.digest_for(tier))
 
 
 class SanitizerClient:

@@ -303,8 +303,14 @@ class Orchestrator:
     ) -> AsyncIterator[Reply]:
         """One model's answer: replayed from the cache, else generated."""
         assert record.principal is not None and record.checked is not None
+        assert record.output is not None
         key = ResponseKey(
-            model, record.checked.content, plan.params, record.principal.subject, plan.task
+            model,
+            record.checked.content,
+            plan.params,
+            record.principal.subject,
+            plan.task,
+            record.output.digest,
         )
         reply = partial(
             Reply,

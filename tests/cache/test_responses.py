@@ -66,6 +66,16 @@ def test_cache_key_includes_the_subject_only_when_given() -> None:
     assert cache_key("tiny", "hi", {}) == cache_key("tiny", "hi", {}, "")
 
 
+def test_cache_key_keeps_answers_filtered_under_different_output_policies_apart() -> None:
+    # A tier without output rules must not fill the cache with text that another
+    # tier's filter would have redacted.
+    plain = cache_key("tiny", "hi", {})
+    filtered = cache_key("tiny", "hi", {}, output_policy="a1b2")
+    assert filtered != plain != cache_key("tiny", "hi", {}, output_policy="c3d4")
+    assert filtered != cache_key("tiny", "hi", {}, output_policy="c3d4")
+    assert cache_key("tiny", "hi", {}, output_policy="") == plain
+
+
 @pytest.mark.parametrize(
     ("model", "prompt", "params"),
     [

@@ -71,3 +71,28 @@ def test_the_trusted_tier_skips_the_output_filter_and_gets_the_same_text(
     # a message only when the client falls behind, so not necessarily one each).
     print("messages with text:", len([m for m in unfiltered if m.text]), "of", len(unfiltered))
     assert len([m for m in unfiltered if m.text]) > 1
+
+
+def test_an_answer_made_for_one_tier_is_never_replayed_to_a_tier_with_other_output_rules(
+    suite: RunningSuite, stub: router_pb2_grpc.RouterServiceStub
+) -> None:
+    # The cache is shared by default: were the output policy not part of the key, the
+    # trusted tier's unfiltered text (secrets and PII included) would be replayed to
+    # a default-tier client, past the filter that client's tier requires.
+    request = router_pb2.GenerateRequest(
+        prompt="Which tier am I on?",
+        params=types_pb2.SamplingParams(max_tokens=12, temperature=0.0),
+    )
+
+    def ask(tier: str) -> bool:
+        token = suite.token("same-subject", "--tier", tier)
+        replies = list(
+            stub.Generate(request, metadata=(("authorization", f"Bearer {token}"),), timeout=30)
+        )
+        assert replies[-1].finish_reason
+        return any(m.cached for m in replies)
+
+    assert ask("trusted") is False
+    assert ask("free") is False, "the trusted tier's unfiltered answer was replayed"
+    assert ask("free") is True, "the free tier's own answer is cached"
+    assert ask("trusted") is True

@@ -91,6 +91,10 @@ class FakeOutputRules:
     filtered: bool
     blocked_after: int | None
 
+    @property
+    def digest(self) -> str:
+        return "filtered" if self.filtered else "unfiltered"
+
     def filter(self) -> Any:
         return BlockingFilter(self.blocked_after) if self.filtered else NoFilter()
 

@@ -87,6 +87,21 @@ async def test_a_cache_hit_costs_no_tokens(tmp_path: Path) -> None:
     assert line["cached"] is True and fakes.inference.asked == []
 
 
+@pytest.mark.parametrize("filtered", [True, False])
+async def test_the_cache_key_names_the_output_policy_the_answer_is_filtered_with(
+    tmp_path: Path, filtered: bool
+) -> None:
+    fakes = Fakes()
+    fakes.sanitizer.output_filtered = filtered
+    fakes.inference.default = answer("x")
+    await generate(fakes, tmp_path, tasks={"t": {}})
+    [lookup] = fakes.cache.lookups
+    [copy] = fakes.cache.copies
+    expected = "filtered" if filtered else "unfiltered"
+    assert lookup.output_policy == copy.key.output_policy == expected
+    assert lookup.to_proto().output_policy == expected
+
+
 async def test_a_refused_prompt_gives_its_reservation_back_and_is_audited(
     tmp_path: Path,
 ) -> None:

@@ -105,6 +105,20 @@ def test_the_version_changes_with_the_rules_and_only_with_them() -> None:
     assert version_of(one) == version_of(same) != version_of(other)
 
 
+def test_each_tier_has_a_digest_of_its_own_rules_that_the_cache_key_carries() -> None:
+    bare = PromptPolicy(max_bytes=10, max_tokens_estimate=10, redact=False).output_rules
+    both = policy_set_to_proto(POLICY.output_rules, {"trusted": bare, "copy": POLICY.output_rules})
+    policies = OutputPolicies.from_proto(version_of(both), both)
+
+    assert policies.digest_for("copy") == policies.digest_for("") == policies.digest_for("nope")
+    assert policies.digest_for("trusted") not in ("", policies.digest_for(""))
+    # A change to one tier leaves the other tiers' digests (and cache entries) as they were.
+    changed = policy_set_to_proto(POLICY.output_rules, {"trusted": POLICY.output_rules})
+    after = OutputPolicies.from_proto(version_of(changed), changed)
+    assert after.digest_for("") == policies.digest_for("")
+    assert after.digest_for("trusted") == policies.digest_for("")
+
+
 def test_a_policy_without_output_rules_filters_nothing() -> None:
     bare = PromptPolicy(max_bytes=10, max_tokens_estimate=10, redact=False)
     message = policy_set_to_proto(bare.output_rules, {})

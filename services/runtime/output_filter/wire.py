@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from headrace.sanitizer.v1 import sanitizer_pb2
 from headrace.services.runtime.output_filter.redaction import FINDERS
@@ -134,8 +134,9 @@ def policy_set_to_proto(
     return message
 
 
-def version_of(message: sanitizer_pb2.OutputPolicySet) -> str:
-    """A digest of the policy set: equal versions mean equal rules."""
+def version_of(message: sanitizer_pb2.OutputPolicySet | sanitizer_pb2.OutputPolicy) -> str:
+    """A digest of the policy set (or of one tier's policy): equal versions mean equal
+    rules."""
     return hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()[:16]
 
 
@@ -157,10 +158,19 @@ class OutputPolicies:
     version: str
     default: RuleSet | None
     tiers: Mapping[str, RuleSet | None]
+    digests: Mapping[str, str] = field(default_factory=dict)
+    """Each tier's own policy digest ("" key: the default's), so a change to one tier
+    leaves the others' equal."""
 
     def for_tier(self, tier: str) -> RuleSet | None:
         """The tier's rules; the default's for an empty or unknown tier."""
         return self.tiers.get(tier, self.default) if tier else self.default
+
+    def digest_for(self, tier: str) -> str:
+        """A digest of the rules `for_tier` gives: equal digests, equal rules."""
+        return (
+            self.digests.get(tier, self.digests.get("", "")) if tier else self.digests.get("", "")
+        )
 
     @classmethod
     def from_proto(cls, version: str, message: sanitizer_pb2.OutputPolicySet) -> OutputPolicies:
@@ -171,4 +181,8 @@ class OutputPolicies:
             version,
             _rules(message.default_policy),
             {name: _rules(policy) for name, policy in message.tiers.items()},
+            {
+                "": version_of(message.default_policy),
+                **{name: version_of(policy) for name, policy in message.tiers.items()},
+            },
         )

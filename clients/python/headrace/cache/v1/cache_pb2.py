@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from headrace.types.v1 import types_pb2 as headrace_dot_types_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dheadrace/cache/v1/cache.proto\x12\x11headrace.cache.v1\x1a\x1dheadrace/types/v1/types.proto\"\xe4\x01\n\x08\x43\x61\x63heKey\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x16\n\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\x39\n\x06params\x18\x03 \x01(\x0b\x32!.headrace.types.v1.SamplingParamsR\x06params\x12\x18\n\x07subject\x18\x04 \x01(\tR\x07subject\x12\x12\n\x04task\x18\x05 \x01(\tR\x04task\x12\x1a\n\x08revision\x18\x06 \x01(\tR\x08revision\x12%\n\x0e\x63ontent_digest\x18\x07 \x01(\tR\rcontentDigest\">\n\rLookupRequest\x12-\n\x03key\x18\x01 \x01(\x0b\x32\x1b.headrace.cache.v1.CacheKeyR\x03key\"\xac\x01\n\x0eLookupResponse\x12\x10\n\x03hit\x18\x01 \x01(\x08R\x03hit\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x44\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1f.headrace.types.v1.FinishReasonR\x0c\x66inishReason\x12.\n\x05usage\x18\x04 \x01(\x0b\x32\x18.headrace.types.v1.UsageR\x05usage\"\xe3\x01\n\x0cStoreRequest\x12-\n\x03key\x18\x01 \x01(\x0b\x32\x1b.headrace.cache.v1.CacheKeyR\x03key\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x1a\n\x08\x63omplete\x18\x03 \x01(\x08R\x08\x63omplete\x12\x44\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1f.headrace.types.v1.FinishReasonR\x0c\x66inishReason\x12.\n\x05usage\x18\x05 \x01(\x0b\x32\x18.headrace.types.v1.UsageR\x05usage\"\'\n\rStoreResponse\x12\x16\n\x06stored\x18\x01 \x01(\x08R\x06stored\"\x11\n\x0fGetStatsRequest\"\xd6\x01\n\x10GetStatsResponse\x12\x18\n\x07\x62\x61\x63kend\x18\x01 \x01(\tR\x07\x62\x61\x63kend\x12\x12\n\x04hits\x18\x02 \x01(\x03R\x04hits\x12\x16\n\x06shared\x18\x03 \x01(\x03R\x06shared\x12\x1a\n\x08semantic\x18\x08 \x01(\x03R\x08semantic\x12\x16\n\x06misses\x18\x04 \x01(\x03R\x06misses\x12\x16\n\x06stores\x18\x05 \x01(\x03R\x06stores\x12\x16\n\x06\x65rrors\x18\x06 \x01(\x03R\x06\x65rrors\x12\x18\n\x07\x65ntries\x18\x07 \x01(\x03R\x07\x65ntries\"$\n\x0c\x46lushRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\")\n\rFlushResponse\x12\x18\n\x07\x64\x65leted\x18\x01 \x01(\x03R\x07\x64\x65leted2\xce\x02\n\x0c\x43\x61\x63heService\x12O\n\x06Lookup\x12 .headrace.cache.v1.LookupRequest\x1a!.headrace.cache.v1.LookupResponse0\x01\x12L\n\x05Store\x12\x1f.headrace.cache.v1.StoreRequest\x1a .headrace.cache.v1.StoreResponse(\x01\x12S\n\x08GetStats\x12\".headrace.cache.v1.GetStatsRequest\x1a#.headrace.cache.v1.GetStatsResponse\x12J\n\x05\x46lush\x12\x1f.headrace.cache.v1.FlushRequest\x1a .headrace.cache.v1.FlushResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dheadrace/cache/v1/cache.proto\x12\x11headrace.cache.v1\x1a\x1dheadrace/types/v1/types.proto\"\x89\x02\n\x08\x43\x61\x63heKey\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x16\n\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\x39\n\x06params\x18\x03 \x01(\x0b\x32!.headrace.types.v1.SamplingParamsR\x06params\x12\x18\n\x07subject\x18\x04 \x01(\tR\x07subject\x12\x12\n\x04task\x18\x05 \x01(\tR\x04task\x12\x1a\n\x08revision\x18\x06 \x01(\tR\x08revision\x12%\n\x0e\x63ontent_digest\x18\x07 \x01(\tR\rcontentDigest\x12#\n\routput_policy\x18\x08 \x01(\tR\x0coutputPolicy\">\n\rLookupRequest\x12-\n\x03key\x18\x01 \x01(\x0b\x32\x1b.headrace.cache.v1.CacheKeyR\x03key\"\xac\x01\n\x0eLookupResponse\x12\x10\n\x03hit\x18\x01 \x01(\x08R\x03hit\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x44\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1f.headrace.types.v1.FinishReasonR\x0c\x66inishReason\x12.\n\x05usage\x18\x04 \x01(\x0b\x32\x18.headrace.types.v1.UsageR\x05usage\"\xe3\x01\n\x0cStoreRequest\x12-\n\x03key\x18\x01 \x01(\x0b\x32\x1b.headrace.cache.v1.CacheKeyR\x03key\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x1a\n\x08\x63omplete\x18\x03 \x01(\x08R\x08\x63omplete\x12\x44\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1f.headrace.types.v1.FinishReasonR\x0c\x66inishReason\x12.\n\x05usage\x18\x05 \x01(\x0b\x32\x18.headrace.types.v1.UsageR\x05usage\"\'\n\rStoreResponse\x12\x16\n\x06stored\x18\x01 \x01(\x08R\x06stored\"\x11\n\x0fGetStatsRequest\"\xd6\x01\n\x10GetStatsResponse\x12\x18\n\x07\x62\x61\x63kend\x18\x01 \x01(\tR\x07\x62\x61\x63kend\x12\x12\n\x04hits\x18\x02 \x01(\x03R\x04hits\x12\x16\n\x06shared\x18\x03 \x01(\x03R\x06shared\x12\x1a\n\x08semantic\x18\x08 \x01(\x03R\x08semantic\x12\x16\n\x06misses\x18\x04 \x01(\x03R\x06misses\x12\x16\n\x06stores\x18\x05 \x01(\x03R\x06stores\x12\x16\n\x06\x65rrors\x18\x06 \x01(\x03R\x06\x65rrors\x12\x18\n\x07\x65ntries\x18\x07 \x01(\x03R\x07\x65ntries\"$\n\x0c\x46lushRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\")\n\rFlushResponse\x12\x18\n\x07\x64\x65leted\x18\x01 \x01(\x03R\x07\x64\x65leted2\xce\x02\n\x0c\x43\x61\x63heService\x12O\n\x06Lookup\x12 .headrace.cache.v1.LookupRequest\x1a!.headrace.cache.v1.LookupResponse0\x01\x12L\n\x05Store\x12\x1f.headrace.cache.v1.StoreRequest\x1a .headrace.cache.v1.StoreResponse(\x01\x12S\n\x08GetStats\x12\".headrace.cache.v1.GetStatsRequest\x1a#.headrace.cache.v1.GetStatsResponse\x12J\n\x05\x46lush\x12\x1f.headrace.cache.v1.FlushRequest\x1a .headrace.cache.v1.FlushResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,23 +33,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'headrace.cache.v1.cache_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CACHEKEY']._serialized_start=84
-  _globals['_CACHEKEY']._serialized_end=312
-  _globals['_LOOKUPREQUEST']._serialized_start=314
-  _globals['_LOOKUPREQUEST']._serialized_end=376
-  _globals['_LOOKUPRESPONSE']._serialized_start=379
-  _globals['_LOOKUPRESPONSE']._serialized_end=551
-  _globals['_STOREREQUEST']._serialized_start=554
-  _globals['_STOREREQUEST']._serialized_end=781
-  _globals['_STORERESPONSE']._serialized_start=783
-  _globals['_STORERESPONSE']._serialized_end=822
-  _globals['_GETSTATSREQUEST']._serialized_start=824
-  _globals['_GETSTATSREQUEST']._serialized_end=841
-  _globals['_GETSTATSRESPONSE']._serialized_start=844
-  _globals['_GETSTATSRESPONSE']._serialized_end=1058
-  _globals['_FLUSHREQUEST']._serialized_start=1060
-  _globals['_FLUSHREQUEST']._serialized_end=1096
-  _globals['_FLUSHRESPONSE']._serialized_start=1098
-  _globals['_FLUSHRESPONSE']._serialized_end=1139
-  _globals['_CACHESERVICE']._serialized_start=1142
-  _globals['_CACHESERVICE']._serialized_end=1476
+  _globals['_CACHEKEY']._serialized_end=349
+  _globals['_LOOKUPREQUEST']._serialized_start=351
+  _globals['_LOOKUPREQUEST']._serialized_end=413
+  _globals['_LOOKUPRESPONSE']._serialized_start=416
+  _globals['_LOOKUPRESPONSE']._serialized_end=588
+  _globals['_STOREREQUEST']._serialized_start=591
+  _globals['_STOREREQUEST']._serialized_end=818
+  _globals['_STORERESPONSE']._serialized_start=820
+  _globals['_STORERESPONSE']._serialized_end=859
+  _globals['_GETSTATSREQUEST']._serialized_start=861
+  _globals['_GETSTATSREQUEST']._serialized_end=878
+  _globals['_GETSTATSRESPONSE']._serialized_start=881
+  _globals['_GETSTATSRESPONSE']._serialized_end=1095
+  _globals['_FLUSHREQUEST']._serialized_start=1097
+  _globals['_FLUSHREQUEST']._serialized_end=1133
+  _globals['_FLUSHRESPONSE']._serialized_start=1135
+  _globals['_FLUSHRESPONSE']._serialized_end=1176
+  _globals['_CACHESERVICE']._serialized_start=1179
+  _globals['_CACHESERVICE']._serialized_end=1513
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CacheKey(_message.Message):
-    __slots__ = ("model", "prompt", "params", "subject", "task", "revision", "content_digest")
+    __slots__ = ("model", "prompt", "params", "subject", "task", "revision", "content_digest", "output_policy")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,7 @@ class CacheKey(_message.Message):
     TASK_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     CONTENT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_POLICY_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     params: _types_pb2.SamplingParams
@@ -22,7 +23,8 @@ class CacheKey(_message.Message):
     task: str
     revision: str
     content_digest: str
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., params: _Optional[_Union[_types_pb2.SamplingParams, _Mapping]] = ..., subject: _Optional[str] = ..., task: _Optional[str] = ..., revision: _Optional[str] = ..., content_digest: _Optional[str] = ...) -> None: ...
+    output_policy: str
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., params: _Optional[_Union[_types_pb2.SamplingParams, _Mapping]] = ..., subject: _Optional[str] = ..., task: _Optional[str] = ..., revision: _Optional[str] = ..., content_digest: _Optional[str] = ..., output_policy: _Optional[str] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
     __slots__ = ("key",)
