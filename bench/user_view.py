@@ -12,6 +12,11 @@ hits all sides alike.
 Sides:
 - in-process: llama-cpp-python's `Llama` in this process (the gateway's load choices);
 - gateway: RouterService.Generate through Envoy, default tier, cache on;
+- gateway, no output rules: the same for a tier whose policy has no output rule (first
+  text and 1-stream decode only). The default tier redacts e-mail addresses in output,
+  so its filter holds the unfinished first word until the next token shows it is not
+  the start of one; this side and in-process's *second* token time (printed with the
+  table) tell that hold from the path's own cost;
 - `llama_cpp.server`: llama-cpp-python's own OpenAI server
   (`python -m headrace.services.runtime.llama_server`), SSE on /v1/completions;
 - llama-server (C++, `-np 4`), where a binary is found: HEADRACE_LLAMA_SERVER or
@@ -65,6 +70,7 @@ from bench.targets import (
 )
 from headrace.inference.v1 import inference_pb2, inference_pb2_grpc
 from headrace.router.v1 import router_pb2, router_pb2_grpc
+from headrace.services.auth.settings import DEFAULT_TIERS
 from headrace.services.inference.registry import resolve_path
 from headrace.services.inference.settings import DEFAULT_MODEL
 from headrace.services.runtime.llama_params import choose_extra_bufts, load_llama
@@ -81,6 +87,8 @@ SHORT_TOKENS = 8
 N_CTX = 2048
 STREAMS = 4
 FIRST_TOKEN_METRIC = "headrace_inference_time_to_first_token_seconds"
+UNFILTERED = "gateway, no output rules"
+UNFILTERED_TIER = "bench-unfiltered"
 
 
 class Prompts:
@@ -106,11 +114,16 @@ class Sample:
     first_text_s: float
     tps: float
     tokens: int
+    second_text_s: float = float("nan")
+    """When a second piece of text arrived (in process: the second token's text)."""
 
 
-def _sample(started: float, first: float, last: float, tokens: int) -> Sample:
+def _sample(started: float, first: float, last: float, tokens: int, second: float = 0.0) -> Sample:
     return Sample(
-        first - started if first else float("nan"), decode_tps(first, last, tokens), tokens
+        first - started if first else float("nan"),
+        decode_tps(first, last, tokens),
+        tokens,
+        second - started if second else float("nan"),
     )
 
 
@@ -119,15 +132,17 @@ def _sample(started: float, first: float, last: float, tokens: int) -> Sample:
 
 def in_process(llm: llama_cpp.Llama, prompt: str, max_tokens: int) -> Sample:
     started = time.perf_counter()
-    first = last = 0.0
+    first = second = last = 0.0
     tokens = 0
     for chunk in llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stream=True):
         now = time.perf_counter()
         tokens += 1
         if chunk["choices"][0]["text"]:
+            if first and not second:
+                second = now
             first = first or now
             last = now
-    return _sample(started, first, last, tokens)
+    return _sample(started, first, last, tokens, second)
 
 
 def through_gateway(public: str, token: str) -> Callable[[str, int], Sample]:
@@ -456,6 +471,33 @@ def _peers(model: Path, threads: int, home: Path, skip: bool) -> Iterator[dict[s
             peer.stop()
 
 
+def own_prompt(side: str, prompt: str) -> str:
+    """The prompt a side is sent. Both gateway sides reach the same inference
+    process, whose slots keep a prompt's KV cells: the second side to send a prompt
+    would prefill nothing. So the side without output rules gets a sibling of equal
+    length that differs right after the shared preamble, as a fresh prompt does."""
+    return prompt.replace("Request ", "Request u", 1) if side == UNFILTERED else prompt
+
+
+def hold_back_line(first_ms: dict[str, list[float]], second_in_process_ms: list[float]) -> str:
+    """Where the default tier's first-text gap goes: the output filter's hold of the
+    first word (in-process's second token is when that word can go) and the path."""
+    base = first_ms["in-process"]
+    _, hold, _ = spread([b - a for a, b in zip(base, second_in_process_ms, strict=True)])
+    _, path, _ = spread([b - a for a, b in zip(base, first_ms[UNFILTERED], strict=True)])
+    _, after_second, _ = spread(
+        [b - a for a, b in zip(second_in_process_ms, first_ms["gateway"], strict=True)]
+    )
+    return (
+        f"where the default tier's first-text gap goes (per-prompt medians): in-process's "
+        f"second token comes {hold:+.1f} ms after its first (the default tier's output filter "
+        f"holds the unfinished first word until then: it could still become an e-mail "
+        f"address); the gateway's default tier shows its first text {after_second:+.1f} ms "
+        f"after in-process's second token; a tier without output rules {path:+.1f} ms after "
+        f"in-process's first"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=40, help="first-visible-text rounds")
@@ -482,16 +524,26 @@ def main() -> int:
         extra_env={
             "HEADRACE_MODELS": json.dumps(
                 [{"name": "bench", "path": str(model), "chat_template": "gemma"}]
-            )
+            ),
+            "HEADRACE_TIERS": json.dumps(
+                {
+                    **{name: limits.model_dump() for name, limits in DEFAULT_TIERS.items()},
+                    UNFILTERED_TIER: {},
+                }
+            ),
+            # Its policy has no output rule: the filter holds nothing back.
+            "HEADRACE_TIER_POLICIES": json.dumps({UNFILTERED_TIER: {"redact": False}}),
         },
     )
     try:
         token = suite.token("bench")  # the default tier, its default policy
+        unfiltered_token = suite.token("bench", "--tier", UNFILTERED_TIER)
         inference = f"127.0.0.1:{suite.service_ports['cache'] + 1}"  # inference-0
         with _peers(model, threads, home, args.no_peers) as peers:
             sides: dict[str, Callable[[str, int], Sample]] = {
                 "in-process": lambda p, n: in_process(llm, p, n),
                 "gateway": through_gateway(suite.public, token),
+                UNFILTERED: through_gateway(suite.public, unfiltered_token),
             }
             # 4 streams: one client each (a gRPC channel, an HTTP connection).
             clients: dict[str, list[Callable[[str, int], Sample]]] = {
@@ -504,18 +556,22 @@ def main() -> int:
             for name in names:  # warm every side
                 sides[name](prompts.next(), SHORT_TOKENS)
             first: dict[str, list[float]] = {n: [] for n in names}
+            second_in_process: list[float] = []
             for i in range(args.pairs):
                 prompt = prompts.next()
                 for name in order_for_round(names, i):
                     time.sleep(0.2)  # llama.cpp's workers idle before the next side
-                    first[name].append(sides[name](prompt, SHORT_TOKENS).first_text_s * 1000)
+                    sample = sides[name](own_prompt(name, prompt), SHORT_TOKENS)
+                    first[name].append(sample.first_text_s * 1000)
+                    if name == "in-process":
+                        second_in_process.append(sample.second_text_s * 1000)
             tps: dict[str, list[float]] = {n: [] for n in names}
             long_first: dict[str, list[float]] = {n: [] for n in names}
             for i in range(args.rounds):
                 prompt = prompts.next()
                 for name in order_for_round(names, i):
                     time.sleep(0.25)
-                    sample = sides[name](prompt, args.max_tokens)
+                    sample = sides[name](own_prompt(name, prompt), args.max_tokens)
                     tps[name].append(sample.tps)
                     long_first[name].append(sample.first_text_s * 1000)
             # The engine's own first token: its own prompts (see the docstring).
@@ -535,7 +591,7 @@ def main() -> int:
             metric_mean_ms = (sum1 - sum0) / (count1 - count0) * 1000 if count1 > count0 else None
             # 4 streams: the same 4 fresh prompts on every side (the in-process side
             # is the batched limit: llama-cpp-python's Llama decodes one sequence).
-            four: dict[str, list[float]] = {n: [] for n in names if n != "in-process"}
+            four: dict[str, list[float]] = {n: [] for n in names if n in clients}
             four["batched limit"] = []
             for i in range(args.repeats):
                 batch_prompts = [prompts.next() for _ in range(STREAMS)]
@@ -564,6 +620,8 @@ def main() -> int:
         streams=STREAMS,
     ):
         print(line)
+    print()
+    print(hold_back_line(first, second_in_process))
     e_local = median(p[0] for p in engine_pairs)
     e_engine = median(p[1] for p in engine_pairs)
     low, mid, high = spread([b - a for a, b in engine_pairs])
