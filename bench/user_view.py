@@ -88,6 +88,8 @@ N_CTX = 2048
 STREAMS = 4
 FIRST_TOKEN_METRIC = "headrace_inference_time_to_first_token_seconds"
 UNFILTERED = "gateway, no output rules"
+RAW = "batched limit"
+"""The batch API side: 4 sequences together (aggregate), or 1 (the 1-stream raw limit)."""
 UNFILTERED_TIER = "bench-unfiltered"
 
 
@@ -266,11 +268,20 @@ def aggregate(
     return sum(totals) / (time.perf_counter() - started)
 
 
-def batched_limit(llm: llama_cpp.Llama, prompts: list[str], max_tokens: int, threads: int) -> float:
+def batched_limit(
+    llm: llama_cpp.Llama,
+    prompts: list[str],
+    max_tokens: int,
+    threads: int,
+    *,
+    decode_only: bool = False,
+) -> float:
     """Tokens/s of len(prompts) sequences decoded together with llama.cpp's batch API:
     one prefill batch (each prompt its own seq id), then one llama_decode per step
     with one token per sequence, greedy, no EOS stop. Timed like the gateway's
     aggregate: from the prefill to the last step, every generated token counted.
+    With `decode_only` (one prompt: the raw limit of a single stream) timed like a
+    stream's decode rate instead: from the first token to the last (`decode_tps`).
     The context mirrors the engine's (n_ctx per sequence, unified KV cache)."""
     model = llm._model
     params = llama_cpp.llama_context_default_params()
@@ -314,6 +325,7 @@ def batched_limit(llm: llama_cpp.Llama, prompts: list[str], max_tokens: int, thr
             raise RuntimeError("llama_decode failed on the prefill batch")
         positions = [len(t) for t in tokenized]
         nexts = [greedy(i) for i in last_index]
+        first = time.perf_counter()
         generated = len(prompts)
         for _step in range(max_tokens - 1):
             for seq, token in enumerate(nexts):
@@ -324,6 +336,8 @@ def batched_limit(llm: llama_cpp.Llama, prompts: list[str], max_tokens: int, thr
                 raise RuntimeError("llama_decode failed on a decode step")
             nexts = [greedy(seq) for seq in range(len(prompts))]
             generated += len(prompts)
+        if decode_only:
+            return decode_tps(first, time.perf_counter(), generated)
         return generated / (time.perf_counter() - started)
     finally:
         llama_cpp.llama_batch_free(batch)
@@ -498,6 +512,20 @@ def hold_back_line(first_ms: dict[str, list[float]], second_in_process_ms: list[
     )
 
 
+def raw_limit_line(med_tps: dict[str, float]) -> str:
+    """Each side's 1-stream decode rate as a fraction of the raw single-stream limit."""
+    raw = med_tps[RAW]
+    parts = [
+        f"{name} {tps / raw:.3f}"
+        for name, tps in med_tps.items()
+        if name != RAW and tps == tps and raw > 0
+    ]
+    return (
+        f"1-stream decode as a fraction of llama.cpp's raw limit (batch API, one sequence, "
+        f"{raw:.1f} tok/s): " + ", ".join(parts)
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=40, help="first-visible-text rounds")
@@ -565,7 +593,7 @@ def main() -> int:
                     first[name].append(sample.first_text_s * 1000)
                     if name == "in-process":
                         second_in_process.append(sample.second_text_s * 1000)
-            tps: dict[str, list[float]] = {n: [] for n in names}
+            tps: dict[str, list[float]] = {n: [] for n in [*names, RAW]}
             long_first: dict[str, list[float]] = {n: [] for n in names}
             for i in range(args.rounds):
                 prompt = prompts.next()
@@ -574,6 +602,12 @@ def main() -> int:
                     sample = sides[name](own_prompt(name, prompt), args.max_tokens)
                     tps[name].append(sample.tps)
                     long_first[name].append(sample.first_text_s * 1000)
+                # The raw limit of one stream: llama.cpp's batch API, one sequence, no
+                # per-token Python beyond the argmax (what llama-server's C++ loop does).
+                time.sleep(0.25)
+                tps[RAW].append(
+                    batched_limit(llm, [prompts.next()], args.max_tokens, threads, decode_only=True)
+                )
             # The engine's own first token: its own prompts (see the docstring).
             engine = engine_direct(inference)
             engine(prompts.next(), SHORT_TOKENS)
@@ -592,12 +626,12 @@ def main() -> int:
             # 4 streams: the same 4 fresh prompts on every side (the in-process side
             # is the batched limit: llama-cpp-python's Llama decodes one sequence).
             four: dict[str, list[float]] = {n: [] for n in names if n in clients}
-            four["batched limit"] = []
+            four[RAW] = []
             for i in range(args.repeats):
                 batch_prompts = [prompts.next() for _ in range(STREAMS)]
                 for name in order_for_round(list(four), i):
                     time.sleep(0.25)
-                    if name == "batched limit":
+                    if name == RAW:
                         value = batched_limit(llm, batch_prompts, args.max_tokens, threads)
                     else:
                         value = aggregate(clients[name], batch_prompts, args.max_tokens)
@@ -611,7 +645,7 @@ def main() -> int:
     med_four = {n: median(v) for n, v in four.items()}
     print()
     for line in sides_table(
-        [*names, "batched limit"],
+        [*names, RAW],
         first,
         long_first,
         tps,
@@ -622,6 +656,8 @@ def main() -> int:
         print(line)
     print()
     print(hold_back_line(first, second_in_process))
+    print()
+    print(raw_limit_line(med_tps))
     e_local = median(p[0] for p in engine_pairs)
     e_engine = median(p[1] for p in engine_pairs)
     low, mid, high = spread([b - a for a, b in engine_pairs])
@@ -639,7 +675,7 @@ def main() -> int:
         in_process_tps=med_tps["in-process"],
         gateway_tps=med_tps["gateway"],
         gateway_4_tps=med_four["gateway"],
-        batched_limit_tps=med_four["batched limit"],
+        batched_limit_tps=med_four[RAW],
         engine_first_ms=e_engine,
         engine_pair_in_process_first_ms=e_local,
         py_server_first_ms=med_first.get("llama_cpp.server"),
