@@ -132,6 +132,24 @@ SOURCES = {
         "train",
         "tests/sanitizer/corpus (written with the rules)",
     ),
+    "pallms": Source(
+        "mik0w/pallms",
+        "MIT (its list includes Lakera/gandalf_ignore_instructions, MIT)",
+        "train",
+        "plaintext/promptinjection.txt at commit bfedec0 (2026-01-13): 28 override and "
+        "extraction payloads ('Ignore the directions above. {NEW_INSTRUCTION}'), each "
+        "written out 4 times with a self-instruct task as its new instruction; they join "
+        "the attacks that headrace.embedded places after a task",
+    ),
+    "hh_rlhf": Source(
+        "anthropics/hh-rlhf",
+        "MIT",
+        "train",
+        "harmless-base/test.jsonl.gz at commit 354e5c3 (2023-09-19): 1,000 of its chat "
+        "transcripts ('Human: ... Assistant: ...', the preferred reply), without those "
+        "whose human turns say pretend, ignore, role, act as, instructions...: "
+        "conversations that name an assistant and are not attacks, labelled not-injection",
+    ),
     "promptinject": Source(
         "agencyenterprise/PromptInject (fork pranavik24/PromptInject)",
         "MIT",
@@ -392,6 +410,52 @@ def tldr(m: Path) -> Iterator[Row]:
         yield row(text, 0, "technical", "tldr")
 
 
+PALLMS_COMMIT = "bfedec0fa6cb8d44a73c730a02eeaac36aefd198"
+HH_RLHF_COMMIT = "354e5c3cb8960630860dd5774a6ac2a58313bf4d"
+
+
+def git_show_at(mirrors: Path, repo: str, commit: str, path: str) -> bytes:
+    """One file of a snapshot at a fixed commit (so a newer snapshot builds the same rows)."""
+    git_dir = mirrors / repo.replace("/", "+") / "repo"
+    return subprocess.run(
+        ["git", "-C", str(git_dir), "show", f"{commit}:{path}"], check=True, capture_output=True
+    ).stdout
+
+
+def pallms(m: Path) -> Iterator[Row]:
+    raw = git_show_at(m, "mik0w/pallms", PALLMS_COMMIT, "plaintext/promptinjection.txt")
+    tasks = [str(r["text"]).split("\n\n")[0] for r in self_instruct(m)]
+    rng = random.Random(SEED)
+    for line in raw.decode().splitlines():
+        line = line.replace("\\n", "\n").strip()
+        if not line:
+            continue
+        fills = 4 if "{NEW_INSTRUCTION}" in line else 1
+        for _ in range(fills):
+            yield row(
+                line.replace("{NEW_INSTRUCTION}", rng.choice(tasks)), 1, "injection", "pallms"
+            )
+
+
+_PERSONA_WORDS = re.compile(
+    r"pretend|ignor|role|act as|acting as|you are now|instruction|jailbreak|\bdan\b|"
+    r"developer mode|no rules|no restrictions|unfiltered|simulat|character",
+    re.IGNORECASE,
+)
+
+
+def hh_rlhf(m: Path) -> Iterator[Row]:
+    raw = git_show_at(m, "anthropics/hh-rlhf", HH_RLHF_COMMIT, "harmless-base/test.jsonl.gz")
+    found = []
+    for line in gzip.decompress(raw).decode().splitlines():
+        text = json.loads(line)["chosen"].strip()
+        human = " ".join(t.split("\n\nAssistant:")[0] for t in text.split("Human:")[1:])
+        if not _PERSONA_WORDS.search(human):
+            found.append(text)
+    for text in random.Random(SEED).sample(found, min(1000, len(found))):
+        yield row(text, 0, "conversation", "hh_rlhf")
+
+
 def _corpus_lines(path: str) -> Iterator[str]:
     for line in _repo_text(path).splitlines():
         if line.strip() and not line.startswith("#"):
@@ -522,6 +586,8 @@ BUILDERS = {
     "tldr": tldr,
     "headrace.corpus": headrace_corpus,
     "headrace.text": headrace_text,
+    "pallms": pallms,
+    "hh_rlhf": hh_rlhf,
     "promptinject": promptinject,
     "chatgpt_dan": chatgpt_dan,
     "jailbreak_llms.sites": jailbreak_sites,
