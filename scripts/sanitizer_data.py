@@ -77,7 +77,7 @@ SOURCES = {
         "derived from the training sources above",
         "as its parts",
         "train",
-        "3,000 texts made of a benign task and, after a separator, either a training "
+        "4,000 texts made of a benign task and, after a separator, either a training "
         "injection (an attack) or another benign text (not one): injections arrive "
         "inside a task's input, not alone",
     ),
@@ -141,14 +141,15 @@ SOURCES = {
         "written out 4 times with a self-instruct task as its new instruction; they join "
         "the attacks that headrace.embedded places after a task",
     ),
-    "hh_rlhf": Source(
-        "anthropics/hh-rlhf",
-        "MIT",
+    "fastchat": Source(
+        "lm-sys/FastChat",
+        "Apache-2.0",
         "train",
-        "harmless-base/test.jsonl.gz at commit 354e5c3 (2023-09-19): 1,000 of its chat "
-        "transcripts ('Human: ... Assistant: ...', the preferred reply), without those "
-        "whose human turns say pretend, ignore, role, act as, instructions...: "
-        "conversations that name an assistant and are not attacks, labelled not-injection",
+        "at commit 0e6d3e4 (2025-04-12): data/dummy_conversation.json, 500 short "
+        "conversations about the assistant itself ('Who are you?' 'I am Vicuna, a language "
+        "model...'), written out as transcripts under common speaker labels (Human/AI, "
+        "User/Assistant...), and the two-turn questions of MT-bench and the Vicuna bench "
+        "('Rewrite your previous response...'): chat that names an assistant, not attacks",
     ),
     "promptinject": Source(
         "agencyenterprise/PromptInject (fork pranavik24/PromptInject)",
@@ -183,6 +184,16 @@ SOURCES = {
         "ODC-BY-1.0 (allenai/wildguardmix), via InjecGuard (MIT)",
         "eval",
         "971 benign prompts of datasets/wildguard.json (incl. security questions)",
+    ),
+    "tensor_trust": Source(
+        "HumanCompatibleAI/tensor-trust-data",
+        "no licence stated: used for evaluation only, not redistributed",
+        "eval",
+        "the v1 hijacking- and extraction-robustness benchmarks at commit e2385ea "
+        "(2023-11-03): attacks that players of the Tensor Trust game wrote against "
+        "other players' defences (make the model say 'Access Granted', or reveal its "
+        "instructions), as sent (the defence around them is the system's, not the user's). "
+        "A second view of held-out hijacking and extraction: not a goal of issue 21",
     ),
     "cpython": Source(
         "the Python standard library of the interpreter running this script",
@@ -411,7 +422,6 @@ def tldr(m: Path) -> Iterator[Row]:
 
 
 PALLMS_COMMIT = "bfedec0fa6cb8d44a73c730a02eeaac36aefd198"
-HH_RLHF_COMMIT = "354e5c3cb8960630860dd5774a6ac2a58313bf4d"
 
 
 def git_show_at(mirrors: Path, repo: str, commit: str, path: str) -> bytes:
@@ -437,23 +447,37 @@ def pallms(m: Path) -> Iterator[Row]:
             )
 
 
-_PERSONA_WORDS = re.compile(
-    r"pretend|ignor|role|act as|acting as|you are now|instruction|jailbreak|\bdan\b|"
-    r"developer mode|no rules|no restrictions|unfiltered|simulat|character",
-    re.IGNORECASE,
+FASTCHAT_COMMIT = "0e6d3e4beaab66f4d3f93db72541a4abab8af28d"
+_SPEAKERS = (
+    ("Human", "Assistant"),
+    ("Human", "AI"),
+    ("User", "Assistant"),
+    ("User", "AI"),
+    ("USER", "ASSISTANT"),
+    ("Q", "A"),
 )
 
 
-def hh_rlhf(m: Path) -> Iterator[Row]:
-    raw = git_show_at(m, "anthropics/hh-rlhf", HH_RLHF_COMMIT, "harmless-base/test.jsonl.gz")
-    found = []
-    for line in gzip.decompress(raw).decode().splitlines():
-        text = json.loads(line)["chosen"].strip()
-        human = " ".join(t.split("\n\nAssistant:")[0] for t in text.split("Human:")[1:])
-        if not _PERSONA_WORDS.search(human):
-            found.append(text)
-    for text in random.Random(SEED).sample(found, min(1000, len(found))):
-        yield row(text, 0, "conversation", "hh_rlhf")
+def fastchat(m: Path) -> Iterator[Row]:
+    def show(path: str) -> str:
+        return git_show_at(m, "lm-sys/FastChat", FASTCHAT_COMMIT, path).decode()
+
+    rng = random.Random(SEED)
+    for item in json.loads(show("data/dummy_conversation.json")):
+        user, bot = rng.choice(_SPEAKERS)
+        turns = [
+            f"{user if t['from'] == 'human' else bot}: {t['value']}" for t in item["conversations"]
+        ]
+        # Some end on the user's turn, as a prompt that asks for the next reply does.
+        if rng.random() < 0.5:
+            turns.append(f"{user}:")
+        yield row("\n".join(turns), 0, "conversation", "fastchat")
+    for path in (
+        "fastchat/llm_judge/data/mt_bench/question.jsonl",
+        "fastchat/llm_judge/data/vicuna_bench/question.jsonl",
+    ):
+        for line in show(path).splitlines():
+            yield row("\n\n".join(json.loads(line)["turns"]), 0, "question", "fastchat")
 
 
 def _corpus_lines(path: str) -> Iterator[str]:
@@ -545,6 +569,20 @@ def wildguard(m: Path) -> Iterator[Row]:
             yield row(item["prompt"], 0, "benign.wildguard", "wildguard")
 
 
+TENSOR_TRUST_COMMIT = "e2385ea9cf448c9641b96e2e39f113ed4979a5b0"
+
+
+def tensor_trust(m: Path) -> Iterator[Row]:
+    benchmarks = (
+        ("hijacking", "benchmarks/hijacking-robustness/v1/hijacking_robustness_dataset.jsonl"),
+        ("extraction", "benchmarks/extraction-robustness/v1/extraction_robustness_dataset.jsonl"),
+    )
+    for family, path in benchmarks:
+        raw = git_show_at(m, "HumanCompatibleAI/tensor-trust-data", TENSOR_TRUST_COMMIT, path)
+        for line in raw.decode().splitlines():
+            yield row(json.loads(line)["attack"], 1, f"tensor_trust.{family}", "tensor_trust")
+
+
 def cpython(_: Path) -> Iterator[Row]:
     """Functions of the standard library whose code says ignore or system, as a user
     would paste them: code that must not read as an injection."""
@@ -587,12 +625,13 @@ BUILDERS = {
     "headrace.corpus": headrace_corpus,
     "headrace.text": headrace_text,
     "pallms": pallms,
-    "hh_rlhf": hh_rlhf,
+    "fastchat": fastchat,
     "promptinject": promptinject,
     "chatgpt_dan": chatgpt_dan,
     "jailbreak_llms.sites": jailbreak_sites,
     "notinject": notinject,
     "wildguard": wildguard,
+    "tensor_trust": tensor_trust,
     "cpython": cpython,
 }
 
@@ -602,7 +641,16 @@ BUILDERS = {
 _SEPARATORS = ("\n\n", "\n", " ", "\n\n---\n\n", "\n########\n", '\n\n"""\n', "\n> ")
 
 
-def embedded(train: list[Row], count: int = 1500) -> list[Row]:
+_PROSE_ASKS = (
+    "Summarise this text:",
+    "Explain the following to a newcomer:",
+    "Translate this into French:",
+    "List the key points of this passage:",
+    "Correct the grammar of this text:",
+)
+
+
+def embedded(train: list[Row], count: int = 2000) -> list[Row]:
     """Tasks with an injection in their input (label 1), and the same tasks with a
     benign input (label 0), so the separator and the layout are not themselves the signal."""
     rng = random.Random(SEED)
@@ -611,6 +659,13 @@ def embedded(train: list[Row], count: int = 1500) -> list[Row]:
         str(r["text"])
         for r in train
         if r["source"] == "deepset" and r["label"] == 0 and len(str(r["text"])) < 400
+    ]
+    # Longer tasks too: a paragraph of prose to summarise, explain or translate, so that
+    # an override after 0.4-2 KB of task text is not diluted into a pass.
+    tasks += [
+        f"{rng.choice(_PROSE_ASKS)}\n\n{r['text']}"
+        for r in train
+        if r["family"] == "documentation" and 400 <= len(str(r["text"])) < 2000
     ]
     attacks = [
         str(r["text"]) for r in train if r["family"] == "injection" and len(str(r["text"])) < 400
