@@ -43,7 +43,7 @@ SEED = 21
 class Source:
     repo: str
     licence: str
-    role: str  # "train" or "eval"
+    role: str  # "train", "eval", or "candidate" (trains only when --extra names it)
     what: str
 
 
@@ -77,7 +77,7 @@ SOURCES = {
         "derived from the training sources above",
         "as its parts",
         "train",
-        "4,000 texts made of a benign task and, after a separator, either a training "
+        "3,000 texts made of a benign task and, after a separator, either a training "
         "injection (an attack) or another benign text (not one): injections arrive "
         "inside a task's input, not alone",
     ),
@@ -135,7 +135,7 @@ SOURCES = {
     "pallms": Source(
         "mik0w/pallms",
         "MIT (its list includes Lakera/gandalf_ignore_instructions, MIT)",
-        "train",
+        "candidate",
         "plaintext/promptinjection.txt at commit bfedec0 (2026-01-13): 28 override and "
         "extraction payloads ('Ignore the directions above. {NEW_INSTRUCTION}'), each "
         "written out 4 times with a self-instruct task as its new instruction; they join "
@@ -144,7 +144,7 @@ SOURCES = {
     "fastchat": Source(
         "lm-sys/FastChat",
         "Apache-2.0",
-        "train",
+        "candidate",
         "at commit 0e6d3e4 (2025-04-12): data/dummy_conversation.json, 500 short "
         "conversations about the assistant itself ('Who are you?' 'I am Vicuna, a language "
         "model...'), written out as transcripts under common speaker labels (Human/AI, "
@@ -641,16 +641,7 @@ BUILDERS = {
 _SEPARATORS = ("\n\n", "\n", " ", "\n\n---\n\n", "\n########\n", '\n\n"""\n', "\n> ")
 
 
-_PROSE_ASKS = (
-    "Summarise this text:",
-    "Explain the following to a newcomer:",
-    "Translate this into French:",
-    "List the key points of this passage:",
-    "Correct the grammar of this text:",
-)
-
-
-def embedded(train: list[Row], count: int = 2000) -> list[Row]:
+def embedded(train: list[Row], count: int = 1500) -> list[Row]:
     """Tasks with an injection in their input (label 1), and the same tasks with a
     benign input (label 0), so the separator and the layout are not themselves the signal."""
     rng = random.Random(SEED)
@@ -659,13 +650,6 @@ def embedded(train: list[Row], count: int = 2000) -> list[Row]:
         str(r["text"])
         for r in train
         if r["source"] == "deepset" and r["label"] == 0 and len(str(r["text"])) < 400
-    ]
-    # Longer tasks too: a paragraph of prose to summarise, explain or translate, so that
-    # an override after 0.4-2 KB of task text is not diluted into a pass.
-    tasks += [
-        f"{rng.choice(_PROSE_ASKS)}\n\n{r['text']}"
-        for r in train
-        if r["family"] == "documentation" and 400 <= len(str(r["text"])) < 2000
     ]
     attacks = [
         str(r["text"]) for r in train if r["family"] == "injection" and len(str(r["text"])) < 400
@@ -735,16 +719,40 @@ def read(path: Path) -> list[Row]:
         return [json.loads(line) for line in f]
 
 
+def roles(extra: list[str]) -> dict[str, str]:
+    """The sources a build reads and the split each feeds: every training and
+    evaluation source, and the candidate sources named in `extra` as training."""
+    unknown = [n for n in extra if SOURCES.get(n, Source("", "", "", "")).role != "candidate"]
+    if unknown:
+        raise SystemExit(f"not a candidate source: {', '.join(unknown)}")
+    out = {}
+    for name in BUILDERS:
+        role = SOURCES[name].role
+        if role == "candidate":
+            if name not in extra:
+                continue
+            role = "train"
+        out[name] = role
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mirrors", type=Path, default=DEFAULT_MIRRORS)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--extra",
+        default="",
+        metavar="NAME,NAME",
+        help="also train on these candidate sources (not in the shipped model): "
+        + ", ".join(n for n, s in SOURCES.items() if s.role == "candidate"),
+    )
     args = parser.parse_args()
     split: dict[str, list[Row]] = {"train": [], "eval": []}
-    for name, build in BUILDERS.items():
-        rows = list(build(args.mirrors))
-        split[SOURCES[name].role].extend(rows)
-        print(f"{name:26} {SOURCES[name].role:5} {len(rows):5} rows")
+    for name, role in roles([n for n in args.extra.split(",") if n]).items():
+        rows = list(BUILDERS[name](args.mirrors))
+        split[role].extend(rows)
+        print(f"{name:26} {role:5} {len(rows):5} rows")
     derived = embedded(split["train"])
     print(f"{'headrace.embedded':26} train {len(derived):5} rows")
     train = dedupe(split["train"] + derived)
