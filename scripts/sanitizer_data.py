@@ -1,6 +1,6 @@
 """Build the injection classifier's training and evaluation sets from public sources.
 
-    python scripts/sanitizer_data.py [--mirrors DIR] [--out DIR]
+    python scripts/sanitizer_data.py [--mirrors DIR] [--out DIR] [--extra NAME,NAME]
 
 Every source is a public GitHub repository read as a git snapshot (a bare
 clone or mirror: `git clone --mirror https://github.com/OWNER/NAME
@@ -11,6 +11,8 @@ texts that are near-copies of a training text (the same jailbreak reposted
 elsewhere) are dropped and counted, so the figures are about unseen text.
 
 Sources, licences and roles are listed in SOURCES below and in docs/sanitizer.md.
+Candidate sources (tried, not in the shipped model) are read only when --extra
+names them, so a default build writes the shipped model's training rows.
 The output (gzip'd JSONL, one {"text", "label", "family", "source"} a line)
 goes to .headrace/sanitizer-data/ (not committed: the sources stay where
 their licences put them).
