@@ -1,6 +1,6 @@
 """Build the injection classifier's training and evaluation sets from public sources.
 
-    python scripts/sanitizer_data.py [--mirrors DIR] [--out DIR]
+    python scripts/sanitizer_data.py [--mirrors DIR] [--out DIR] [--extra NAME,NAME]
 
 Every source is a public GitHub repository read as a git snapshot (a bare
 clone or mirror: `git clone --mirror https://github.com/OWNER/NAME
@@ -11,6 +11,8 @@ texts that are near-copies of a training text (the same jailbreak reposted
 elsewhere) are dropped and counted, so the figures are about unseen text.
 
 Sources, licences and roles are listed in SOURCES below and in docs/sanitizer.md.
+Candidate sources (tried, not in the shipped model) are read only when --extra
+names them, so a default build writes the shipped model's training rows.
 The output (gzip'd JSONL, one {"text", "label", "family", "source"} a line)
 goes to .headrace/sanitizer-data/ (not committed: the sources stay where
 their licences put them).
@@ -43,7 +45,7 @@ SEED = 21
 class Source:
     repo: str
     licence: str
-    role: str  # "train" or "eval"
+    role: str  # "train", "eval", or "candidate" (trains only when --extra names it)
     what: str
 
 
@@ -132,6 +134,25 @@ SOURCES = {
         "train",
         "tests/sanitizer/corpus (written with the rules)",
     ),
+    "pallms": Source(
+        "mik0w/pallms",
+        "MIT (its list includes Lakera/gandalf_ignore_instructions, MIT)",
+        "candidate",
+        "plaintext/promptinjection.txt at commit bfedec0 (2026-01-13): 28 override and "
+        "extraction payloads ('Ignore the directions above. {NEW_INSTRUCTION}'), each "
+        "written out 4 times with a self-instruct task as its new instruction; they join "
+        "the attacks that headrace.embedded places after a task",
+    ),
+    "fastchat": Source(
+        "lm-sys/FastChat",
+        "Apache-2.0",
+        "candidate",
+        "at commit 0e6d3e4 (2025-04-12): data/dummy_conversation.json, 500 short "
+        "conversations about the assistant itself ('Who are you?' 'I am Vicuna, a language "
+        "model...'), written out as transcripts under common speaker labels (Human/AI, "
+        "User/Assistant...), and the two-turn questions of MT-bench and the Vicuna bench "
+        "('Rewrite your previous response...'): chat that names an assistant, not attacks",
+    ),
     "promptinject": Source(
         "agencyenterprise/PromptInject (fork pranavik24/PromptInject)",
         "MIT",
@@ -165,6 +186,16 @@ SOURCES = {
         "ODC-BY-1.0 (allenai/wildguardmix), via InjecGuard (MIT)",
         "eval",
         "971 benign prompts of datasets/wildguard.json (incl. security questions)",
+    ),
+    "tensor_trust": Source(
+        "HumanCompatibleAI/tensor-trust-data",
+        "no licence stated: used for evaluation only, not redistributed",
+        "eval",
+        "the v1 hijacking- and extraction-robustness benchmarks at commit e2385ea "
+        "(2023-11-03): attacks that players of the Tensor Trust game wrote against "
+        "other players' defences (make the model say 'Access Granted', or reveal its "
+        "instructions), as sent (the defence around them is the system's, not the user's). "
+        "A second view of held-out hijacking and extraction: not a goal of issue 21",
     ),
     "cpython": Source(
         "the Python standard library of the interpreter running this script",
@@ -392,6 +423,65 @@ def tldr(m: Path) -> Iterator[Row]:
         yield row(text, 0, "technical", "tldr")
 
 
+PALLMS_COMMIT = "bfedec0fa6cb8d44a73c730a02eeaac36aefd198"
+
+
+def git_show_at(mirrors: Path, repo: str, commit: str, path: str) -> bytes:
+    """One file of a snapshot at a fixed commit (so a newer snapshot builds the same rows)."""
+    git_dir = mirrors / repo.replace("/", "+") / "repo"
+    return subprocess.run(
+        ["git", "-C", str(git_dir), "show", f"{commit}:{path}"], check=True, capture_output=True
+    ).stdout
+
+
+def pallms(m: Path) -> Iterator[Row]:
+    raw = git_show_at(m, "mik0w/pallms", PALLMS_COMMIT, "plaintext/promptinjection.txt")
+    tasks = [str(r["text"]).split("\n\n")[0] for r in self_instruct(m)]
+    rng = random.Random(SEED)
+    for line in raw.decode().splitlines():
+        line = line.replace("\\n", "\n").strip()
+        if not line:
+            continue
+        fills = 4 if "{NEW_INSTRUCTION}" in line else 1
+        for _ in range(fills):
+            yield row(
+                line.replace("{NEW_INSTRUCTION}", rng.choice(tasks)), 1, "injection", "pallms"
+            )
+
+
+FASTCHAT_COMMIT = "0e6d3e4beaab66f4d3f93db72541a4abab8af28d"
+_SPEAKERS = (
+    ("Human", "Assistant"),
+    ("Human", "AI"),
+    ("User", "Assistant"),
+    ("User", "AI"),
+    ("USER", "ASSISTANT"),
+    ("Q", "A"),
+)
+
+
+def fastchat(m: Path) -> Iterator[Row]:
+    def show(path: str) -> str:
+        return git_show_at(m, "lm-sys/FastChat", FASTCHAT_COMMIT, path).decode()
+
+    rng = random.Random(SEED)
+    for item in json.loads(show("data/dummy_conversation.json")):
+        user, bot = rng.choice(_SPEAKERS)
+        turns = [
+            f"{user if t['from'] == 'human' else bot}: {t['value']}" for t in item["conversations"]
+        ]
+        # Some end on the user's turn, as a prompt that asks for the next reply does.
+        if rng.random() < 0.5:
+            turns.append(f"{user}:")
+        yield row("\n".join(turns), 0, "conversation", "fastchat")
+    for path in (
+        "fastchat/llm_judge/data/mt_bench/question.jsonl",
+        "fastchat/llm_judge/data/vicuna_bench/question.jsonl",
+    ):
+        for line in show(path).splitlines():
+            yield row("\n\n".join(json.loads(line)["turns"]), 0, "question", "fastchat")
+
+
 def _corpus_lines(path: str) -> Iterator[str]:
     for line in _repo_text(path).splitlines():
         if line.strip() and not line.startswith("#"):
@@ -481,6 +571,20 @@ def wildguard(m: Path) -> Iterator[Row]:
             yield row(item["prompt"], 0, "benign.wildguard", "wildguard")
 
 
+TENSOR_TRUST_COMMIT = "e2385ea9cf448c9641b96e2e39f113ed4979a5b0"
+
+
+def tensor_trust(m: Path) -> Iterator[Row]:
+    benchmarks = (
+        ("hijacking", "benchmarks/hijacking-robustness/v1/hijacking_robustness_dataset.jsonl"),
+        ("extraction", "benchmarks/extraction-robustness/v1/extraction_robustness_dataset.jsonl"),
+    )
+    for family, path in benchmarks:
+        raw = git_show_at(m, "HumanCompatibleAI/tensor-trust-data", TENSOR_TRUST_COMMIT, path)
+        for line in raw.decode().splitlines():
+            yield row(json.loads(line)["attack"], 1, f"tensor_trust.{family}", "tensor_trust")
+
+
 def cpython(_: Path) -> Iterator[Row]:
     """Functions of the standard library whose code says ignore or system, as a user
     would paste them: code that must not read as an injection."""
@@ -522,11 +626,14 @@ BUILDERS = {
     "tldr": tldr,
     "headrace.corpus": headrace_corpus,
     "headrace.text": headrace_text,
+    "pallms": pallms,
+    "fastchat": fastchat,
     "promptinject": promptinject,
     "chatgpt_dan": chatgpt_dan,
     "jailbreak_llms.sites": jailbreak_sites,
     "notinject": notinject,
     "wildguard": wildguard,
+    "tensor_trust": tensor_trust,
     "cpython": cpython,
 }
 
@@ -614,16 +721,40 @@ def read(path: Path) -> list[Row]:
         return [json.loads(line) for line in f]
 
 
+def roles(extra: list[str]) -> dict[str, str]:
+    """The sources a build reads and the split each feeds: every training and
+    evaluation source, and the candidate sources named in `extra` as training."""
+    unknown = [n for n in extra if SOURCES.get(n, Source("", "", "", "")).role != "candidate"]
+    if unknown:
+        raise SystemExit(f"not a candidate source: {', '.join(unknown)}")
+    out = {}
+    for name in BUILDERS:
+        role = SOURCES[name].role
+        if role == "candidate":
+            if name not in extra:
+                continue
+            role = "train"
+        out[name] = role
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mirrors", type=Path, default=DEFAULT_MIRRORS)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--extra",
+        default="",
+        metavar="NAME,NAME",
+        help="also train on these candidate sources (not in the shipped model): "
+        + ", ".join(n for n, s in SOURCES.items() if s.role == "candidate"),
+    )
     args = parser.parse_args()
     split: dict[str, list[Row]] = {"train": [], "eval": []}
-    for name, build in BUILDERS.items():
-        rows = list(build(args.mirrors))
-        split[SOURCES[name].role].extend(rows)
-        print(f"{name:26} {SOURCES[name].role:5} {len(rows):5} rows")
+    for name, role in roles([n for n in args.extra.split(",") if n]).items():
+        rows = list(BUILDERS[name](args.mirrors))
+        split[role].extend(rows)
+        print(f"{name:26} {role:5} {len(rows):5} rows")
     derived = embedded(split["train"])
     print(f"{'headrace.embedded':26} train {len(derived):5} rows")
     train = dedupe(split["train"] + derived)
