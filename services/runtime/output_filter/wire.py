@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from headrace.sanitizer.v1 import sanitizer_pb2
 from headrace.services.runtime.output_filter.redaction import FINDERS
@@ -158,8 +158,9 @@ class OutputPolicies:
     version: str
     default: RuleSet | None
     tiers: Mapping[str, RuleSet | None]
-    digests: Mapping[str, str] = field(default_factory=dict)
-    """Each tier's own policy digest ("" key: the default's), so a change to one tier
+    default_digest: str
+    digests: Mapping[str, str]
+    """Each tier's own policy digest (beside the default's), so a change to one tier
     leaves the others' equal."""
 
     def for_tier(self, tier: str) -> RuleSet | None:
@@ -168,9 +169,7 @@ class OutputPolicies:
 
     def digest_for(self, tier: str) -> str:
         """A digest of the rules `for_tier` gives: equal digests, equal rules."""
-        return (
-            self.digests.get(tier, self.digests.get("", "")) if tier else self.digests.get("", "")
-        )
+        return self.digests.get(tier, self.default_digest) if tier else self.default_digest
 
     @classmethod
     def from_proto(cls, version: str, message: sanitizer_pb2.OutputPolicySet) -> OutputPolicies:
@@ -181,8 +180,6 @@ class OutputPolicies:
             version,
             _rules(message.default_policy),
             {name: _rules(policy) for name, policy in message.tiers.items()},
-            {
-                "": version_of(message.default_policy),
-                **{name: version_of(policy) for name, policy in message.tiers.items()},
-            },
+            version_of(message.default_policy),
+            {name: version_of(policy) for name, policy in message.tiers.items()},
         )
