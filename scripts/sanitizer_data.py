@@ -206,11 +206,12 @@ SOURCES = {
 }
 
 
-def git_show(mirrors: Path, repo: str, path: str) -> bytes:
-    """One file of a snapshot (HEAD)."""
+def git_show(mirrors: Path, repo: str, path: str, commit: str = "HEAD") -> bytes:
+    """One file of a snapshot (HEAD, or a fixed commit so that a newer snapshot
+    builds the same rows)."""
     git_dir = mirrors / repo.replace("/", "+") / "repo"
     return subprocess.run(
-        ["git", "-C", str(git_dir), "show", f"HEAD:{path}"], check=True, capture_output=True
+        ["git", "-C", str(git_dir), "show", f"{commit}:{path}"], check=True, capture_output=True
     ).stdout
 
 
@@ -342,12 +343,7 @@ _JAILBREAK_WORDS = ("jailbreak", "do anything now", "developer mode", "no restri
 
 
 def awesome_chatgpt_prompts(m: Path) -> Iterator[Row]:
-    git_dir = m / "f+awesome-chatgpt-prompts" / "repo"
-    raw = subprocess.run(
-        ["git", "-C", str(git_dir), "show", f"{ACP_COMMIT}:prompts.csv"],
-        check=True,
-        capture_output=True,
-    ).stdout.decode()
+    raw = git_show(m, "f/awesome-chatgpt-prompts", "prompts.csv", ACP_COMMIT).decode()
     csv.field_size_limit(sys.maxsize)
     for r in csv.DictReader(io.StringIO(raw)):
         text = r["prompt"]
@@ -426,16 +422,8 @@ def tldr(m: Path) -> Iterator[Row]:
 PALLMS_COMMIT = "bfedec0fa6cb8d44a73c730a02eeaac36aefd198"
 
 
-def git_show_at(mirrors: Path, repo: str, commit: str, path: str) -> bytes:
-    """One file of a snapshot at a fixed commit (so a newer snapshot builds the same rows)."""
-    git_dir = mirrors / repo.replace("/", "+") / "repo"
-    return subprocess.run(
-        ["git", "-C", str(git_dir), "show", f"{commit}:{path}"], check=True, capture_output=True
-    ).stdout
-
-
 def pallms(m: Path) -> Iterator[Row]:
-    raw = git_show_at(m, "mik0w/pallms", PALLMS_COMMIT, "plaintext/promptinjection.txt")
+    raw = git_show(m, "mik0w/pallms", "plaintext/promptinjection.txt", PALLMS_COMMIT)
     tasks = [str(r["text"]).split("\n\n")[0] for r in self_instruct(m)]
     rng = random.Random(SEED)
     for line in raw.decode().splitlines():
@@ -462,7 +450,7 @@ _SPEAKERS = (
 
 def fastchat(m: Path) -> Iterator[Row]:
     def show(path: str) -> str:
-        return git_show_at(m, "lm-sys/FastChat", FASTCHAT_COMMIT, path).decode()
+        return git_show(m, "lm-sys/FastChat", path, FASTCHAT_COMMIT).decode()
 
     rng = random.Random(SEED)
     for item in json.loads(show("data/dummy_conversation.json")):
@@ -580,7 +568,7 @@ def tensor_trust(m: Path) -> Iterator[Row]:
         ("extraction", "benchmarks/extraction-robustness/v1/extraction_robustness_dataset.jsonl"),
     )
     for family, path in benchmarks:
-        raw = git_show_at(m, "HumanCompatibleAI/tensor-trust-data", TENSOR_TRUST_COMMIT, path)
+        raw = git_show(m, "HumanCompatibleAI/tensor-trust-data", path, TENSOR_TRUST_COMMIT)
         for line in raw.decode().splitlines():
             yield row(json.loads(line)["attack"], 1, f"tensor_trust.{family}", "tensor_trust")
 
