@@ -10,6 +10,7 @@ client. Neither makes a FilterStream call: that RPC stays for other callers.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,8 +80,10 @@ def test_an_answer_made_for_one_tier_is_never_replayed_to_a_tier_with_other_outp
     # The cache is shared by default: were the output policy not part of the key, the
     # trusted tier's unfiltered text (secrets and PII included) would be replayed to
     # a default-tier client, past the filter that client's tier requires.
+    # A fresh prompt: Redis outlives test runs (and reruns), so a fixed one would find
+    # the previous run's entry and start out cached.
     request = router_pb2.GenerateRequest(
-        prompt="Which tier am I on?",
+        prompt=f"Which tier am I on? ({uuid.uuid4().hex[:10]})",
         params=types_pb2.SamplingParams(max_tokens=12, temperature=0.0),
     )
 
