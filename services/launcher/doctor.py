@@ -88,6 +88,9 @@ def check_python() -> Iterator[Finding]:
 
 
 def check_llama() -> Iterator[Finding]:
+    from headrace.services.runtime import openmp
+
+    openmp.apply()  # as the inference process does, before llama.cpp loads
     try:
         import llama_cpp
     except Exception as exc:  # a broken build fails at import (missing libllama.so)
@@ -102,6 +105,9 @@ def check_llama() -> Iterator[Finding]:
     info = llama_cpp.llama_print_system_info().decode(errors="replace").strip(" |")
     gpu = llama_cpp.llama_supports_gpu_offload()
     yield Finding(Level.OK, "llama.cpp system info", info)
+    # How the decode threads wait at each barrier: libgomp's default spin makes
+    # decoding collapse on a busy machine (services/runtime/openmp.py).
+    yield Finding(Level.OK, "llama.cpp OpenMP", openmp.describe())
     yield Finding(
         Level.OK,
         "llama.cpp GPU offload",

@@ -1,0 +1,68 @@
+"""How long llama.cpp's OpenMP workers spin before they sleep.
+
+llama-cpp-python builds ggml with OpenMP wherever the compiler has it (GCC: libgomp).
+A decode step is a few hundred operations, each ending at a barrier where libgomp's
+workers spin up to GOMP_SPINCOUNT iterations before they sleep: 300,000 by default
+when there are no more threads than cores (milliseconds of spinning). Inference runs
+as many decode threads as cores, so when any other process on the machine is busy, a
+worker whose partner has lost its core spins away its own time slice at barrier after
+barrier, and decoding collapses: on 2 cores with one busy process beside it, 0.5 to 7
+tokens/s instead of about 17 (docs/benchmarks.md, `python -m bench.contention`). A
+short spin keeps the workers hot between back-to-back operations (no cost measured on
+an idle machine) and lets them sleep when the partner is not running.
+
+libgomp reads these variables once, when it is loaded, so `apply()` must run before
+`llama_cpp` is first imported: the inference package calls it on import. A user's own
+GOMP_SPINCOUNT or OMP_WAIT_POLICY is left as it is. Builds without OpenMP (ggml's own
+thread pool: clang on macOS, some ARM builds) ignore the variables.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+from pathlib import Path
+
+SPIN_COUNT = "10000"
+"""About 0.1-0.5 ms of spinning, by the CPU's pause instruction; libgomp's default is 300,000."""
+
+USER_VARIABLES = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
+_applied: set[int] = set()
+"""ids of the environments apply() changed: their GOMP_SPINCOUNT is Headrace's."""
+
+
+def apply(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """Set GOMP_SPINCOUNT unless the user set it or the wait policy; True when set here."""
+    if any(name in environ for name in USER_VARIABLES):
+        return False
+    environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+    _applied.add(id(environ))
+    return True
+
+
+def loaded_runtime(maps: Path = Path("/proc/self/maps")) -> str | None:
+    """The OpenMP library this process has loaded (libgomp, libomp, libiomp5), or None:
+    not loaded (yet), or no /proc to tell."""
+    try:
+        text = maps.read_text()
+    except OSError:
+        return None
+    for name in ("libgomp", "libiomp5", "libomp"):
+        if f"/{name}" in text:
+            return name
+    return None
+
+
+def describe(environ: MutableMapping[str, str] = os.environ) -> str:
+    """One line for `headrace doctor`: the runtime and the spin settings inference uses."""
+    runtime = loaded_runtime()
+    chosen = {name: environ[name] for name in USER_VARIABLES if name in environ}
+    ours = not chosen or (id(environ) in _applied and chosen == {"GOMP_SPINCOUNT": SPIN_COUNT})
+    settings = ", ".join(f"{k}={v}" for k, v in (chosen or {"GOMP_SPINCOUNT": SPIN_COUNT}).items())
+    if ours:
+        settings += " (Headrace's default; set GOMP_SPINCOUNT or OMP_WAIT_POLICY to choose)"
+    if runtime is None:
+        return f"no OpenMP runtime loaded (ggml's own thread pool): {settings} has no effect"
+    if runtime != "libgomp" and "OMP_WAIT_POLICY" not in chosen:
+        return f"{runtime}: its own wait policy (GOMP_SPINCOUNT is libgomp's)"
+    return f"{runtime}, {settings}"
