@@ -6,10 +6,11 @@ workers spin up to GOMP_SPINCOUNT iterations before they sleep: 300,000 by defau
 when there are no more threads than cores (milliseconds of spinning). Inference runs
 as many decode threads as cores, so when any other process on the machine is busy, a
 worker whose partner has lost its core spins away its own time slice at barrier after
-barrier, and decoding collapses: on 2 cores with one busy process beside it, 0.5 to 7
-tokens/s instead of about 17 (docs/benchmarks.md, `python -m bench.contention`). A
-short spin keeps the workers hot between back-to-back operations (no cost measured on
-an idle machine) and lets them sleep when the partner is not running.
+barrier, and decoding collapses: on 2 cores with one busy process beside it, 0.5 to 1
+tokens/s where one thread alone decodes 33 (docs/benchmarks.md, `python -m
+bench.contention`). A short spin keeps the workers hot between back-to-back operations
+(no cost measured on an idle machine) and lets them sleep when the partner is not
+running.
 
 libgomp reads these variables once, when it is loaded, so `apply()` must run before
 `llama_cpp` is first imported: the inference package calls it on import. A user's own
@@ -23,8 +24,12 @@ import os
 from collections.abc import MutableMapping
 from pathlib import Path
 
-SPIN_COUNT = "10000"
-"""About 0.1-0.5 ms of spinning, by the CPU's pause instruction; libgomp's default is 300,000."""
+SPIN_COUNT = "1000"
+"""Tens of microseconds of spinning (by the CPU's pause instruction), far longer than
+the gap between two operations of a step; libgomp's default is 300,000. Measured on 2
+cores (docs/benchmarks.md): 300 to 10,000 all decode as fast as the default on an idle
+machine; beside a busy process 300 gave 32 tokens/s, 1,000 27, 3,000 19, 10,000 10
+and the default 0.6. 1,000 leaves a margin for CPUs whose pause is shorter."""
 
 USER_VARIABLES = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
 _applied: set[int] = set()
@@ -53,9 +58,11 @@ def loaded_runtime(maps: Path = Path("/proc/self/maps")) -> str | None:
     return None
 
 
-def describe(environ: MutableMapping[str, str] = os.environ) -> str:
+def describe(
+    environ: MutableMapping[str, str] = os.environ, maps: Path = Path("/proc/self/maps")
+) -> str:
     """One line for `headrace doctor`: the runtime and the spin settings inference uses."""
-    runtime = loaded_runtime()
+    runtime = loaded_runtime(maps)
     chosen = {name: environ[name] for name in USER_VARIABLES if name in environ}
     ours = not chosen or (id(environ) in _applied and chosen == {"GOMP_SPINCOUNT": SPIN_COUNT})
     settings = ", ".join(f"{k}={v}" for k, v in (chosen or {"GOMP_SPINCOUNT": SPIN_COUNT}).items())

@@ -60,6 +60,9 @@ def test_doctor_on_a_healthy_machine_exits_0_after_a_real_decode(home: Path) -> 
         assert lines_of(result, check)[0].startswith("OK"), (check, result.stdout)
     extra = lines_of(result, "model gemma-3-270m: extra buffer types:")
     assert extra and "auto:" in extra[0]
+    # The decode threads' OpenMP spin (the choice behind decoding on a busy machine).
+    spin = lines_of(result, "llama.cpp OpenMP:")
+    assert spin and "GOMP_SPINCOUNT=" in spin[0], result.stdout
     assert "0 FAIL" in result.stdout
 
 
