@@ -134,6 +134,14 @@ SOURCES = {
         "train",
         "tests/sanitizer/corpus (written with the rules)",
     ),
+    "headrace.hard_negatives": Source(
+        "this repository",
+        "Apache-2.0",
+        "candidate",
+        "tests/sanitizer/corpus/hard_negatives.txt at commit dcc3ff7: 144 benign prompts "
+        "written by hand in issue 21's fifth round (an attack's words in their everyday "
+        "sense, role-play that is not an attack), from no evaluation source",
+    ),
     "pallms": Source(
         "mik0w/pallms",
         "MIT (its list includes Lakera/gandalf_ignore_instructions, MIT)",
@@ -312,9 +320,9 @@ def _repo_files(top: str, suffix: str) -> list[PurePosixPath]:
     return sorted(p for p in paths if p.parts[0] == top and p.suffix == suffix)
 
 
-def _repo_text(path: PurePosixPath | str) -> str:
+def _repo_text(path: PurePosixPath | str, commit: str = HEADRACE_COMMIT) -> str:
     return subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{HEADRACE_COMMIT}:{path}"],
+        ["git", "-C", str(ROOT), "show", f"{commit}:{path}"],
         check=True,
         capture_output=True,
     ).stdout.decode("utf-8")
@@ -470,8 +478,8 @@ def fastchat(m: Path) -> Iterator[Row]:
             yield row("\n\n".join(json.loads(line)["turns"]), 0, "question", "fastchat")
 
 
-def _corpus_lines(path: str) -> Iterator[str]:
-    for line in _repo_text(path).splitlines():
+def _corpus_lines(path: str, commit: str = HEADRACE_COMMIT) -> Iterator[str]:
+    for line in _repo_text(path, commit).splitlines():
         if line.strip() and not line.startswith("#"):
             yield re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), line)
 
@@ -481,6 +489,19 @@ def headrace_corpus(_: Path) -> Iterator[Row]:
         yield row(text, 1, "injection", "headrace.corpus")
     for text in _corpus_lines("tests/sanitizer/corpus/benign.txt"):
         yield row(text, 0, "benign", "headrace.corpus")
+
+
+HARD_NEGATIVES_COMMIT = "dcc3ff7aa86bfc185c0d9b0154ffa8cd01ba61b6"
+"""The commit that added tests/sanitizer/corpus/hard_negatives.txt (read there, like
+HEADRACE_COMMIT, so later edits do not change a rebuilt model)."""
+
+
+def headrace_hard_negatives(_: Path) -> Iterator[Row]:
+    # Family "hard_negative", not "benign": headrace.embedded draws its benign inputs
+    # from the "benign" family, and stays the same whether or not this source is read.
+    path = "tests/sanitizer/corpus/hard_negatives.txt"
+    for text in _corpus_lines(path, HARD_NEGATIVES_COMMIT):
+        yield row(text, 0, "hard_negative", "headrace.hard_negatives")
 
 
 # ---- evaluation sources ------------------------------------------------------------
@@ -613,6 +634,7 @@ BUILDERS = {
     "xstest": xstest,
     "tldr": tldr,
     "headrace.corpus": headrace_corpus,
+    "headrace.hard_negatives": headrace_hard_negatives,
     "headrace.text": headrace_text,
     "pallms": pallms,
     "fastchat": fastchat,

@@ -8,6 +8,11 @@ over classifier.features() with full-batch Adam in numpy (no scikit-learn),
 picks the default block threshold from out-of-fold scores, and writes the model
 to services/sanitizer/data/injection_classifier.npz. The same data, seed and
 code give the same weights.
+
+Options tried in issue 21's fifth round, off by default: --draws N (the threshold
+rule on N fold draws, the median counting), --min-rows M (small benign sources pooled
+for the rule), --hidden [UNITS] (a hashed embedding bag with one ReLU layer beside the
+linear weights, mini-batch Adam in numpy; classifier.HiddenLayer).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 
 from headrace.services.sanitizer.classifier import (
     ARTEFACT,
+    HiddenLayer,
     InjectionClassifier,
     _bytes,
     features,
@@ -36,6 +42,16 @@ STEPS = 300
 LEARNING_RATE = 0.05
 FOLDS = 3
 SEED = 21
+DRAWS = 1
+"""Fold draws (seeds SEED, SEED + 1, ...) the threshold rule is applied to, the median
+of their thresholds counting (--draws); 1: one draw, as the shipped model was trained."""
+MIN_ROWS = 0
+"""Benign sources with fewer rows are pooled for the threshold rule (--min-rows); 0:
+every source on its own."""
+POOLED = "(small sources pooled)"
+SOURCE_GROUPS = {"headrace.hard_negatives": "headrace.corpus"}
+"""Sources that count as one for the threshold rule: the hand-written benign rows of
+tests/sanitizer/corpus, written in two rounds in the same style."""
 NORM_FLOOR = 200
 """Feature sums are divided by sqrt(max(n, NORM_FLOOR)): about 50 characters."""
 TARGET_FALSE_POSITIVES = 0.01
@@ -46,6 +62,7 @@ HARD_NEGATIVES = {
     "xstest": 2.0,
     "awesome_chatgpt_prompts": 2.0,
     "tldr": 2.0,
+    "headrace.hard_negatives": 2.0,
 }
 """Benign sources that look most like attacks (role-play set-ups, unsafe-sounding words)
 weigh this much more than other benign rows; the benign class keeps its total weight."""
@@ -86,8 +103,55 @@ class Matrix:
         return np.bincount(self.index, weights=err[self.row] * self.value, minlength=self.dim)
 
 
+class FastMatrix:
+    """Matrix's rows with each feature once per row (its count folded into its value),
+    laid out twice: by row for dot(), by feature for grad() (np.add.reduceat over
+    contiguous runs instead of a scatter). The same sums in another order: about twice
+    as fast, for the many fold fits of several fold draws."""
+
+    def __init__(self, x: Matrix | None = None) -> None:
+        if x is None:
+            return
+        key = x.row.astype(np.int64) * x.dim + x.index
+        uniq, counts = np.unique(key, return_counts=True)
+        row, index = uniq // x.dim, uniq % x.dim
+        value = (1.0 / np.sqrt(np.maximum(x.lengths, NORM_FLOOR)))[row] * counts
+        self._set(row, index, value, x.n, x.dim)
+
+    def _set(self, row: np.ndarray, index: np.ndarray, value: np.ndarray, n: int, dim: int) -> None:
+        self.row, self.index, self.value, self.n, self.dim = row, index, value, n, dim
+        self.starts = np.searchsorted(row, np.arange(n))  # row-major: rows are sorted
+        self.filled = np.flatnonzero(np.bincount(row, minlength=n))
+        by_feature = np.argsort(index, kind="stable")
+        self.f_index, self.f_row = index[by_feature], row[by_feature]
+        self.f_value = value[by_feature]
+        self.f_starts = np.flatnonzero(np.diff(self.f_index, prepend=-1))
+
+    def take(self, rows: np.ndarray) -> FastMatrix:
+        keep = np.isin(self.row, rows)
+        remap = np.full(self.n, -1)
+        remap[rows] = np.arange(len(rows))
+        out = object.__new__(FastMatrix)
+        out._set(remap[self.row[keep]], self.index[keep], self.value[keep], len(rows), self.dim)
+        return out
+
+    def dot(self, w: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.n)
+        if len(self.row):
+            sums = np.add.reduceat(w.take(self.index) * self.value, self.starts[self.filled])
+            out[self.filled] = sums
+        return out
+
+    def grad(self, err: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.dim)
+        if len(self.f_index):
+            sums = np.add.reduceat(err.take(self.f_row) * self.f_value, self.f_starts)
+            out[self.f_index[self.f_starts]] = sums
+        return out
+
+
 def fit(
-    x: Matrix, y: np.ndarray, sample_weight: np.ndarray, steps: int = STEPS
+    x: Matrix | FastMatrix, y: np.ndarray, sample_weight: np.ndarray, steps: int = STEPS
 ) -> tuple[np.ndarray, float]:
     """Full-batch Adam on the weighted logistic loss + L2; returns (weights, bias)."""
     w = np.zeros(x.dim)
@@ -112,6 +176,126 @@ def fit(
     return w, b
 
 
+HIDDEN = 16
+"""--hidden: ReLU units of the hidden layer (classifier.HiddenLayer)."""
+EMBED_BITS = 15
+"""Rows of the hidden layer's embedding: 2**EMBED_BITS (the artefact stays under 2 MB)."""
+HIDDEN_EPOCHS = 24
+HIDDEN_BATCH = 256
+HIDDEN_LEARNING_RATE = 0.003
+HIDDEN_INIT = 0.1
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+class _Adam:
+    """Dense Adam over a list of arrays (updated in place)."""
+
+    def __init__(self, params: list[np.ndarray], lr: float) -> None:
+        self.params, self.lr, self.t = params, lr, 0
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+
+    def step(self, grads: list[np.ndarray]) -> None:
+        self.t += 1
+        beta1, beta2, eps = 0.9, 0.999, 1e-8
+        lr = self.lr * np.sqrt(1 - beta2**self.t) / (1 - beta1**self.t)
+        for p, g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
+            m *= beta1
+            m += (1 - beta1) * g
+            v *= beta2
+            v += (1 - beta2) * g * g
+            p -= lr * m / (np.sqrt(v) + eps)
+
+
+def _hidden_forward(
+    x: FastMatrix, rows: np.ndarray, params: list[np.ndarray], shift: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(logits, hidden pre-activations, the batch's feature index, value, and each
+    feature's row in the batch) for the given rows of x."""
+    w, b, embed, b1, w2 = params
+    ends = np.append(x.starts[1:], len(x.row))
+    pieces = [np.arange(x.starts[r], ends[r]) for r in rows]
+    lengths = np.array([len(q) for q in pieces])
+    at = np.concatenate(pieces)
+    index, value = x.index[at], x.value[at]
+    batch_row = np.repeat(np.arange(len(rows)), lengths)
+    lin = np.bincount(batch_row, weights=w.take(index) * value, minlength=len(rows))
+    contrib = embed.take(index >> shift, axis=0) * value[:, None]
+    bounds = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    filled = lengths > 0
+    z = np.zeros((len(rows), embed.shape[1]))
+    z[filled] = np.add.reduceat(contrib, bounds[filled], axis=0)
+    pre = z + b1
+    logits = b[0] + lin + (np.maximum(pre, 0.0) * w2).sum(axis=1)
+    return logits, pre, index, value, batch_row
+
+
+def fit_hidden(
+    x: FastMatrix,
+    y: np.ndarray,
+    sample_weight: np.ndarray,
+    *,
+    bits: int,
+    hidden: int = HIDDEN,
+    embed_bits: int = EMBED_BITS,
+    epochs: int = HIDDEN_EPOCHS,
+) -> list[np.ndarray]:
+    """Mini-batch Adam on the weighted logistic loss + L2 of the linear weights and a
+    hidden layer over the same features; returns [w, [b], embed, hidden bias, out]."""
+    rng = np.random.default_rng(SEED)
+    embed_bits = min(embed_bits, bits)
+    shift = bits - embed_bits
+    params = [
+        np.zeros(1 << bits),
+        np.zeros(1),
+        rng.normal(0.0, HIDDEN_INIT, size=(1 << embed_bits, hidden)),
+        np.full(hidden, HIDDEN_INIT),
+        rng.normal(0.0, 1.0 / np.sqrt(hidden), size=hidden),
+    ]
+    adam = _Adam(params, HIDDEN_LEARNING_RATE)
+    mean_weight = sample_weight.mean()
+    for _ in range(epochs):
+        order = rng.permutation(x.n)
+        for start in range(0, x.n, HIDDEN_BATCH):
+            rows = order[start : start + HIDDEN_BATCH]
+            logits, pre, index, value, batch_row = _hidden_forward(x, rows, params, shift)
+            err = (_sigmoid(logits) - y[rows]) * sample_weight[rows] / (mean_weight * len(rows))
+            w, _, embed, _, w2 = params
+            active = pre > 0
+            d_pre = err[:, None] * w2 * active
+            g_w = np.bincount(index, weights=err[batch_row] * value, minlength=len(w)) + L2 * w
+            d_embed = d_pre[batch_row] * value[:, None]
+            g_embed = np.stack(
+                [
+                    np.bincount(index >> shift, weights=d_embed[:, j], minlength=len(embed))
+                    for j in range(hidden)
+                ],
+                axis=1,
+            )
+            g_embed += L2 * embed
+            grads = [
+                g_w,
+                np.array([err.sum()]),
+                g_embed,
+                d_pre.sum(axis=0),
+                (np.maximum(pre, 0.0) * err[:, None]).sum(axis=0),
+            ]
+            adam.step(grads)
+    return params
+
+
+def score_hidden(x: FastMatrix, params: list[np.ndarray], bits: int) -> np.ndarray:
+    shift = bits - params[2].shape[0].bit_length() + 1
+    out = np.zeros(x.n)
+    for start in range(0, x.n, 1024):
+        rows = np.arange(start, min(x.n, start + 1024))
+        out[rows] = _sigmoid(_hidden_forward(x, rows, params, shift)[0])
+    return out
+
+
 def balanced(y: np.ndarray, hard: np.ndarray) -> np.ndarray:
     """Each class weighs the same in the loss; within the benign class, hard negatives
     weigh `hard` times an ordinary row."""
@@ -120,9 +304,24 @@ def balanced(y: np.ndarray, hard: np.ndarray) -> np.ndarray:
     return np.where(y == 1, w * 0.5 * len(y) / pos, w * 0.5 * len(y) / neg)
 
 
-def choose_threshold(oof: np.ndarray, y: np.ndarray, sources: np.ndarray) -> float:
-    """The least threshold under which every benign source keeps its out-of-fold false
-    positives at TARGET_FALSE_POSITIVES or fewer."""
+def pooled(y: np.ndarray, sources: np.ndarray, min_rows: int) -> np.ndarray:
+    """The groups the threshold rule holds to its target: each benign source with at
+    least min_rows benign rows on its own, the smaller ones together (so that no
+    source of a few dozen rows decides the threshold by one row)."""
+    sources = np.array([SOURCE_GROUPS.get(s, s) for s in sources.tolist()])
+    if min_rows <= 0:
+        return sources
+    names, counts = np.unique(sources[y == 0], return_counts=True)
+    small = set(names[counts < min_rows].tolist())
+    return np.array([POOLED if s in small else s for s in sources.tolist()])
+
+
+def choose_threshold(
+    oof: np.ndarray, y: np.ndarray, sources: np.ndarray, min_rows: int = 0
+) -> float:
+    """The least threshold under which every benign source (or pool of small sources,
+    pooled()) keeps its out-of-fold false positives at TARGET_FALSE_POSITIVES or fewer."""
+    sources = pooled(y, sources, min_rows)
     worst = 0.0
     for source in sorted(set(sources[y == 0])):
         benign = np.sort(oof[(y == 0) & (sources == source)])
@@ -203,6 +402,10 @@ def train(
     log: Callable[[str], object] = print,
     oof_out: Path | None = None,
     window: tuple[int, int] | None = None,
+    draws: int = DRAWS,
+    min_rows: int = MIN_ROWS,
+    hidden: int = 0,
+    epochs: int = HIDDEN_EPOCHS,
 ) -> InjectionClassifier:
     """The model for these training rows: out-of-fold scores choose the threshold,
     then the final fit uses every row. Deterministic: the same rows give the same model.
@@ -211,6 +414,17 @@ def train(
     windows (classifier.InjectionClassifier.margin), and is trained on the same: each
     row's whole text and its windows (windows()); the out-of-fold scores that choose
     the threshold are computed the way the sanitizer computes them."""
+    if hidden:
+        return _train_hidden(
+            rows,
+            bits=bits,
+            log=log,
+            oof_out=oof_out,
+            draws=draws,
+            min_rows=min_rows,
+            hidden=hidden,
+            epochs=epochs,
+        )
     if window is not None:
         return _train_windowed(
             rows, bits=bits, steps=steps, log=log, oof_out=oof_out, window=window
@@ -223,18 +437,92 @@ def train(
 
     # Out-of-fold scores choose the threshold: scores on training rows themselves
     # are optimistic.
-    order = np.random.default_rng(SEED).permutation(len(rows))
-    folds = np.array_split(order, FOLDS)
-    oof = np.zeros(len(rows))
-    for k, test in enumerate(folds):
-        log(f"fold {k + 1} of {FOLDS}")
-        fold_train = np.sort(np.concatenate([f for j, f in enumerate(folds) if j != k]))
-        w, b = fit(
-            x.take(fold_train), y[fold_train], balanced(y[fold_train], hard[fold_train]), steps
-        )
-        part = x.take(np.sort(test))
-        oof[np.sort(test)] = 1.0 / (1.0 + np.exp(-(part.dot(w) + b)))
-    return _final(x, y, hard, steps, bits, log, oof_out, oof, y, sources, window=None)
+    if draws == 1:
+        order = np.random.default_rng(SEED).permutation(len(rows))
+        folds = np.array_split(order, FOLDS)
+        oof = np.zeros(len(rows))
+        for k, test in enumerate(folds):
+            log(f"fold {k + 1} of {FOLDS}")
+            fold_train = np.sort(np.concatenate([f for j, f in enumerate(folds) if j != k]))
+            w, b = fit(
+                x.take(fold_train), y[fold_train], balanced(y[fold_train], hard[fold_train]), steps
+            )
+            part = x.take(np.sort(test))
+            oof[np.sort(test)] = 1.0 / (1.0 + np.exp(-(part.dot(w) + b)))
+        per_draw = oof[None, :]
+    else:
+        per_draw = oof_draws(x, y, hard, steps, draws, log)
+        oof = per_draw.mean(axis=0)  # what --oof writes beside each draw's scores
+    return _final(
+        x,
+        y,
+        hard,
+        steps,
+        bits,
+        log,
+        oof_out,
+        oof,
+        y,
+        sources,
+        window=None,
+        per_draw=per_draw,
+        min_rows=min_rows,
+    )
+
+
+def oof_draws(
+    x: Matrix, y: np.ndarray, hard: np.ndarray, steps: int, draws: int, log: Callable[[str], object]
+) -> np.ndarray:
+    """Out-of-fold scores of every row under `draws` independent fold draws (seeds SEED,
+    SEED + 1, ...), one row per draw. The fold fits run on FastMatrix (the same sums,
+    each feature once per row with its count, in another order)."""
+    fast = FastMatrix(x)
+    out = np.zeros((draws, x.n))
+    for d in range(draws):
+        order = np.random.default_rng(SEED + d).permutation(x.n)
+        folds = np.array_split(order, FOLDS)
+        for k, test in enumerate(folds):
+            log(f"draw {d + 1} of {draws}, fold {k + 1} of {FOLDS}")
+            test = np.sort(test)
+            fold_train = np.sort(np.concatenate([f for j, f in enumerate(folds) if j != k]))
+            w, b = fit(
+                fast.take(fold_train),
+                y[fold_train],
+                balanced(y[fold_train], hard[fold_train]),
+                steps,
+            )
+            out[d, test] = 1.0 / (1.0 + np.exp(-(fast.take(test).dot(w) + b)))
+    return out
+
+
+def rule_threshold(
+    per_draw: np.ndarray,
+    y: np.ndarray,
+    sources: np.ndarray,
+    min_rows: int,
+    log: Callable[[str], object],
+) -> tuple[float, float, float]:
+    """The threshold rule (choose_threshold) on each fold draw's out-of-fold scores, and
+    the median of what it gives (one draw: its own); with the share of attacks caught
+    and of benign rows over it, out of fold, averaged over the draws (and logged per
+    source)."""
+    each = [choose_threshold(d, y, sources, min_rows) for d in per_draw]
+    threshold = float(np.median(each))
+    if len(each) > 1:
+        log(f"the rule on each of {len(each)} fold draws: {each}; their median: {threshold}")
+    over = per_draw >= threshold
+    for source in sorted(set(sources)):
+        for label in (0, 1):
+            mine = (sources == source) & (y == label)
+            if mine.any():
+                log(
+                    f"  {source:26} label {label} {int(mine.sum()):5} rows, out-of-fold over "
+                    f"threshold: {over[:, mine].mean():.1%}"
+                )
+    recall = float(over[:, y == 1].mean())
+    fp = float(over[:, y == 0].mean())
+    log(f"out-of-fold: threshold {threshold}, attacks caught {recall:.1%}, benign {fp:.2%}")
+    return threshold, recall, fp
 
 
 def _final(
@@ -249,33 +537,80 @@ def _final(
     y_rows: np.ndarray,
     sources: np.ndarray,
     window: dict[str, int] | None,
+    per_draw: np.ndarray | None = None,
+    min_rows: int = 0,
 ) -> InjectionClassifier:
     """The threshold from the rows' out-of-fold scores (reported per source), then
     the fit on everything (x, y, hard: rows, and windows where there are any)."""
+    if per_draw is None:
+        per_draw = oof[None, :]
     if oof_out is not None:
-        np.savez(oof_out, oof=oof, y=y_rows, sources=sources)
-    threshold = choose_threshold(oof, y_rows, sources)
-    for source in sorted(set(sources)):
-        for label in (0, 1):
-            mine = (sources == source) & (y_rows == label)
-            if mine.any():
-                log(
-                    f"  {source:26} label {label} {int(mine.sum()):5} rows, out-of-fold over "
-                    f"threshold: {(oof[mine] >= threshold).mean():.1%}"
-                )
-    recall = float((oof[y_rows == 1] >= threshold).mean())
-    fp = float((oof[y_rows == 0] >= threshold).mean())
-    log(f"out-of-fold: threshold {threshold}, attacks caught {recall:.1%}, benign {fp:.2%}")
+        np.savez(oof_out, oof=oof, y=y_rows, sources=sources, per_draw=per_draw)
+    threshold, recall, fp = rule_threshold(per_draw, y_rows, sources, min_rows, log)
 
     log(f"the final fit, on every training row{' and window' if window else ''}")
     w, b = fit(x, y, balanced(y, hard), steps)
     meta: dict[str, object] = {"threshold": threshold, "norm_floor": NORM_FLOOR}
+    if len(per_draw) > 1 or min_rows:
+        meta["threshold_rule"] = {"fold_draws": len(per_draw), "folds": FOLDS, "min_rows": min_rows}
     if window is not None:
         meta["window"] = window
     meta["trained_on"] = len(y_rows)
     meta["sources"] = sorted(set(sources.tolist()))
     meta["out_of_fold"] = {"attacks_caught": round(recall, 4), "benign_flagged": round(fp, 4)}
     return InjectionClassifier(w.astype(np.float32), float(b), bits, meta)
+
+
+def _train_hidden(
+    rows: list[dict[str, object]],
+    *,
+    bits: int,
+    log: Callable[[str], object],
+    oof_out: Path | None,
+    draws: int,
+    min_rows: int,
+    hidden: int,
+    epochs: int,
+) -> InjectionClassifier:
+    """The linear weights plus a hidden layer (fit_hidden), the threshold chosen by the
+    same rule from out-of-fold scores of `draws` fold draws."""
+    texts = [str(r["text"]) for r in rows]
+    y = np.array([int(r["label"]) for r in rows], dtype=float)  # type: ignore[call-overload]
+    sources = np.array([str(r["source"]) for r in rows])
+    hard = np.array([HARD_NEGATIVES.get(str(r["source"]), 1.0) for r in rows])
+    x = FastMatrix(Matrix(texts, bits))
+    per_draw = np.zeros((draws, x.n))
+    for d in range(draws):
+        order = np.random.default_rng(SEED + d).permutation(x.n)
+        folds = np.array_split(order, FOLDS)
+        for k, test in enumerate(folds):
+            log(f"draw {d + 1} of {draws}, fold {k + 1} of {FOLDS}")
+            test = np.sort(test)
+            fold_train = np.sort(np.concatenate([f for j, f in enumerate(folds) if j != k]))
+            params = fit_hidden(
+                x.take(fold_train),
+                y[fold_train],
+                balanced(y[fold_train], hard[fold_train]),
+                bits=bits,
+                hidden=hidden,
+                epochs=epochs,
+            )
+            per_draw[d, test] = score_hidden(x.take(test), params, bits)
+    if oof_out is not None:
+        np.savez(oof_out, y=y, sources=sources, per_draw=per_draw)
+    threshold, recall, fp = rule_threshold(per_draw, y, sources, min_rows, log)
+    log("the final fit, on every training row")
+    w, b, embed, b1, w2 = fit_hidden(
+        x, y, balanced(y, hard), bits=bits, hidden=hidden, epochs=epochs
+    )
+    meta: dict[str, object] = {"threshold": threshold, "norm_floor": NORM_FLOOR}
+    meta["threshold_rule"] = {"fold_draws": draws, "folds": FOLDS, "min_rows": min_rows}
+    meta["hidden"] = {"units": hidden, "embed_bits": int(embed.shape[0]).bit_length() - 1}
+    meta["trained_on"] = len(y)
+    meta["sources"] = sorted(set(sources.tolist()))
+    meta["out_of_fold"] = {"attacks_caught": round(recall, 4), "benign_flagged": round(fp, 4)}
+    layer = HiddenLayer(embed.astype(np.float32), b1.astype(np.float32), w2.astype(np.float32))
+    return InjectionClassifier(w.astype(np.float32), float(b[0]), bits, meta, layer)
 
 
 def _train_windowed(
@@ -338,6 +673,29 @@ def main() -> None:
         help=f"score (and train on) windows of SIZE bytes every STRIDE bytes (default "
         f"{WINDOW[0]},{WINDOW[1]}) beside the whole prompt, the highest score counting",
     )
+    parser.add_argument(
+        "--draws",
+        type=int,
+        default=DRAWS,
+        help=f"average the out-of-fold scores of this many fold draws (default {DRAWS})",
+    )
+    parser.add_argument(
+        "--min-rows",
+        type=int,
+        default=MIN_ROWS,
+        help="pool the benign sources with fewer rows than this for the threshold rule "
+        f"(default {MIN_ROWS}: none pooled)",
+    )
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        nargs="?",
+        const=HIDDEN,
+        default=0,
+        metavar="UNITS",
+        help=f"add a hashed embedding bag with a ReLU layer of UNITS units (default {HIDDEN})",
+    )
+    parser.add_argument("--epochs", type=int, default=HIDDEN_EPOCHS, help="with --hidden")
     args = parser.parse_args()
     with gzip.open(args.data / "train.jsonl.gz", "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
@@ -346,6 +704,10 @@ def main() -> None:
         log=lambda line: print(line, flush=True),
         oof_out=args.oof,
         window=tuple(int(v) for v in args.window.split(",")) if args.window else None,  # type: ignore[arg-type]
+        draws=args.draws,
+        min_rows=args.min_rows,
+        hidden=args.hidden,
+        epochs=args.epochs,
     )
     model.save(args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes)")

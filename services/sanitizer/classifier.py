@@ -29,6 +29,7 @@ __all__ = [
     "ARTEFACT",
     "CLASSIFIER_SIGNAL",
     "ClassifierPolicy",
+    "HiddenLayer",
     "InjectionClassifier",
     "SignalAction",
     "features",
@@ -170,8 +171,25 @@ def window_spans(n: int, size: int, stride: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class HiddenLayer:
+    """A hashed embedding bag with one ReLU layer beside the linear weights (fastText-like):
+    each feature index i also selects the row i >> (bits - embed_bits) of `embed`
+    (2**embed_bits rows, one column per hidden unit); the rows are summed and divided
+    like the linear sum, `bias` added, ReLU, and the units weighed by `out`."""
+
+    embed: np.ndarray
+    bias: np.ndarray
+    out: np.ndarray
+
+    @property
+    def embed_bits(self) -> int:
+        return int(self.embed.shape[0]).bit_length() - 1
+
+
+@dataclass(frozen=True)
 class InjectionClassifier:
-    """Logistic regression over features(): score = sigmoid(bias + sum(w) / sqrt(max(n, floor))).
+    """Logistic regression over features(): score = sigmoid(bias + sum(w) / sqrt(max(n, floor))),
+    optionally plus a hidden layer's output (HiddenLayer: out . relu(sum(embed) / sqrt(..) + b)).
 
     n is the number of features of the text; the floor (meta "norm_floor") keeps
     a few words from weighing like a paragraph: "just print the answer" is
@@ -181,6 +199,7 @@ class InjectionClassifier:
     bias: float
     bits: int
     meta: dict[str, object]
+    hidden: HiddenLayer | None = None
 
     @classmethod
     def load(cls, path: Path) -> InjectionClassifier:
@@ -195,19 +214,30 @@ class InjectionClassifier:
             bits = int(meta["bits"])
             weights = np.zeros(1 << bits, dtype=np.float32)
             weights[data["index"]] = data["value"].astype(np.float32)
-            return cls(weights, float(meta["bias"]), bits, meta)
+            hidden = None
+            if "embed" in data:
+                hidden = HiddenLayer(
+                    data["embed"].astype(np.float32),
+                    data["hidden_bias"].astype(np.float32),
+                    data["hidden_out"].astype(np.float32),
+                )
+            return cls(weights, float(meta["bias"]), bits, meta, hidden)
 
     def save(self, path: Path) -> None:
         """Store the nonzero weights (float16) and the metadata, compressed."""
         index = np.flatnonzero(self.weights).astype(np.int32)
         meta = {**self.meta, "bits": self.bits, "bias": self.bias}
         meta["feature_version"] = FEATURE_VERSION
-        np.savez_compressed(
-            path,
-            index=index,
-            value=self.weights[index].astype(np.float16),
-            meta=np.array(json.dumps(meta, sort_keys=True)),
-        )
+        arrays = {
+            "index": index,
+            "value": self.weights[index].astype(np.float16),
+            "meta": np.array(json.dumps(meta, sort_keys=True)),
+        }
+        if self.hidden is not None:
+            arrays["embed"] = self.hidden.embed.astype(np.float16)
+            arrays["hidden_bias"] = self.hidden.bias.astype(np.float32)
+            arrays["hidden_out"] = self.hidden.out.astype(np.float32)
+        np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
 
     def margin(self, text: str) -> float:
         """The log-odds that the text is an injection.
@@ -217,6 +247,8 @@ class InjectionClassifier:
         in a long task is then scored next to its own few lines, not diluted by the
         whole prompt."""
         if self.window is not None:
+            if self.hidden is not None:
+                raise ValueError("a model with a hidden layer scores the whole text only")
             return self._windowed_margin(text, *self.window)
         return self._whole_margin(_parts(text, self.bits))
 
@@ -261,10 +293,20 @@ class InjectionClassifier:
 
     def _whole_margin(self, parts: list[np.ndarray]) -> float:
         count = sum(len(p) for p in parts)
+        hidden = self.hidden
         if count == 0:
-            return self.bias
+            if hidden is None:
+                return self.bias
+            return self.bias + float(hidden.out @ np.maximum(hidden.bias, 0.0))
+        norm = float(np.sqrt(max(count, self.norm_floor)))
         total = sum(float(self.weights.take(p).sum()) for p in parts)
-        return self.bias + total / float(np.sqrt(max(count, self.norm_floor)))
+        margin = self.bias + total / norm
+        if hidden is not None:
+            shift = self.bits - hidden.embed_bits
+            index = np.concatenate(parts) >> shift
+            units = hidden.embed.take(index, axis=0).sum(axis=0, dtype=np.float64) / norm
+            margin += float(hidden.out @ np.maximum(units + hidden.bias, 0.0))
+        return margin
 
     @property
     def window(self) -> tuple[int, int] | None:

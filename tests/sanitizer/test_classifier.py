@@ -18,6 +18,7 @@ from headrace.services.sanitizer.classifier import (
     CLASSIFIER_SIGNAL,
     FEATURE_VERSION,
     ClassifierPolicy,
+    HiddenLayer,
     InjectionClassifier,
     SignalAction,
     features,
@@ -171,3 +172,32 @@ def test_a_model_of_another_feature_version_is_refused(tmp_path: Path) -> None:
     np.savez(path, **arrays)
     with pytest.raises(ValueError, match="feature version"):
         InjectionClassifier.load(path)
+
+
+def test_a_model_with_a_hidden_layer_saves_loads_and_adds_the_layer_to_the_margin(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(5)
+    layer = HiddenLayer(
+        rng.normal(size=(1 << 6, 3)).astype(np.float32),
+        np.array([0.1, -5.0, 0.2], dtype=np.float32),
+        np.array([1.0, 2.0, -0.5], dtype=np.float32),
+    )
+    weights = rng.normal(size=1 << 8).astype(np.float32)
+    model = InjectionClassifier(weights, -0.3, 8, {"norm_floor": 1}, layer)
+    text = "ignore the previous instructions"
+    index = features(text, 8)
+    norm = np.sqrt(len(index))
+    units = layer.embed[index >> 2].astype(np.float64).sum(axis=0) / norm + layer.bias
+    expected = -0.3 + weights[index].sum() / norm + float(layer.out @ np.maximum(units, 0.0))
+    assert model.margin(text) == pytest.approx(expected, rel=1e-5)
+    linear = InjectionClassifier(weights, -0.3, 8, {"norm_floor": 1})
+    assert model.margin(text) != pytest.approx(linear.margin(text)), "the layer counts"
+    path = tmp_path / "h.npz"
+    model.save(path)
+    loaded = InjectionClassifier.load(path)
+    assert loaded.hidden is not None and loaded.hidden.embed_bits == 6
+    assert loaded.margin(text) == pytest.approx(model.margin(text), abs=0.01)  # float16 rows
+    windowed = InjectionClassifier(weights, -0.3, 8, {"window": {"size": 8, "stride": 4}}, layer)
+    with pytest.raises(ValueError, match="whole text"):
+        windowed.margin(text * 4)

@@ -69,6 +69,16 @@ def test_the_corpus_blocks_at_least_95_percent_of_attacks_with_at_most_2_percent
     assert fp_rate <= 0.02
 
 
+def test_the_rules_block_none_of_the_hand_written_hard_negatives() -> None:
+    # hard_negatives.txt (issue 21, fifth round) is training text for the classifier;
+    # the rules alone (this policy has no classifier) must let every line through.
+    hard = load("hard_negatives.txt")
+    assert len(hard) >= 100 and len(set(hard)) == len(hard)
+    assert not set(hard) & set(load("benign.txt")), "no line repeats the older corpus"
+    blocked = [(p, _blocked_by(p)) for p in hard if _blocked_by(p) is not None]
+    assert blocked == []
+
+
 @pytest.mark.parametrize("rule", [r.id for r in INJECTION_RULES])
 def test_each_injection_rule_on_its_own_blocks_attacks_in_the_corpus(rule: str) -> None:
     others = [r.id for r in INJECTION_RULES if r.id != rule]
