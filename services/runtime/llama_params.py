@@ -28,8 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from headrace.services.runtime import openmp
+
 if TYPE_CHECKING:
     import llama_cpp
+
+# Every load goes through this module, and llama_cpp is imported lazily below, so the
+# OpenMP spin is set before libgomp loads for the cache's embedder and finetune too
+# (the inference package sets it itself: its engine imports llama_cpp first).
+openmp.apply()
 
 ExtraBufts = Literal["auto", "on", "off"]
 

@@ -13,11 +13,12 @@ import pytest
 
 from headrace.services.runtime import openmp
 
-# What an inference process sees: its package imported first, then llama.cpp loaded.
+# What a process that loads llama.cpp sees: inference (its engine imports llama_cpp at
+# the top), or the cache (its semantic embedder loads through llama_params).
 PROBE = """
-import json, os
-import headrace.services.inference.engine  # loads llama_cpp, and with it libgomp
-import llama_cpp
+import json, os, sys, importlib
+importlib.import_module(sys.argv[1])
+import llama_cpp  # loads libgomp, which reads the setting now
 from headrace.services.runtime import openmp
 print(json.dumps({
     "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT"),
@@ -27,10 +28,10 @@ print(json.dumps({
 """
 
 
-def probe(**env: str) -> dict[str, object]:
+def probe(module: str = "headrace.services.inference.engine", **env: str) -> dict[str, object]:
     clean = {k: v for k, v in os.environ.items() if k not in openmp.USER_VARIABLES}
     out = subprocess.run(
-        [sys.executable, "-c", PROBE],
+        [sys.executable, "-c", PROBE, module],
         env={**clean, **env},
         capture_output=True,
         text=True,
@@ -40,8 +41,11 @@ def probe(**env: str) -> dict[str, object]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_the_inference_process_spins_briefly_before_llama_cpp_loads() -> None:
-    seen = probe()
+@pytest.mark.parametrize(
+    "module", ["headrace.services.inference.engine", "headrace.services.cache.semantic"]
+)
+def test_a_process_that_loads_llama_cpp_spins_briefly(module: str) -> None:
+    seen = probe(module)
     assert seen["GOMP_SPINCOUNT"] == openmp.SPIN_COUNT
     if sys.platform == "linux":
         # An OpenMP build has its runtime loaded by now (GCC's: libgomp, which read the
