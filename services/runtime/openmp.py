@@ -13,10 +13,10 @@ bench.contention`). A short spin keeps the workers hot between back-to-back oper
 running.
 
 libgomp reads these variables once, when it is loaded, so `apply()` must run before
-`llama_cpp` is first imported: the inference package and llama_params (every other load)
-call it on import. A user's own
-GOMP_SPINCOUNT or OMP_WAIT_POLICY is left as it is. Builds without OpenMP (ggml's own
-thread pool: clang on macOS, some ARM builds) ignore the variables.
+`llama_cpp` is first imported: the inference package and llama_params (every other
+load) call it on import. A user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY is left as it
+is. Builds without OpenMP (ggml's own thread pool: clang on macOS, some ARM builds)
+ignore the variables.
 """
 
 from __future__ import annotations
