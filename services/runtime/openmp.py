@@ -32,6 +32,9 @@ cores (docs/benchmarks.md): 300 to 10,000 all decode as fast as the default on a
 machine; beside a busy process 300 gave 32 tokens/s, 1,000 27, 3,000 19, 10,000 10
 and the default 0.6. 1,000 leaves a margin for CPUs whose pause is shorter."""
 
+LIBGOMP_DEFAULT = "300000"
+"""libgomp's own spin count with no more threads than cores (OMP_WAIT_POLICY unset)."""
+
 USER_VARIABLES = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
 _applied: set[int] = set()
 """ids of the environments apply() changed: their GOMP_SPINCOUNT is Headrace's."""
