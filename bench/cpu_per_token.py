@@ -18,7 +18,6 @@ Linux only (/proc).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import tempfile
@@ -32,11 +31,11 @@ from bench.user_view import (
     Prompts,
     Sample,
     engine_direct,
+    start_bench_suite,
     through_gateway,
 )
-from headrace.services.auth.settings import DEFAULT_TIERS
 from headrace.services.inference.registry import resolve_path
-from tests.support.suite import RunningSuite, start_suite
+from tests.support.suite import RunningSuite
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -131,22 +130,7 @@ def main() -> int:
     args = parser.parse_args()
     model = resolve_path(DEFAULT_MODEL, Path(".headrace").resolve())
     home = Path(tempfile.mkdtemp(prefix="headrace-bench-cpu-"))
-    suite = start_suite(
-        home / "suite",
-        model,
-        extra_env={
-            "HEADRACE_MODELS": json.dumps(
-                [{"name": "bench", "path": str(model), "chat_template": "gemma"}]
-            ),
-            "HEADRACE_TIERS": json.dumps(
-                {
-                    **{name: limits.model_dump() for name, limits in DEFAULT_TIERS.items()},
-                    UNFILTERED_TIER: {},
-                }
-            ),
-            "HEADRACE_TIER_POLICIES": json.dumps({UNFILTERED_TIER: {"redact": False}}),
-        },
-    )
+    suite = start_bench_suite(home / "suite", model)
     try:
         prompts = Prompts()
         token = suite.token("bench")

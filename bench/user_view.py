@@ -496,6 +496,27 @@ def _peers(model: Path, threads: int, home: Path, skip: bool) -> Iterator[dict[s
             peer.stop()
 
 
+def start_bench_suite(home: Path, model: Path) -> RunningSuite:
+    """The gateway with the model as "bench", the default tiers, and UNFILTERED_TIER."""
+    return start_suite(
+        home,
+        model,
+        extra_env={
+            "HEADRACE_MODELS": json.dumps(
+                [{"name": "bench", "path": str(model), "chat_template": "gemma"}]
+            ),
+            "HEADRACE_TIERS": json.dumps(
+                {
+                    **{name: limits.model_dump() for name, limits in DEFAULT_TIERS.items()},
+                    UNFILTERED_TIER: {},
+                }
+            ),
+            # Its policy has no output rule: the filter holds nothing back.
+            "HEADRACE_TIER_POLICIES": json.dumps({UNFILTERED_TIER: {"redact": False}}),
+        },
+    )
+
+
 def own_prompt(side: str, prompt: str) -> str:
     """The prompt a side is sent. Both gateway sides reach the same inference
     process, whose slots keep a prompt's KV cells: the second side to send a prompt
@@ -557,23 +578,7 @@ def main() -> int:
     )
     prompts = Prompts()
     llm = load_llama(model, n_ctx=N_CTX, n_threads=threads, n_threads_batch=threads, verbose=False)
-    suite = start_suite(
-        home / "suite",
-        model,
-        extra_env={
-            "HEADRACE_MODELS": json.dumps(
-                [{"name": "bench", "path": str(model), "chat_template": "gemma"}]
-            ),
-            "HEADRACE_TIERS": json.dumps(
-                {
-                    **{name: limits.model_dump() for name, limits in DEFAULT_TIERS.items()},
-                    UNFILTERED_TIER: {},
-                }
-            ),
-            # Its policy has no output rule: the filter holds nothing back.
-            "HEADRACE_TIER_POLICIES": json.dumps({UNFILTERED_TIER: {"redact": False}}),
-        },
-    )
+    suite = start_bench_suite(home / "suite", model)
     try:
         token = suite.token("bench")  # the default tier, its default policy
         unfiltered_token = suite.token("bench", "--tier", UNFILTERED_TIER)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -478,21 +478,29 @@ def oof_draws(
     each feature once per row with its count, in another order)."""
     fast = FastMatrix(x)
     out = np.zeros((draws, x.n))
+    for d, fold_train, test in fold_draws(x.n, draws, log):
+        w, b = fit(
+            fast.take(fold_train),
+            y[fold_train],
+            balanced(y[fold_train], hard[fold_train]),
+            steps,
+        )
+        out[d, test] = 1.0 / (1.0 + np.exp(-(fast.take(test).dot(w) + b)))
+    return out
+
+
+def fold_draws(
+    n: int, draws: int, log: Callable[[str], object]
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(draw, training rows, held-out rows) of every fold of `draws` independent fold
+    draws of n rows (seeds SEED, SEED + 1, ...), each row index list sorted."""
     for d in range(draws):
-        order = np.random.default_rng(SEED + d).permutation(x.n)
+        order = np.random.default_rng(SEED + d).permutation(n)
         folds = np.array_split(order, FOLDS)
         for k, test in enumerate(folds):
             log(f"draw {d + 1} of {draws}, fold {k + 1} of {FOLDS}")
-            test = np.sort(test)
             fold_train = np.sort(np.concatenate([f for j, f in enumerate(folds) if j != k]))
-            w, b = fit(
-                fast.take(fold_train),
-                y[fold_train],
-                balanced(y[fold_train], hard[fold_train]),
-                steps,
-            )
-            out[d, test] = 1.0 / (1.0 + np.exp(-(fast.take(test).dot(w) + b)))
-    return out
+            yield d, fold_train, np.sort(test)
 
 
 def rule_threshold(
@@ -580,22 +588,16 @@ def _train_hidden(
     hard = np.array([HARD_NEGATIVES.get(str(r["source"]), 1.0) for r in rows])
     x = FastMatrix(Matrix(texts, bits))
     per_draw = np.zeros((draws, x.n))
-    for d in range(draws):
-        order = np.random.default_rng(SEED + d).permutation(x.n)
-        folds = np.array_split(order, FOLDS)
-        for k, test in enumerate(folds):
-            log(f"draw {d + 1} of {draws}, fold {k + 1} of {FOLDS}")
-            test = np.sort(test)
-            fold_train = np.sort(np.concatenate([f for j, f in enumerate(folds) if j != k]))
-            params = fit_hidden(
-                x.take(fold_train),
-                y[fold_train],
-                balanced(y[fold_train], hard[fold_train]),
-                bits=bits,
-                hidden=hidden,
-                epochs=epochs,
-            )
-            per_draw[d, test] = score_hidden(x.take(test), params, bits)
+    for d, fold_train, test in fold_draws(x.n, draws, log):
+        params = fit_hidden(
+            x.take(fold_train),
+            y[fold_train],
+            balanced(y[fold_train], hard[fold_train]),
+            bits=bits,
+            hidden=hidden,
+            epochs=epochs,
+        )
+        per_draw[d, test] = score_hidden(x.take(test), params, bits)
     if oof_out is not None:
         np.savez(oof_out, y=y, sources=sources, per_draw=per_draw)
     threshold, recall, fp = rule_threshold(per_draw, y, sources, min_rows, log)
