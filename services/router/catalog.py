@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from headrace.services.router.backends import InferenceClient, ModelInfo
-from headrace.services.runtime.errors import NotFound
+from headrace.services.runtime.errors import NotFound, Unavailable
 from headrace.services.runtime.logs import get_logger
 
 log = get_logger(__name__)
@@ -51,6 +51,8 @@ class ModelCatalog:
         self._ttl = ttl
         self._groups = groups or {}
         self._lists: list[list[ModelInfo]] = [[] for _ in self._clients]
+        self._failing: set[int] = set()
+        """The backends whose last listing failed."""
         self._fetched = 0.0
         self._lock = asyncio.Lock()
 
@@ -66,16 +68,12 @@ class ModelCatalog:
             *(c.list_models(timeout) for c in self._clients), return_exceptions=True
         )
         failures = []
+        self._failing.clear()
         for i, result in enumerate(results):
             if isinstance(result, BaseException):
                 failures.append(result)
-                log.warning(
-                    "model_list_failed",
-                    backend="upstream"
-                    if getattr(self._clients[i], "hosted", False)
-                    else "inference",
-                    error=str(result),
-                )
+                self._failing.add(i)
+                log.warning("model_list_failed", backend=self._backend(i), error=str(result))
             else:
                 self._lists[i] = result
         if len(failures) == len(results) and not any(self._lists):
@@ -84,6 +82,9 @@ class ModelCatalog:
         # ttl, nor on every request (a hung backend would hold each one up).
         now = time.monotonic()
         self._fetched = now - self._ttl + min(self._ttl, 2.0) if failures else now
+
+    def _backend(self, i: int) -> str:
+        return "upstream" if getattr(self._clients[i], "hosted", False) else "inference"
 
     def known(self, name: str) -> ModelInfo | None:
         """The model `name` names ("" the default) as last listed, without asking
@@ -102,6 +103,15 @@ class ModelCatalog:
         for model in models:
             if model.answers_to(name):
                 return model
+        silent = [self._backend(i) for i in sorted(self._failing) if not self._lists[i]]
+        if silent:
+            # A backend that has never listed its models (starting, or down) may serve
+            # this one: not a wrong name, a retry later (while `headrace up` starts,
+            # hosted models may be listed before local inference has loaded its own).
+            raise Unavailable(
+                f"model {name or '(the default)'!r} is not listed yet: {' and '.join(silent)} "
+                "has not answered (starting, or down); retry shortly"
+            )
         groups = f"; model groups: {', '.join(self._groups)}" if self._groups else ""
         raise NotFound(
             f"unknown model {name!r}; available: {', '.join(m.name for m in models)}{groups}"

@@ -17,7 +17,12 @@ from headrace.services.router.catalog import ModelGroup
 from headrace.services.router.content import Content
 from headrace.services.router.orchestrator import Ask, Orchestrator
 from headrace.services.router.settings import RouterSettings
-from headrace.services.runtime.errors import PermissionDenied, ResourceExhausted, Unavailable
+from headrace.services.runtime.errors import (
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+)
 from headrace.types.v1 import types_pb2
 from tests.router.fakes import ALICE, FakeInference, Fakes, answer, audit_lines
 
@@ -140,6 +145,32 @@ async def test_hosted_models_stay_listed_while_local_inference_is_down(tmp_path:
     orchestrator = router(fakes, upstream, tmp_path)
     out = await ask(orchestrator, "hosted")
     assert {(r.model, r.provider) for r in out} == {("hosted", "groq")}
+
+
+async def test_a_local_model_asked_for_before_inference_lists_it_is_unavailable_not_unknown(
+    tmp_path: Path,
+) -> None:
+    # While `headrace up` starts, the upstream service may list its hosted models before
+    # inference has loaded its own: "unknown model 'local'; available: hosted, ..." would
+    # send the user to check a name that is right. It is a retry, not a wrong name.
+    fakes, upstream = setup()
+    listed = fakes.inference.list_models
+
+    async def starting(timeout: float | None) -> list[ModelInfo]:
+        raise Unavailable("the inference service is unavailable")
+
+    fakes.inference.list_models = starting  # type: ignore[method-assign]
+    orchestrator = router(fakes, upstream, tmp_path, models_refresh_seconds=0.0)
+    with pytest.raises(Unavailable, match="'local' is not listed yet: inference has not"):
+        await ask(orchestrator, "local")
+    with pytest.raises(Unavailable, match="'\\(the default\\)' is not listed yet"):
+        await ask(orchestrator, "")
+    assert {r.model for r in await ask(orchestrator, "hosted")} == {"hosted"}
+    fakes.inference.list_models = listed  # type: ignore[method-assign]
+    assert {r.model for r in await ask(orchestrator, "local")} == {"local"}
+    # Every backend has answered: a name none of them serves is a wrong name.
+    with pytest.raises(NotFound, match="unknown model 'nope'; available: local, hosted"):
+        await ask(orchestrator, "nope")
 
 
 async def test_an_ab_arm_can_name_a_hosted_model_and_the_other_a_local_one(
