@@ -18,6 +18,12 @@ log = get_logger(__name__)
 Strategy = Literal["local_first", "free_first", "ordered"]
 
 
+class NotListedYet(Unavailable):
+    """No served model has the name, but a backend that has never listed its models
+    (starting, or down) may serve it: a retry, not a wrong name. A group or a routed
+    list skips such a model like an unserved one and answers with the others."""
+
+
 class ModelGroup(BaseModel):
     """Models a request (or a task preset) can name as one, tried in the strategy's order
     before the first token: `local_first` local models, then hosted ones (when local
@@ -108,7 +114,7 @@ class ModelCatalog:
             # A backend that has never listed its models (starting, or down) may serve
             # this one: not a wrong name, a retry later (while `headrace up` starts,
             # hosted models may be listed before local inference has loaded its own).
-            raise Unavailable(
+            raise NotListedYet(
                 f"model {name or '(the default)'!r} is not listed yet: {' and '.join(silent)} "
                 "has not answered (starting, or down); retry shortly"
             )
@@ -123,11 +129,15 @@ class ModelCatalog:
         if group is None:
             return [await self.resolve(name, timeout)]
         found = []
+        not_yet: NotListedYet | None = None
         for member in group.models:
             try:
                 found.append(await self.resolve(member, timeout))
-            except NotFound:
+            except (NotFound, NotListedYet) as exc:
+                not_yet = not_yet or (exc if isinstance(exc, NotListedYet) else None)
                 log.warning("group_model_not_served", group=name, model=member)
+        if not found and not_yet is not None:
+            raise not_yet
         return group.order(found)
 
     async def candidates(
@@ -144,6 +154,6 @@ class ModelCatalog:
         for name in dict.fromkeys([*routed, *fallbacks]):
             try:
                 found.extend(await self._expand(name, timeout))
-            except NotFound:
+            except (NotFound, NotListedYet):
                 log.warning("routed_model_not_served", model=name)
         return list(dict.fromkeys(found)) or [await self.resolve("", timeout)]

@@ -173,6 +173,27 @@ async def test_a_local_model_asked_for_before_inference_lists_it_is_unavailable_
         await ask(orchestrator, "nope")
 
 
+async def test_a_group_answers_from_its_listed_models_while_inference_has_not_listed(
+    tmp_path: Path,
+) -> None:
+    fakes, upstream = setup()
+
+    async def starting(timeout: float | None) -> list[ModelInfo]:
+        raise Unavailable("the inference service is unavailable")
+
+    fakes.inference.list_models = starting  # type: ignore[method-assign]
+    groups = {
+        "chat": ModelGroup(models=GROUP, strategy="local_first"),
+        "only-local": ModelGroup(models=["local"]),
+    }
+    orchestrator = router(fakes, upstream, tmp_path, model_groups=groups)
+    # The unlisted local model is skipped like an unserved one: the hosted ones answer.
+    assert {r.model for r in await ask(orchestrator, "chat")} == {"hosted"}
+    # A group with nothing listed yet is a retry, not "no served model".
+    with pytest.raises(Unavailable, match="'local' is not listed yet"):
+        await ask(orchestrator, "only-local")
+
+
 async def test_an_ab_arm_can_name_a_hosted_model_and_the_other_a_local_one(
     tmp_path: Path,
 ) -> None:
