@@ -5,7 +5,7 @@ each of a decode step's barriers libgomp's workers spin before they sleep
 (services/runtime/openmp.py). This measures llama-cpp-python decoding the default
 model in a child process (greedy, fresh prompts, the gateway's load choices) with:
 
-- libgomp's default spin (GOMP_SPINCOUNT and OMP_WAIT_POLICY unset);
+- libgomp's default spin (GOMP_SPINCOUNT=300000, what it spins when unset);
 - Headrace's default, GOMP_SPINCOUNT=1000 (what the inference process sets);
 - OMP_WAIT_POLICY=passive (sleep at once);
 - one decode thread (libgomp's default; a barrier has nobody to wait for);
@@ -50,17 +50,19 @@ print(json.dumps(rates))
 """
 
 SETTINGS: dict[str, tuple[int | None, dict[str, str]]] = {
-    "libgomp default": (None, {}),
+    # The child loads llama.cpp through llama_params, which sets Headrace's spin unless
+    # one is given: libgomp's own is given explicitly.
+    "libgomp default": (None, {"GOMP_SPINCOUNT": openmp.LIBGOMP_DEFAULT}),
     f"GOMP_SPINCOUNT={openmp.SPIN_COUNT} (Headrace)": (None, {"GOMP_SPINCOUNT": openmp.SPIN_COUNT}),
     "OMP_WAIT_POLICY=passive": (None, {"OMP_WAIT_POLICY": "passive"}),
-    "1 thread": (1, {}),
+    "1 thread": (1, {"GOMP_SPINCOUNT": openmp.LIBGOMP_DEFAULT}),
 }
 
 
 def decode_rates(
     model: Path, threads: int, extra: dict[str, str], args: argparse.Namespace
 ) -> list[float]:
-    env = {k: v for k, v in os.environ.items() if k not in openmp.USER_VARIABLES}
+    env = openmp.without_settings()
     argv = [sys.executable, "-c", CHILD, str(model), str(threads)]
     argv += [str(args.requests), str(args.max_tokens), str(args.cap)]
     out = subprocess.run(

@@ -22,7 +22,7 @@ ignore the variables.
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
 SPIN_COUNT = "1000"
@@ -36,22 +36,37 @@ LIBGOMP_DEFAULT = "300000"
 """libgomp's own spin count with no more threads than cores (OMP_WAIT_POLICY unset)."""
 
 USER_VARIABLES = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
-_applied: set[int] = set()
-"""ids of the environments apply() changed: their GOMP_SPINCOUNT is Headrace's."""
+MARKER = "HEADRACE_OPENMP_DEFAULT"
+"""Set beside GOMP_SPINCOUNT by apply(): the value is Headrace's, not the user's. Child
+processes inherit both, so a service started by another still tells them apart."""
+
+
+def user_chose(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the user set the spin or the wait policy (Headrace's own setting,
+    inherited from a parent process, does not count)."""
+    if "OMP_WAIT_POLICY" in environ:
+        return True
+    spin = environ.get("GOMP_SPINCOUNT")
+    return spin is not None and not (environ.get(MARKER) == "1" and spin == SPIN_COUNT)
 
 
 def apply(environ: MutableMapping[str, str] = os.environ) -> bool:
-    """Set GOMP_SPINCOUNT unless the user set it or the wait policy; True when set here."""
-    if any(name in environ for name in USER_VARIABLES):
+    """Set GOMP_SPINCOUNT unless the user chose or it is already set; True when set here."""
+    if user_chose(environ) or "GOMP_SPINCOUNT" in environ:
         return False
     environ["GOMP_SPINCOUNT"] = SPIN_COUNT
-    _applied.add(id(environ))
+    environ[MARKER] = "1"
     return True
 
 
+def without_settings(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """A copy of the environment with no spin setting, the user's or Headrace's."""
+    return {k: v for k, v in environ.items() if k not in (*USER_VARIABLES, MARKER)}
+
+
 def loaded_runtime(maps: Path = Path("/proc/self/maps")) -> str | None:
-    """The OpenMP library this process has loaded (libgomp, libomp, libiomp5), or None:
-    not loaded (yet), or no /proc to tell."""
+    """The OpenMP library this process has loaded (libgomp, libomp, libiomp5), "" when
+    none is loaded (yet), None when there is no /proc to tell (not Linux)."""
     try:
         text = maps.read_text()
     except OSError:
@@ -59,20 +74,20 @@ def loaded_runtime(maps: Path = Path("/proc/self/maps")) -> str | None:
     for name in ("libgomp", "libiomp5", "libomp"):
         if f"/{name}" in text:
             return name
-    return None
+    return ""
 
 
-def describe(
-    environ: MutableMapping[str, str] = os.environ, maps: Path = Path("/proc/self/maps")
-) -> str:
+def describe(environ: Mapping[str, str] = os.environ, maps: Path = Path("/proc/self/maps")) -> str:
     """One line for `headrace doctor`: the runtime and the spin settings inference uses."""
     runtime = loaded_runtime(maps)
     chosen = {name: environ[name] for name in USER_VARIABLES if name in environ}
-    ours = not chosen or (id(environ) in _applied and chosen == {"GOMP_SPINCOUNT": SPIN_COUNT})
+    ours = not user_chose(environ)
     settings = ", ".join(f"{k}={v}" for k, v in (chosen or {"GOMP_SPINCOUNT": SPIN_COUNT}).items())
     if ours:
         settings += " (Headrace's default; set GOMP_SPINCOUNT or OMP_WAIT_POLICY to choose)"
     if runtime is None:
+        return f"OpenMP runtime unknown (no /proc here): {settings}"
+    if not runtime:
         return f"no OpenMP runtime loaded (ggml's own thread pool): {settings} has no effect"
     if runtime != "libgomp" and "OMP_WAIT_POLICY" not in chosen:
         return f"{runtime}: its own wait policy (GOMP_SPINCOUNT is libgomp's)"
