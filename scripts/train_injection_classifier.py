@@ -438,17 +438,13 @@ def train(
     # Out-of-fold scores choose the threshold: scores on training rows themselves
     # are optimistic.
     if draws == 1:
-        order = np.random.default_rng(SEED).permutation(len(rows))
-        folds = np.array_split(order, FOLDS)
+        # On Matrix, not oof_draws' FastMatrix: the shipped artefact's sums, in its order.
         oof = np.zeros(len(rows))
-        for k, test in enumerate(folds):
-            log(f"fold {k + 1} of {FOLDS}")
-            fold_train = np.sort(np.concatenate([f for j, f in enumerate(folds) if j != k]))
+        for _, fold_train, test in fold_draws(len(rows), 1, log):
             w, b = fit(
                 x.take(fold_train), y[fold_train], balanced(y[fold_train], hard[fold_train]), steps
             )
-            part = x.take(np.sort(test))
-            oof[np.sort(test)] = 1.0 / (1.0 + np.exp(-(part.dot(w) + b)))
+            oof[test] = 1.0 / (1.0 + np.exp(-(x.take(test).dot(w) + b)))
         per_draw = oof[None, :]
     else:
         per_draw = oof_draws(x, y, hard, steps, draws, log)
