@@ -86,6 +86,22 @@ def grammar_for(response_format: types_pb2.ResponseFormat) -> str | None:
     return schema_grammar(response_format.json_schema)
 
 
+# llama-cpp-python's converter lets a string hold any character but '"' and '\\', raw
+# newlines and other control characters included, which JSON forbids in a string: at
+# temperature 0.8 the default model wrote {"name": "The Little Book of<newline>(", ...},
+# which no JSON parser reads. llama.cpp's own converter (and JSON_GBNF) exclude them.
+_LOOSE_CHAR = 'char ::= [^"\\\\] |'
+_JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+
+
+def _no_control_characters(grammar: str) -> str:
+    """The converter's string character rule, narrowed to what JSON allows unescaped."""
+    return "\n".join(
+        _JSON_CHAR + line[len(_LOOSE_CHAR) :] if line.startswith(_LOOSE_CHAR) else line
+        for line in grammar.split("\n")
+    )
+
+
 def schema_grammar(text: str) -> str:
     """A JSON Schema (as JSON text) compiled to GBNF, after the allow-list check."""
     try:
@@ -94,7 +110,7 @@ def schema_grammar(text: str) -> str:
         raise InvalidArgument(f"response_format.json_schema is not JSON: {exc}") from None
     check_schema(schema)
     try:
-        return json_schema_to_gbnf(json.dumps(schema))
+        return _no_control_characters(json_schema_to_gbnf(json.dumps(schema)))
     except Exception as exc:  # the converter asserts or raises on what it cannot handle
         raise InvalidArgument(
             f"the JSON Schema cannot be compiled to a grammar ({type(exc).__name__}: "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +67,50 @@ def test_response_formats_map_to_grammars() -> None:
     assert grammar_for(types_pb2.ResponseFormat(grammar='root ::= "yes"')) == 'root ::= "yes"'
     with pytest.raises(InvalidArgument, match="grammar is empty"):
         grammar_for(types_pb2.ResponseFormat(grammar="  "))
+
+
+def test_a_schema_string_never_holds_a_raw_control_character(tiny_model: Path) -> None:
+    # JSON forbids raw control characters in a string; llama-cpp-python's converter
+    # allowed them, and the default model once wrote a raw newline inside "name". Here
+    # llama.cpp's own grammar sampler judges single tokens inside an open string.
+    import ctypes
+
+    import llama_cpp
+    import numpy as np
+
+    from headrace.services.inference.engine import _TOKEN_DATA, LlamaEngine, _token_array
+    from headrace.services.inference.settings import ModelSpec
+
+    engine = LlamaEngine(
+        ModelSpec(name="tiny-structured", path=tiny_model), tiny_model, slots=1, queue_size=1
+    )
+    try:
+
+        def tokens(text: str) -> list[int]:
+            # Without BOS, and without the space SentencePiece puts before the text.
+            found = engine.tokenize(text)[1:]
+            return found[1:] if engine._piece(found[0]) == b" " else found
+
+        def accepts(after: str, text: str) -> bool:
+            sampler = engine.grammar_sampler(schema_grammar(json.dumps(PERSON)))
+            try:
+                for token in tokens(after):
+                    llama_cpp.llama_sampler_accept(sampler, token)
+                (token,) = tokens(text)
+                one = np.array([(token, 1.0, 0.0)], dtype=_TOKEN_DATA)
+                llama_cpp.llama_sampler_apply(sampler, ctypes.byref(_token_array(one)))
+                return not np.isneginf(one["logit"][0])
+            finally:
+                llama_cpp.llama_sampler_free(sampler)
+
+        assert accepts('{"name": "ab', "c"), "an ordinary character (' c') goes on the string"
+        assert not accepts('{"name": "ab', "\n"), "a raw newline inside a JSON string"
+        assert not accepts('{"name": "ab', "\t"), "a raw tab inside a JSON string"
+    finally:
+        engine.close()
+
+
+def test_the_string_rule_is_narrowed_to_what_json_allows() -> None:
+    grammar = schema_grammar(json.dumps(PERSON))
+    [char] = [line for line in grammar.split("\n") if line.startswith("char ::=")]
+    assert char.startswith('char ::= [^"\\\\\\x7F\\x00-\\x1F] |'), char
