@@ -94,12 +94,22 @@ _LOOSE_CHAR = 'char ::= [^"\\\\] |'
 _JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
 
 
+# A pattern's `.` is written unescaped into the string too: as [^\x0A\x0D] it admits a
+# tab, and a '"' that ends the string early.
+_LOOSE_DOT = "dot ::= [^\\x0A\\x0D]"
+_JSON_DOT = 'dot ::= [^"\\\\\\x7F\\x00-\\x1F]'
+
+
 def _no_control_characters(grammar: str) -> str:
-    """The converter's string character rule, narrowed to what JSON allows unescaped."""
-    return "\n".join(
-        _JSON_CHAR + line[len(_LOOSE_CHAR) :] if line.startswith(_LOOSE_CHAR) else line
-        for line in grammar.split("\n")
-    )
+    """The converter's string character and `.` rules, narrowed to what JSON allows
+    unescaped in a string."""
+
+    def narrowed(line: str) -> str:
+        if line.startswith(_LOOSE_CHAR):
+            return _JSON_CHAR + line[len(_LOOSE_CHAR) :]
+        return _JSON_DOT if line == _LOOSE_DOT else line
+
+    return "\n".join(narrowed(line) for line in grammar.split("\n"))
 
 
 def schema_grammar(text: str) -> str:

@@ -69,7 +69,9 @@ def test_response_formats_map_to_grammars() -> None:
         grammar_for(types_pb2.ResponseFormat(grammar="  "))
 
 
-def test_a_schema_string_never_holds_a_raw_control_character(tiny_model: Path) -> None:
+def test_a_schema_string_never_holds_a_raw_control_character_or_a_stray_quote(
+    tiny_model: Path,
+) -> None:
     # JSON forbids raw control characters in a string; llama-cpp-python's converter
     # allowed them, and the default model once wrote a raw newline inside "name". Here
     # llama.cpp's own grammar sampler judges single tokens inside an open string.
@@ -91,8 +93,8 @@ def test_a_schema_string_never_holds_a_raw_control_character(tiny_model: Path) -
             found = engine.tokenize(text)[1:]
             return found[1:] if engine._piece(found[0]) == b" " else found
 
-        def accepts(after: str, text: str) -> bool:
-            sampler = engine.grammar_sampler(schema_grammar(json.dumps(PERSON)))
+        def accepts(after: str, text: str, schema: dict = PERSON) -> bool:
+            sampler = engine.grammar_sampler(schema_grammar(json.dumps(schema)))
             try:
                 for token in tokens(after):
                     llama_cpp.llama_sampler_accept(sampler, token)
@@ -106,6 +108,11 @@ def test_a_schema_string_never_holds_a_raw_control_character(tiny_model: Path) -
         assert accepts('{"name": "ab', "c"), "an ordinary character (' c') goes on the string"
         assert not accepts('{"name": "ab', "\n"), "a raw newline inside a JSON string"
         assert not accepts('{"name": "ab', "\t"), "a raw tab inside a JSON string"
+        # A pattern's `.` is written into the string unescaped as well.
+        dotted = {"type": "object", "properties": {"p": {"type": "string", "pattern": "^a.b$"}}}
+        assert accepts('{"p": "a', "b", dotted), "' ' for the dot, then 'b'"
+        assert not accepts('{"p": "a', "\t", dotted)
+        assert not accepts('{"p": "a', '"', dotted), "a quote would end the string early"
     finally:
         engine.close()
 
