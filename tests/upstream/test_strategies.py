@@ -62,6 +62,11 @@ async def ask(orchestrator: Orchestrator, model: str, content: Content | None = 
 GROUP = ["local", "hosted", "hosted-2"]
 
 
+async def inference_down(timeout: float | None) -> list[ModelInfo]:
+    """Local inference's ListModels while it is starting or down."""
+    raise Unavailable("the inference service is unavailable")
+
+
 @pytest.mark.parametrize(
     ("strategy", "order"),
     [
@@ -137,11 +142,7 @@ async def test_a_constraint_a_hosted_model_cannot_honour_skips_it(tmp_path: Path
 
 async def test_hosted_models_stay_listed_while_local_inference_is_down(tmp_path: Path) -> None:
     fakes, upstream = setup()
-
-    async def down(timeout: float | None) -> list[ModelInfo]:
-        raise Unavailable("the inference service is unavailable")
-
-    fakes.inference.list_models = down  # type: ignore[method-assign]
+    fakes.inference.list_models = inference_down  # type: ignore[method-assign]
     orchestrator = router(fakes, upstream, tmp_path)
     out = await ask(orchestrator, "hosted")
     assert {(r.model, r.provider) for r in out} == {("hosted", "groq")}
@@ -156,10 +157,7 @@ async def test_a_local_model_asked_for_before_inference_lists_it_is_unavailable_
     fakes, upstream = setup()
     listed = fakes.inference.list_models
 
-    async def starting(timeout: float | None) -> list[ModelInfo]:
-        raise Unavailable("the inference service is unavailable")
-
-    fakes.inference.list_models = starting  # type: ignore[method-assign]
+    fakes.inference.list_models = inference_down  # type: ignore[method-assign]
     orchestrator = router(fakes, upstream, tmp_path, models_refresh_seconds=0.0)
     with pytest.raises(Unavailable, match="'local' is not listed yet: inference has not"):
         await ask(orchestrator, "local")
@@ -177,11 +175,7 @@ async def test_a_group_answers_from_its_listed_models_while_inference_has_not_li
     tmp_path: Path,
 ) -> None:
     fakes, upstream = setup()
-
-    async def starting(timeout: float | None) -> list[ModelInfo]:
-        raise Unavailable("the inference service is unavailable")
-
-    fakes.inference.list_models = starting  # type: ignore[method-assign]
+    fakes.inference.list_models = inference_down  # type: ignore[method-assign]
     groups = {
         "chat": ModelGroup(models=GROUP, strategy="local_first"),
         "only-local": ModelGroup(models=["local"]),
