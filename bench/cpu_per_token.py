@@ -138,7 +138,7 @@ def main() -> int:
         sides = {
             "gateway": through_gateway(suite.public, token),
             "gateway, no output rules": through_gateway(suite.public, unfiltered),
-            "inference directly": engine_direct(f"127.0.0.1:{suite.service_ports['cache'] + 1}"),
+            "inference directly": engine_direct(f"127.0.0.1:{suite.service_ports['inference-0']}"),
         }
         sides["gateway"](prompts.next(), 32)  # warm, and find the decode thread
         processes = suite_processes(suite)

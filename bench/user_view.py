@@ -582,7 +582,7 @@ def main() -> int:
     try:
         token = suite.token("bench")  # the default tier, its default policy
         unfiltered_token = suite.token("bench", "--tier", UNFILTERED_TIER)
-        inference = f"127.0.0.1:{suite.service_ports['cache'] + 1}"  # inference-0
+        inference = f"127.0.0.1:{suite.service_ports['inference-0']}"
         with _peers(model, threads, home, args.no_peers) as peers:
             sides: dict[str, Callable[[str, int], Sample]] = {
                 "in-process": lambda p, n: in_process(llm, p, n),

@@ -89,7 +89,10 @@ def dns_envoy(suite: RunningSuite, tmp_path_factory: pytest.TempPathFactory) -> 
     public = free_port_block(3)
     internal, admin = public + 1, public + 2
     router_port = suite.service_ports["router"]
-    ports = {**suite.service_ports, "inference": router_port + 4}  # the launcher's offsets
+    # The rendered config names one inference service: the suite's single replica.
+    ports = {k: v for k, v in suite.service_ports.items() if not k.startswith("inference-")}
+    ports["inference"] = suite.service_ports["inference-0"]
+    assert ports["inference"] == router_port + 4  # the launcher's offsets
     assert ports["openai"] == router_port + 5  # after the one inference replica
     descriptor = tmp / "public-api.binpb"
     descriptor.write_bytes(public_descriptor_set())

@@ -232,6 +232,7 @@ def start_suite(
             "auth": base + 4,
             "sanitizer": base + 5,
             "cache": base + 6,
+            **{f"inference-{i}": base + 7 + i for i in range(replicas)},
             "openai": base + 7 + replicas,  # after the inference replicas
             "upstream": base + 8 + replicas,
         },
