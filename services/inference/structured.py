@@ -15,8 +15,9 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+from llama_cpp.llama_grammar import JSON_GBNF, SchemaConverter
 
+from headrace.services.inference.json_pattern import JSON_STRING_CHAR, pattern_expression
 from headrace.services.runtime.errors import InvalidArgument
 from headrace.types.v1 import types_pb2
 
@@ -94,20 +95,34 @@ _LOOSE_CHAR = 'char ::= [^"\\\\] |'
 _JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
 
 
-# A pattern's `.` is written unescaped into the string too: as [^\x0A\x0D] it admits a
-# tab, and a '"' that ends the string early.
-_LOOSE_DOT = "dot ::= [^\\x0A\\x0D]"
-_JSON_DOT = 'dot ::= [^"\\\\\\x7F\\x00-\\x1F]'
+class _Converter(SchemaConverter):
+    """llama-cpp-python's converter, with patterns compiled for JSON text
+    (json_pattern.py) instead of copied into the grammar."""
+
+    def visit(self, schema: Any, name: str) -> str:
+        # The converter compiles `pattern` and drops a string's other constraints.
+        if isinstance(schema, dict) and "pattern" in schema:
+            beside = sorted({"minLength", "maxLength", "format"} & schema.keys())
+            if beside:
+                raise InvalidArgument(
+                    f"a string schema ({name or 'root'}) with both 'pattern' and "
+                    f"{', '.join(repr(k) for k in beside)}: the grammar can hold only one; "
+                    "fold the length into the pattern (e.g. ^[a-z]{2,8}$)"
+                )
+        return super().visit(schema, name)
+
+    def _visit_pattern(self, pattern: str, name: str) -> str:
+        body = pattern_expression(
+            pattern, lambda: self._add_rule("json-char", JSON_STRING_CHAR.split(" ::= ", 1)[1])
+        )
+        return self._add_rule(name, '"\\"" ' + body + ' "\\"" space')
 
 
 def _no_control_characters(grammar: str) -> str:
-    """The converter's string character and `.` rules, narrowed to what JSON allows
-    unescaped in a string."""
+    """The converter's string character rule, narrowed to what JSON allows unescaped."""
 
     def narrowed(line: str) -> str:
-        if line.startswith(_LOOSE_CHAR):
-            return _JSON_CHAR + line[len(_LOOSE_CHAR) :]
-        return _JSON_DOT if line == _LOOSE_DOT else line
+        return _JSON_CHAR + line[len(_LOOSE_CHAR) :] if line.startswith(_LOOSE_CHAR) else line
 
     return "\n".join(narrowed(line) for line in grammar.split("\n"))
 
@@ -119,13 +134,18 @@ def schema_grammar(text: str) -> str:
     except json.JSONDecodeError as exc:
         raise InvalidArgument(f"response_format.json_schema is not JSON: {exc}") from None
     check_schema(schema)
+    converter = _Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
     try:
-        return _no_control_characters(json_schema_to_gbnf(json.dumps(schema)))
+        converter.visit(converter.resolve_refs(schema, "schema"), "")
+        grammar = converter.format_grammar()
+    except InvalidArgument:
+        raise
     except Exception as exc:  # the converter asserts or raises on what it cannot handle
         raise InvalidArgument(
             f"the JSON Schema cannot be compiled to a grammar ({type(exc).__name__}: "
-            f"{str(exc)[:200] or 'unsupported construct'}); simplify it, e.g. its patterns"
+            f"{str(exc)[:200] or 'unsupported construct'}); simplify it"
         ) from None
+    return _no_control_characters(grammar)
 
 
 def check_schema(schema: Any, pointer: str = "") -> None:

@@ -134,6 +134,36 @@ def test_twenty_schema_replies_at_temperature_0_8_all_stop_and_validate(
     assert stopped >= 18, replies
 
 
+CONTACT = {
+    "type": "object",
+    "properties": {
+        "phone": {"type": "string", "pattern": "^\\d{3}-\\d{4}$"},
+        "nick": {"type": "string", "pattern": "^[^@\\s]{1,12}$"},
+    },
+    "required": ["phone", "nick"],
+    "additionalProperties": False,
+}
+
+
+def test_replies_held_to_schema_patterns_are_json_that_matches(
+    stub: router_pb2_grpc.RouterServiceStub, auth: tuple
+) -> None:
+    # \d once made llama.cpp refuse the grammar; [^@\s] let a raw quote or newline in.
+    def one(i: int) -> tuple[str, router_pb2.GenerateResponse]:
+        request = chat(
+            (USER, f"A contact card ({i}, {uuid.uuid4().hex[:6]}): phone and nickname."),
+            params=types_pb2.SamplingParams(max_tokens=64, temperature=0.8),
+            response_format=types_pb2.ResponseFormat(json_schema=json.dumps(CONTACT)),
+        )
+        return ask(stub, auth, request)
+
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(one, range(8)))
+    for text, last in replies:
+        assert last.finish_reason == types_pb2.FINISH_REASON_STOP, text
+        jsonschema.validate(json.loads(text), CONTACT)
+
+
 @pytest.mark.parametrize(
     ("keyword", "schema"),
     [
