@@ -8,17 +8,13 @@ from collections.abc import AsyncIterator
 import grpc
 
 from headrace.inference.v1 import inference_pb2, inference_pb2_grpc
+from headrace.services.runtime.chat_template import ROLE_NAMES
 from headrace.services.runtime.errors import InvalidArgument
 from headrace.services.runtime.params import validate_params
 from headrace.services.upstream.registry import Ask, HostedRegistry
 from headrace.services.upstream.settings import HostedModel
 from headrace.types.v1 import types_pb2
 
-_ROLES = {
-    types_pb2.ROLE_SYSTEM: "system",
-    types_pb2.ROLE_USER: "user",
-    types_pb2.ROLE_ASSISTANT: "assistant",
-}
 _FINISH = {
     "stop": types_pb2.FINISH_REASON_STOP,
     "length": types_pb2.FINISH_REASON_LENGTH,
@@ -30,7 +26,7 @@ def messages_of(request: inference_pb2.GenerateRequest) -> list[dict[str, str]]:
     """The conversation as OpenAI messages; a plain prompt is one user message."""
     if request.messages:
         return [
-            {"role": _ROLES.get(m.role, "user"), "content": m.content} for m in request.messages
+            {"role": ROLE_NAMES.get(m.role, "user"), "content": m.content} for m in request.messages
         ]
     return [{"role": "user", "content": request.prompt}]
 
