@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 import time
 import urllib.request
 import uuid
@@ -21,6 +20,8 @@ import openai
 import pytest
 
 from headrace.router.v1 import router_pb2, router_pb2_grpc
+from tests.support.crowd import audit_lines_of, concurrent_finishes
+from tests.support.faults import audit_lines as every_audit_line
 from tests.support.suite import RunningSuite, running_suite
 
 pytestmark = pytest.mark.e2e
@@ -57,10 +58,7 @@ def sdk(suite: RunningSuite) -> openai.OpenAI:
 
 
 def audit_lines(suite: RunningSuite, subject: str) -> list[dict]:
-    lines = []
-    for path in (suite.home / "audit").glob("audit-*.jsonl"):
-        lines += [json.loads(line) for line in path.read_text().splitlines() if line]
-    return [line for line in lines if line.get("subject") == subject]
+    return [line for line in every_audit_line(suite.home) if line.get("subject") == subject]
 
 
 def test_models_lists_and_retrieves_the_served_model(sdk: openai.OpenAI) -> None:
@@ -204,36 +202,14 @@ def test_a_stream_closed_by_the_client_frees_the_engine_at_once(
 def test_20_concurrent_streams_all_complete_with_20_audit_lines(suite: RunningSuite) -> None:
     subject = unique("crowd")
     crowd = client(suite, suite.token(subject))
-    results: list[str | None] = []
-    errors: list[BaseException] = []
-    start = threading.Barrier(20)
-
-    def one(i: int) -> None:
-        start.wait()
-        try:
-            stream = crowd.completions.create(
-                model="tiny", prompt=f"Story number {i}", max_tokens=12, stream=True
-            )
-            finish = None
-            for chunk in stream:
-                if chunk.choices and chunk.choices[0].finish_reason:
-                    finish = chunk.choices[0].finish_reason
-            results.append(finish)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors[:3]
-    assert results == ["length"] * 20
-    deadline = time.monotonic() + 10
-    while len(audit_lines(suite, subject)) < 20:
-        assert time.monotonic() < deadline, f"{len(audit_lines(suite, subject))} audit lines"
-        time.sleep(0.1)
-    lines = audit_lines(suite, subject)
+    finishes = concurrent_finishes(
+        20,
+        lambda i: crowd.completions.create(
+            model="tiny", prompt=f"Story number {i}", max_tokens=12, stream=True
+        ),
+    )
+    assert finishes == ["length"] * 20
+    lines = audit_lines_of(suite.home, subject, 20)
     assert len(lines) == 20 and {line["status"] for line in lines} == {"OK"}
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ import jsonschema
 import openai
 import pytest
 
+from tests.support.crowd import audit_lines_of, concurrent_finishes
 from tests.support.suite import NODE_CLIENT, RunningSuite, run_node, running_suite
 
 pytestmark = pytest.mark.e2e
@@ -141,42 +140,14 @@ def test_20_concurrent_streamed_chats_all_complete_with_20_audit_lines(
     crowd = openai.OpenAI(
         base_url=suite.openai_url, api_key=suite.token(subject), max_retries=0, timeout=120
     )
-    finishes: list[str | None] = []
-    errors: list[BaseException] = []
-    start = threading.Barrier(20)
-
-    def one(i: int) -> None:
-        start.wait()
-        try:
-            finish = None
-            for chunk in crowd.chat.completions.create(
-                model="tiny", messages=conversation(f"Story {i}"), max_tokens=12, stream=True
-            ):
-                if chunk.choices and chunk.choices[0].finish_reason:
-                    finish = chunk.choices[0].finish_reason
-            finishes.append(finish)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors[:3]
+    finishes = concurrent_finishes(
+        20,
+        lambda i: crowd.chat.completions.create(
+            model="tiny", messages=conversation(f"Story {i}"), max_tokens=12, stream=True
+        ),
+    )
     assert finishes == ["length"] * 20
-
-    def lines() -> list[dict]:
-        found = []
-        for path in (suite.home / "audit").glob("audit-*.jsonl"):
-            found += [json.loads(x) for x in path.read_text().splitlines() if x]
-        return [x for x in found if x.get("subject") == subject]
-
-    deadline = time.monotonic() + 10
-    while len(lines()) < 20:
-        assert time.monotonic() < deadline, f"{len(lines())} audit lines"
-        time.sleep(0.1)
-    assert len(lines()) == 20
+    assert len(audit_lines_of(suite.home, subject, 20)) == 20
 
 
 @pytest.mark.skipif(
