@@ -69,3 +69,24 @@ async def test_the_content_digest_stands_for_the_content() -> None:
     assert [m.hit for m in await lookup(cache, key(prompt="", digest="d2"))] == [False]
     # A digest and a bare prompt with the same text are different content.
     assert [m.hit for m in await lookup(cache, key(prompt="d1"))] == [False]
+
+
+async def test_a_request_under_another_output_policy_never_follows_the_flight() -> None:
+    # The leader's answer is filtered with its tier's policy; a follower under another
+    # policy would receive text filtered for someone else (more or less redacted).
+    cache = servicer()
+
+    def under(policy: str) -> cache_pb2.CacheKey:
+        copy = key()
+        copy.output_policy = policy
+        return copy
+
+    assert [m.hit for m in await lookup(cache, under("strict"))] == [False]  # leads
+    other = await asyncio.wait_for(lookup(cache, under("loose")), 1)
+    assert [m.hit for m in other] == [False], "leads its own flight, does not wait"
+    same = asyncio.create_task(lookup(cache, under("strict")))
+    await asyncio.sleep(0.01)
+    await store(cache, under("strict"), "strict answer")
+    await store(cache, under("loose"), "loose answer")
+    assert "".join(m.text for m in await same) == "strict answer"
+    assert "".join(m.text for m in await lookup(cache, under("loose"))) == "loose answer"
