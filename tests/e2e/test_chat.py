@@ -108,19 +108,33 @@ def test_a_three_turn_conversation_streams_and_reuses_its_history(
     assert reused3 >= 0.9 * (p2 + c2), usage
 
 
-def test_twenty_schema_replies_at_temperature_0_8_all_stop_and_validate(
-    stub: router_pb2_grpc.RouterServiceStub, auth: tuple
-) -> None:
+def schema_replies(
+    stub: router_pb2_grpc.RouterServiceStub,
+    auth: tuple,
+    schema: dict,
+    ask_for: str,
+    count: int,
+    max_tokens: int,
+) -> list[tuple[str, router_pb2.GenerateResponse]]:
+    """`count` replies held to `schema` at temperature 0.8, four at a time, each to a
+    fresh prompt (so none comes from the cache)."""
+
     def one(i: int) -> tuple[str, router_pb2.GenerateResponse]:
         request = chat(
-            (USER, f"Invent a person (number {i}, {uuid.uuid4().hex[:6]}): name and age."),
-            params=types_pb2.SamplingParams(max_tokens=96, temperature=0.8),
-            response_format=types_pb2.ResponseFormat(json_schema=json.dumps(PERSON)),
+            (USER, f"{ask_for} (number {i}, {uuid.uuid4().hex[:6]})"),
+            params=types_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.8),
+            response_format=types_pb2.ResponseFormat(json_schema=json.dumps(schema)),
         )
         return ask(stub, auth, request)
 
     with ThreadPoolExecutor(4) as pool:
-        replies = list(pool.map(one, range(20)))
+        return list(pool.map(one, range(count)))
+
+
+def test_twenty_schema_replies_at_temperature_0_8_all_stop_and_validate(
+    stub: router_pb2_grpc.RouterServiceStub, auth: tuple
+) -> None:
+    replies = schema_replies(stub, auth, PERSON, "Invent a person: name and age.", 20, 96)
     stopped = 0
     for text, last in replies:
         if last.finish_reason == types_pb2.FINISH_REASON_CONTENT_FILTER:
@@ -149,16 +163,7 @@ def test_replies_held_to_schema_patterns_are_json_that_matches(
     stub: router_pb2_grpc.RouterServiceStub, auth: tuple
 ) -> None:
     # \d once made llama.cpp refuse the grammar; [^@\s] let a raw quote or newline in.
-    def one(i: int) -> tuple[str, router_pb2.GenerateResponse]:
-        request = chat(
-            (USER, f"A contact card ({i}, {uuid.uuid4().hex[:6]}): phone and nickname."),
-            params=types_pb2.SamplingParams(max_tokens=64, temperature=0.8),
-            response_format=types_pb2.ResponseFormat(json_schema=json.dumps(CONTACT)),
-        )
-        return ask(stub, auth, request)
-
-    with ThreadPoolExecutor(4) as pool:
-        replies = list(pool.map(one, range(8)))
+    replies = schema_replies(stub, auth, CONTACT, "A contact card: phone and nickname.", 8, 64)
     for text, last in replies:
         assert last.finish_reason == types_pb2.FINISH_REASON_STOP, text
         jsonschema.validate(json.loads(text), CONTACT)
