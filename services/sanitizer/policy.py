@@ -202,13 +202,14 @@ class PromptPolicy:
                 return ConversationVerdict(verdicts, verdict.blocked, f"messages[{index}]")
         whole = None
         if len(texts) > 1:
-            whole = self._match("\n".join(texts))
+            whole = self._match("\n".join(texts), redact=False)
             if whole.blocked is not None:
                 return ConversationVerdict(verdicts, whole.blocked, "the conversation as a whole")
         return ConversationVerdict(verdicts, None, "", whole)
 
-    def _match(self, text: str) -> PromptVerdict:
-        """Match every rule on normalised, limited text."""
+    def _match(self, text: str, redact: bool = True) -> PromptVerdict:
+        """Match every rule on normalised, limited text; redact=False leaves the text
+        as it is (the joined conversation: each turn is redacted on its own)."""
         rules = self.prompt_rules
         view = TextView.of_normalised(text)
         hits = rules.text_hits(view)
@@ -243,6 +244,8 @@ class PromptPolicy:
             if score >= flag_threshold:
                 flags.append(CLASSIFIER_SIGNAL)
 
+        if not redact:
+            return PromptVerdict(text, [], None, list(dict.fromkeys(used_allows)), flags, score)
         taken = resolve_overlaps(
             (h for h in acting if h.rule.action is Action.REDACT), rules.priority
         )
