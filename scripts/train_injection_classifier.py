@@ -816,8 +816,9 @@ def _train_words(
     margins = np.zeros((draws, len(rows)))
     per_draw = np.zeros((draws, len(rows)))
     alone = np.zeros((draws, len(rows)))
-    folds_of = list(fold_draws(len(rows), draws, log))
-    for d, fold_train, test in folds_of:
+    folds_of = []
+    for d, fold_train, test in fold_draws(len(rows), draws, log):
+        folds_of.append((d, fold_train, test))
         w, b = fit(
             fast.take(fold_train), y[fold_train], balanced(y[fold_train], hard[fold_train]), steps
         )
