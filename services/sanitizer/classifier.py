@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 import numpy as np
@@ -248,10 +248,36 @@ class WordVectors:
         return self.vector(word_hashes(text))
 
     def margin(self, ngram_margin: float, vector: np.ndarray) -> float:
+        """The stacked margin of a text with this n-gram margin and word vector."""
         z = self.bias + self.ngram * ngram_margin + float(self.linear @ vector)
         if len(self.out):
             pre = self.hidden[:, :-1] @ vector + self.hidden[:, -1] * ngram_margin
             z += float(self.out @ np.maximum(pre + self.hidden_bias, 0.0))
+        return z
+
+    @cached_property
+    def _projected(self) -> np.ndarray:
+        """Each word's row already multiplied by the stack's weights on the vector (the
+        linear weights, then each hidden unit's): the vector enters the stack only
+        through these products, and a mean commutes with them, so the sanitizer gathers
+        1 + units values per word instead of `dims`."""
+        weights = np.vstack([self.linear[None, :], self.hidden[:, :-1]]).astype(np.float64)
+        return np.ascontiguousarray(self.rows.astype(np.float64) @ weights.T)
+
+    def text_margin(self, ngram_margin: float, hashes: np.ndarray) -> float:
+        """margin() of a text from its word hashes, by way of the projected rows."""
+        units = len(self.out)
+        mean = np.zeros(1 + units)
+        if len(hashes) and len(self.keys):
+            at = np.searchsorted(self.keys, hashes)
+            np.minimum(at, len(self.keys) - 1, out=at)
+            at = at[self.keys[at] == hashes]
+            if len(at):
+                mean = self._projected.take(at, axis=0).sum(axis=0) / len(at)
+        z = self.bias + self.ngram * ngram_margin + float(mean[0])
+        if units:
+            pre = mean[1:] + self.hidden[:, -1] * ngram_margin + self.hidden_bias
+            z += float(self.out @ np.maximum(pre, 0.0))
         return z
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -358,8 +384,7 @@ class InjectionClassifier:
         if self.words is not None:
             raw: list[np.ndarray] = []
             ngram = self._whole_margin(_parts_of(_bytes(text), self.bits, raw_words=raw))
-            vector = self.words.vector(raw[0] if raw else np.zeros(0, dtype=np.uint64))
-            return self.words.margin(ngram, vector)
+            return self.words.text_margin(ngram, raw[0] if raw else np.zeros(0, dtype=np.uint64))
         return self._whole_margin(_parts(text, self.bits))
 
     def ngram_margin(self, text: str) -> float:
