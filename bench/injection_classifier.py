@@ -9,19 +9,24 @@ scheduler gives the core to another process) and the thread's CPU time (what the
 code itself costs; on a shared, loaded machine the wall-time tail is the
 scheduler's, and the CPU-time column is the figure that carries over).
 
-    .venv/bin/python -m bench.injection_classifier
+    .venv/bin/python -m bench.injection_classifier [--model PATH]
+
+--model times a candidate artefact too (e.g. one with static word vectors), interleaved
+with the shipped one: its score alone, and the default tier with it.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from bench.sanitizer import make_prompt, make_terms
-from headrace.services.sanitizer.classifier import ClassifierPolicy, load_default
+from headrace.services.sanitizer.classifier import ClassifierPolicy, load_default, load_model
 from headrace.services.sanitizer.policy import PromptPolicy
 from headrace.services.sanitizer.settings import SanitizerSettings
 
@@ -35,6 +40,9 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="also time this trained artefact")
+    args = parser.parse_args()
     rng = random.Random(7)
     prompt = make_prompt(rng)
     terms = make_terms(rng)
@@ -53,6 +61,11 @@ def main() -> None:
             [],
         ),
     }
+    if args.model is not None:
+        candidate = load_model(args.model)
+        with_candidate = SanitizerSettings(injection_classifier_model=args.model).policies().default
+        runs["candidate score alone"] = (lambda: candidate.score(prompt), [], [])
+        runs["default tier with the candidate"] = (lambda: with_candidate.evaluate(prompt), [], [])
     for i in range(WARMUP + RUNS):
         for fn, wall, cpu in runs.values():
             started, started_cpu = time.perf_counter(), time.thread_time()

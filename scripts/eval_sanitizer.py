@@ -34,13 +34,19 @@ def main() -> None:
         help="comma-separated classifier thresholds: also print each family's block rate "
         "at each (what a tier's injection_classifier_threshold would give)",
     )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="score with this trained artefact instead of the shipped one "
+        "(the setting injection_classifier_model)",
+    )
     args = parser.parse_args()
     path = args.data / "eval.jsonl.gz"
     if not path.exists():
         raise SystemExit(f"{path} is missing: run scripts/sanitizer_data.py first")
     with gzip.open(path, "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
-    policy = SanitizerSettings().policies().default
+    policy = SanitizerSettings(injection_classifier_model=args.model).policies().default
 
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     sources: dict[str, set[str]] = defaultdict(set)
@@ -77,16 +83,21 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(out, indent=2, sort_keys=True))
     if args.thresholds:
-        sweep(rows, [float(t) for t in args.thresholds.split(",")])
+        sweep(rows, [float(t) for t in args.thresholds.split(",")], args.model)
 
 
-def sweep(rows: list[dict[str, object]], thresholds: list[float]) -> None:
+def sweep(
+    rows: list[dict[str, object]], thresholds: list[float], model: Path | None = None
+) -> None:
     """Block rate per family (rules or classifier) at each classifier threshold."""
     print("\n| family | " + " | ".join(f"blocked at {t}" for t in thresholds) + " |")
     print("|---|" + "---|" * len(thresholds))
     rates: dict[str, list[str]] = defaultdict(list)
     for t in thresholds:
-        policy = SanitizerSettings(injection_classifier_threshold=t).policies().default
+        settings = SanitizerSettings(
+            injection_classifier_threshold=t, injection_classifier_model=model
+        )
+        policy = settings.policies().default
         blocked: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         for r in rows:
             b = blocked[str(r["family"])]

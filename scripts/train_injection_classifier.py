@@ -13,6 +13,10 @@ Options tried in issue 21's fifth round, off by default: --draws N (the threshol
 rule on N fold draws, the median counting), --min-rows M (small benign sources pooled
 for the rule), --hidden [UNITS] (a hashed embedding bag with one ReLU layer beside the
 linear weights, mini-batch Adam in numpy; classifier.HiddenLayer).
+
+Sixth round, off by default: --words PATH (static word vectors distilled from a
+sentence encoder by scripts/distill_word_vectors.py, stacked on the n-gram margin:
+classifier.WordVectors; --words-hidden UNITS puts a ReLU layer in the stack).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from headrace.services.sanitizer.classifier import (
     ARTEFACT,
     HiddenLayer,
     InjectionClassifier,
+    WordVectors,
     _bytes,
     features,
     features_at,
@@ -406,6 +411,8 @@ def train(
     min_rows: int = MIN_ROWS,
     hidden: int = 0,
     epochs: int = HIDDEN_EPOCHS,
+    words: Path | None = None,
+    words_hidden: int = 0,
 ) -> InjectionClassifier:
     """The model for these training rows: out-of-fold scores choose the threshold,
     then the final fit uses every row. Deterministic: the same rows give the same model.
@@ -414,6 +421,20 @@ def train(
     windows (classifier.InjectionClassifier.margin), and is trained on the same: each
     row's whole text and its windows (windows()); the out-of-fold scores that choose
     the threshold are computed the way the sanitizer computes them."""
+    if words is not None:
+        if hidden or window is not None:
+            raise ValueError("--words stacks on the plain n-gram model: no --hidden or --window")
+        return _train_words(
+            rows,
+            bits=bits,
+            steps=steps,
+            log=log,
+            oof_out=oof_out,
+            draws=draws,
+            min_rows=min_rows,
+            words_path=words,
+            hidden=words_hidden,
+        )
     if hidden:
         return _train_hidden(
             rows,
@@ -658,6 +679,182 @@ def _train_windowed(
     return _final(x, y, hard, steps, bits, log, oof_out, oof, y_rows, sources, window=meta_window)
 
 
+STACK_STEPS = 600
+STACK_LEARNING_RATE = 0.02
+STACK_L2 = 1e-4
+"""The stack over [word vector, n-gram margin]: full-batch Adam on the weighted logistic
+loss, features standardised on the rows it is fitted on, L2 on every weight. Fixed
+before any evaluation; not tuned."""
+WORDS_HIDDEN = 16
+"""--words-hidden: ReLU units in the stack (0: a logistic stack)."""
+
+
+def word_vectors(keys: np.ndarray, rows: np.ndarray) -> WordVectors:
+    """A WordVectors over the distilled rows, quantised as the artefact stores them (so
+    the vectors training sees are the ones the sanitizer computes)."""
+    dims = rows.shape[1]
+    empty = WordVectors(
+        keys,
+        rows.astype(np.float32),
+        0.0,
+        0.0,
+        np.zeros(dims),
+        np.zeros((0, dims + 1)),
+        np.zeros(0),
+        np.zeros(0),
+    )
+    return WordVectors.from_arrays(empty.arrays())
+
+
+def fit_stack(
+    f: np.ndarray, y: np.ndarray, sample_weight: np.ndarray, hidden: int, steps: int = STACK_STEPS
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The stack on features f (rows x [vector dims..., n-gram margin]): (mean, sd, params),
+    params [linear (k,), [bias], hidden (units, k), hidden bias, out]; deterministic."""
+    mu = f.mean(axis=0)
+    sd = f.std(axis=0)
+    sd = np.where(sd > 1e-9, sd, 1.0)
+    z = (f - mu) / sd
+    k = f.shape[1]
+    rng = np.random.default_rng(SEED)
+    params = [
+        np.zeros(k),
+        np.zeros(1),
+        rng.normal(0.0, 1.0 / np.sqrt(k), size=(hidden, k)),
+        np.zeros(hidden),
+        rng.normal(0.0, 1.0 / np.sqrt(max(hidden, 1)), size=hidden),
+    ]
+    adam = _Adam(params, STACK_LEARNING_RATE)
+    total = sample_weight.sum()
+    for _ in range(steps):
+        logits, pre = _stack_forward(z, params)
+        err = (_sigmoid(logits) - y) * sample_weight / total
+        lin, _, w1, _, w2 = params
+        grads = [(z * err[:, None]).sum(axis=0) + STACK_L2 * lin, np.array([err.sum()])]
+        if hidden:
+            d_pre = err[:, None] * w2 * (pre > 0)
+            grads += [
+                d_pre.T @ z + STACK_L2 * w1,
+                d_pre.sum(axis=0),
+                (np.maximum(pre, 0.0) * err[:, None]).sum(axis=0) + STACK_L2 * w2,
+            ]
+        else:
+            grads += [np.zeros_like(w1), np.zeros(0), np.zeros(0)]
+        adam.step(grads)
+    return mu, sd, params
+
+
+def _stack_forward(z: np.ndarray, params: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    lin, b, w1, b1, w2 = params
+    logits = (z * lin).sum(axis=1) + b[0]
+    pre = np.zeros((len(z), 0))
+    if len(w2):
+        pre = z @ w1.T + b1
+        logits = logits + (np.maximum(pre, 0.0) * w2).sum(axis=1)
+    return logits, pre
+
+
+def score_stack(
+    f: np.ndarray, mu: np.ndarray, sd: np.ndarray, params: list[np.ndarray]
+) -> np.ndarray:
+    return _sigmoid(_stack_forward((f - mu) / sd, params)[0])
+
+
+def folded(
+    words: WordVectors, mu: np.ndarray, sd: np.ndarray, params: list[np.ndarray]
+) -> WordVectors:
+    """The stack with its standardisation folded into the weights (classifier.WordVectors)."""
+    lin, b, w1, b1, w2 = params
+    bias = float(b[0] - (lin * mu / sd).sum())
+    scaled = lin / sd
+    hidden = w1 / sd
+    hidden_bias = b1 - (w1 * (mu / sd)).sum(axis=1)
+    return WordVectors(
+        words.keys,
+        words.rows,
+        bias,
+        float(scaled[-1]),
+        scaled[:-1].astype(np.float32),
+        hidden.astype(np.float32),
+        hidden_bias.astype(np.float32),
+        w2.astype(np.float32),
+    )
+
+
+def _train_words(
+    rows: list[dict[str, object]],
+    *,
+    bits: int,
+    steps: int,
+    log: Callable[[str], object],
+    oof_out: Path | None,
+    draws: int,
+    min_rows: int,
+    words_path: Path,
+    hidden: int,
+    stack_steps: int = STACK_STEPS,
+) -> InjectionClassifier:
+    """The n-gram model, and a stack over [the text's word vector, its n-gram margin]: in
+    each fold draw, out-of-fold n-gram margins for every row, then the stack fitted on
+    two folds' [vector, margin] and scored on the third; the threshold by the same rule
+    on those stacked out-of-fold scores. The final stack is fitted on every row's
+    vector and its out-of-fold margin (the mean over the draws), the final n-gram model
+    on every row as without words."""
+    with np.load(words_path, allow_pickle=False) as data:  # distill_word_vectors.save()
+        keys, table = data["keys"], data["rows"]
+        words_meta = json.loads(str(data["meta"]))
+    words = word_vectors(keys, table)
+    texts = [str(r["text"]) for r in rows]
+    y = np.array([int(r["label"]) for r in rows], dtype=float)  # type: ignore[call-overload]
+    sources = np.array([str(r["source"]) for r in rows])
+    hard = np.array([HARD_NEGATIVES.get(str(r["source"]), 1.0) for r in rows])
+    x = Matrix(texts, bits)
+    fast = FastMatrix(x)
+    vectors = np.stack([words.text_vector(t) for t in texts])
+    known = float((np.abs(vectors).sum(axis=1) > 0).mean())
+    log(f"word vectors: {len(keys)} words x {words.dims} dims; {known:.1%} of rows have one")
+    margins = np.zeros((draws, len(rows)))
+    per_draw = np.zeros((draws, len(rows)))
+    alone = np.zeros((draws, len(rows)))
+    folds_of = []
+    for d, fold_train, test in fold_draws(len(rows), draws, log):
+        folds_of.append((d, fold_train, test))
+        w, b = fit(
+            fast.take(fold_train), y[fold_train], balanced(y[fold_train], hard[fold_train]), steps
+        )
+        margins[d, test] = fast.take(test).dot(w) + b
+    for d, fold_train, test in folds_of:
+        f = np.column_stack([vectors, margins[d]])
+        sw = balanced(y[fold_train], hard[fold_train])
+        mu, sd, params = fit_stack(f[fold_train], y[fold_train], sw, hidden, stack_steps)
+        per_draw[d, test] = score_stack(f[test], mu, sd, params)
+        # The word vectors on their own (a logistic model, no n-gram margin): a
+        # training figure of what the new signal knows by itself.
+        mu, sd, params = fit_stack(vectors[fold_train], y[fold_train], sw, 0, stack_steps)
+        alone[d, test] = score_stack(vectors[test], mu, sd, params)
+    log("the word vectors alone (logistic, out of fold):")
+    rule_threshold(alone, y, sources, min_rows, log)
+    log("the n-gram model alone (out of fold, the same folds):")
+    rule_threshold(_sigmoid(margins), y, sources, min_rows, log)
+    log("the stack:")
+    if oof_out is not None:
+        np.savez(oof_out, y=y, sources=sources, per_draw=per_draw, alone=alone, margins=margins)
+    threshold, recall, fp = rule_threshold(per_draw, y, sources, min_rows, log)
+    log("the final fit, on every training row")
+    w, b = fit(x, y, balanced(y, hard), steps)
+    f = np.column_stack([vectors, margins.mean(axis=0)])
+    mu, sd, params = fit_stack(f, y, balanced(y, hard), hidden, stack_steps)
+    meta: dict[str, object] = {"threshold": threshold, "norm_floor": NORM_FLOOR}
+    meta["threshold_rule"] = {"fold_draws": draws, "folds": FOLDS, "min_rows": min_rows}
+    meta["words"] = {**words_meta, "stack_hidden": hidden}
+    meta["trained_on"] = len(y)
+    meta["sources"] = sorted(set(sources.tolist()))
+    meta["out_of_fold"] = {"attacks_caught": round(recall, 4), "benign_flagged": round(fp, 4)}
+    return InjectionClassifier(
+        w.astype(np.float32), float(b), bits, meta, words=folded(words, mu, sd, params)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT / ".headrace" / "sanitizer-data")
@@ -694,6 +891,21 @@ def main() -> None:
         help=f"add a hashed embedding bag with a ReLU layer of UNITS units (default {HIDDEN})",
     )
     parser.add_argument("--epochs", type=int, default=HIDDEN_EPOCHS, help="with --hidden")
+    parser.add_argument(
+        "--words",
+        type=Path,
+        help="stack static word vectors (scripts/distill_word_vectors.py writes them) on "
+        "the n-gram margin",
+    )
+    parser.add_argument(
+        "--words-hidden",
+        type=int,
+        nargs="?",
+        const=WORDS_HIDDEN,
+        default=0,
+        metavar="UNITS",
+        help=f"with --words: a ReLU layer of UNITS units in the stack (default {WORDS_HIDDEN})",
+    )
     args = parser.parse_args()
     with gzip.open(args.data / "train.jsonl.gz", "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
@@ -706,6 +918,8 @@ def main() -> None:
         min_rows=args.min_rows,
         hidden=args.hidden,
         epochs=args.epochs,
+        words=args.words,
+        words_hidden=args.words_hidden,
     )
     model.save(args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes)")

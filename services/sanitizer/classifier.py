@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +32,13 @@ __all__ = [
     "HiddenLayer",
     "InjectionClassifier",
     "SignalAction",
+    "WordVectors",
     "features",
     "features_at",
     "load_default",
+    "load_model",
     "window_spans",
+    "word_hashes",
 ]
 
 CLASSIFIER_SIGNAL = "injection.classifier"
@@ -97,10 +100,14 @@ def _parts(text: str, bits: int) -> list[np.ndarray]:
 
 
 def _parts_of(
-    b: np.ndarray, bits: int, word_starts: list[np.ndarray] | None = None
+    b: np.ndarray,
+    bits: int,
+    word_starts: list[np.ndarray] | None = None,
+    raw_words: list[np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """_parts() of normalised bytes; the offsets where words start are appended to
-    word_starts when it is given (window scores need to know where features stand)."""
+    word_starts when it is given (window scores need to know where features stand),
+    and the words' own 64-bit hashes to raw_words (what WordVectors looks words up by)."""
     n = len(b)
     if n == 0:
         return []
@@ -126,6 +133,8 @@ def _parts_of(
             if word_starts is not None:
                 word_starts.append(starts)
             words = (prefix[ends] - prefix[starts]) * ppow[starts]
+            if raw_words is not None:
+                raw_words.append(words.copy())
             if len(words) > 1:
                 parts.append((words[:-1] * _SALT_PAIR + words[1:]) ^ _SALT_PAIR)
             parts.append(np.bitwise_xor(words, _SALT_WORD, out=words))
@@ -140,6 +149,14 @@ def features(text: str, bits: int) -> np.ndarray:
     """Hashed feature indices (with repeats) of one text."""
     parts = _parts(text, bits)
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.intp)
+
+
+def word_hashes(text: str) -> np.ndarray:
+    """The 64-bit hash of each word of a text (runs of a-z, 0-9 and non-ASCII bytes, after
+    lower-casing), in order: the same hashes the classifier's word features start from."""
+    found: list[np.ndarray] = []
+    _parts_of(_bytes(text), 8, raw_words=found)
+    return found[0] if found else np.zeros(0, dtype=np.uint64)
 
 
 def features_at(text: str, bits: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -187,6 +204,115 @@ class HiddenLayer:
 
 
 @dataclass(frozen=True)
+class WordVectors:
+    """Static word embeddings (distilled from a sentence encoder at build time,
+    scripts/distill_word_vectors.py) and a small model over their mean, stacked on the
+    n-gram margin: a second signal that knows what words *mean*, so a paraphrase with
+    other words lands near the wording it paraphrases.
+
+    A text's vector is the mean of the rows of its words found in `keys` (word_hashes();
+    unknown words are skipped, a text with none is the zero vector). The margin is
+    `bias + ngram * m + linear . v + out . relu(hidden @ [v, m] + hidden_bias)`, with m the
+    n-gram model's margin and v the text's vector (`hidden` may have no rows: a logistic
+    stack). Rows are stored as int8 times a per-dimension `scale`."""
+
+    keys: np.ndarray
+    """uint64, sorted: the hash of each word that has a row."""
+    rows: np.ndarray
+    """float32 (len(keys), dims): the dequantised rows."""
+    bias: float
+    ngram: float
+    linear: np.ndarray
+    hidden: np.ndarray
+    """float32 (units, dims + 1)."""
+    hidden_bias: np.ndarray
+    out: np.ndarray
+
+    @property
+    def dims(self) -> int:
+        return int(self.rows.shape[1])
+
+    def vector(self, hashes: np.ndarray) -> np.ndarray:
+        """The mean row (float64) of the words with these hashes that have one."""
+        if len(hashes) == 0 or len(self.keys) == 0:
+            return np.zeros(self.dims)
+        at = np.searchsorted(self.keys, hashes)
+        np.minimum(at, len(self.keys) - 1, out=at)
+        at = at[self.keys[at] == hashes]
+        if len(at) == 0:
+            return np.zeros(self.dims)
+        return self.rows.take(at, axis=0).sum(axis=0, dtype=np.float64) / len(at)
+
+    def text_vector(self, text: str) -> np.ndarray:
+        """vector() of a text's words."""
+        return self.vector(word_hashes(text))
+
+    def margin(self, ngram_margin: float, vector: np.ndarray) -> float:
+        """The stacked margin of a text with this n-gram margin and word vector."""
+        z = self.bias + self.ngram * ngram_margin + float(self.linear @ vector)
+        if len(self.out):
+            pre = self.hidden[:, :-1] @ vector + self.hidden[:, -1] * ngram_margin
+            z += float(self.out @ np.maximum(pre + self.hidden_bias, 0.0))
+        return z
+
+    @cached_property
+    def _projected(self) -> np.ndarray:
+        """Each word's row already multiplied by the stack's weights on the vector (the
+        linear weights, then each hidden unit's): the vector enters the stack only
+        through these products, and a mean commutes with them, so the sanitizer gathers
+        1 + units values per word instead of `dims`."""
+        weights = np.vstack([self.linear[None, :], self.hidden[:, :-1]]).astype(np.float64)
+        return np.ascontiguousarray(self.rows.astype(np.float64) @ weights.T)
+
+    def text_margin(self, ngram_margin: float, hashes: np.ndarray) -> float:
+        """margin() of a text from its word hashes, by way of the projected rows."""
+        units = len(self.out)
+        mean = np.zeros(1 + units)
+        if len(hashes) and len(self.keys):
+            at = np.searchsorted(self.keys, hashes)
+            np.minimum(at, len(self.keys) - 1, out=at)
+            at = at[self.keys[at] == hashes]
+            if len(at):
+                mean = self._projected.take(at, axis=0).sum(axis=0) / len(at)
+        z = self.bias + self.ngram * ngram_margin + float(mean[0])
+        if units:
+            pre = mean[1:] + self.hidden[:, -1] * ngram_margin + self.hidden_bias
+            z += float(self.out @ np.maximum(pre, 0.0))
+        return z
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays save() stores (rows quantised to int8 with a per-dimension scale)."""
+        scale = np.abs(self.rows).max(axis=0) / 127.0
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        return {
+            "words_keys": self.keys.astype(np.uint64),
+            "words_rows": np.round(self.rows / scale).astype(np.int8),
+            "words_scale": scale,
+            "words_linear": self.linear.astype(np.float32),
+            "words_hidden": self.hidden.astype(np.float32),
+            "words_hidden_bias": self.hidden_bias.astype(np.float32),
+            "words_out": self.out.astype(np.float32),
+            "words_head": np.array([self.bias, self.ngram], dtype=np.float64),
+        }
+
+    @classmethod
+    def from_arrays(cls, data: object) -> WordVectors:
+        get = data.__getitem__  # type: ignore[attr-defined]
+        scale = get("words_scale").astype(np.float32)
+        bias, ngram = (float(v) for v in get("words_head"))
+        return cls(
+            get("words_keys").astype(np.uint64),
+            get("words_rows").astype(np.float32) * scale,
+            bias,
+            ngram,
+            get("words_linear").astype(np.float32),
+            get("words_hidden").astype(np.float32),
+            get("words_hidden_bias").astype(np.float32),
+            get("words_out").astype(np.float32),
+        )
+
+
+@dataclass(frozen=True)
 class InjectionClassifier:
     """Logistic regression over features(): score = sigmoid(bias + sum(w) / sqrt(max(n, floor))),
     optionally plus a hidden layer's output (HiddenLayer: out . relu(sum(embed) / sqrt(..) + b)).
@@ -200,6 +326,8 @@ class InjectionClassifier:
     bits: int
     meta: dict[str, object]
     hidden: HiddenLayer | None = None
+    words: WordVectors | None = None
+    """Static word vectors stacked on the n-gram margin (off unless trained with them)."""
 
     @classmethod
     def load(cls, path: Path) -> InjectionClassifier:
@@ -221,7 +349,8 @@ class InjectionClassifier:
                     data["hidden_bias"].astype(np.float32),
                     data["hidden_out"].astype(np.float32),
                 )
-            return cls(weights, float(meta["bias"]), bits, meta, hidden)
+            words = WordVectors.from_arrays(data) if "words_keys" in data else None
+            return cls(weights, float(meta["bias"]), bits, meta, hidden, words)
 
     def save(self, path: Path) -> None:
         """Store the nonzero weights (float16) and the metadata, compressed."""
@@ -237,6 +366,8 @@ class InjectionClassifier:
             arrays["embed"] = self.hidden.embed.astype(np.float16)
             arrays["hidden_bias"] = self.hidden.bias.astype(np.float32)
             arrays["hidden_out"] = self.hidden.out.astype(np.float32)
+        if self.words is not None:
+            arrays.update(self.words.arrays())
         np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
 
     def margin(self, text: str) -> float:
@@ -247,9 +378,17 @@ class InjectionClassifier:
         in a long task is then scored next to its own few lines, not diluted by the
         whole prompt."""
         if self.window is not None:
-            if self.hidden is not None:
-                raise ValueError("a model with a hidden layer scores the whole text only")
+            if self.hidden is not None or self.words is not None:
+                raise ValueError("a model with a hidden layer or words scores the whole text only")
             return self._windowed_margin(text, *self.window)
+        if self.words is not None:
+            raw: list[np.ndarray] = []
+            ngram = self._whole_margin(_parts_of(_bytes(text), self.bits, raw_words=raw))
+            return self.words.text_margin(ngram, raw[0] if raw else np.zeros(0, dtype=np.uint64))
+        return self._whole_margin(_parts(text, self.bits))
+
+    def ngram_margin(self, text: str) -> float:
+        """The n-gram model's own margin (without the word vectors stacked on it)."""
         return self._whole_margin(_parts(text, self.bits))
 
     def _windowed_margin(self, text: str, size: int, stride: int) -> float:
@@ -330,6 +469,17 @@ class InjectionClassifier:
 def load_default() -> InjectionClassifier:
     """The shipped model, loaded once per process."""
     return InjectionClassifier.load(ARTEFACT)
+
+
+def load_model(path: Path) -> InjectionClassifier:
+    """A model from an artefact path, loaded once per path and modification time."""
+    path = Path(path).resolve()
+    return _load_model(path, path.stat().st_mtime_ns)
+
+
+@cache
+def _load_model(path: Path, mtime_ns: int) -> InjectionClassifier:
+    return InjectionClassifier.load(path)
 
 
 class SignalAction(StrEnum):

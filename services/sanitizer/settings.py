@@ -32,7 +32,12 @@ from headrace.services.runtime.output_filter.rules import (
     TermRule,
 )
 from headrace.services.runtime.settings import ServiceSettings, config_file
-from headrace.services.sanitizer.classifier import ClassifierPolicy, SignalAction
+from headrace.services.sanitizer.classifier import (
+    ClassifierPolicy,
+    InjectionClassifier,
+    SignalAction,
+    load_model,
+)
 from headrace.services.sanitizer.guard import DEFAULT_GUARD_PROMPT, GuardPolicy
 from headrace.services.sanitizer.policy import PromptPolicy, TierPolicies
 
@@ -175,6 +180,9 @@ class SanitizerSettings(ServiceSettings):
     injection_classifier_flag_threshold: float | None = Field(0.5, ge=0, le=1)
     """Scores from here up to the threshold are let through and flagged (the
     response's flags, the audit line); unset: no flag band."""
+    injection_classifier_model: Path | None = None
+    """A trained artefact to score with instead of the shipped one (e.g. one trained with
+    static word vectors, docs/sanitizer.md, sixth round); unset: the shipped model."""
     guard_model: str = ""
     """A model in the inference registry to ask whether a prompt is an injection,
     after the rules and the classifier let it through; empty: no guard (the default)."""
@@ -263,7 +271,11 @@ class SanitizerSettings(ServiceSettings):
         flag = tier.injection_classifier_flag_threshold
         if flag is None and "injection_classifier_flag_threshold" not in tier.model_fields_set:
             flag = self.injection_classifier_flag_threshold
+        model: InjectionClassifier | None = None
+        if self.injection_classifier_model is not None:
+            model = load_model(self.injection_classifier_model)
         return ClassifierPolicy(
+            model=model,
             action=_pick(tier.injection_classifier_action, self.injection_classifier_action),
             threshold=_pick(
                 tier.injection_classifier_threshold, self.injection_classifier_threshold
