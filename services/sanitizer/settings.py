@@ -273,7 +273,14 @@ class SanitizerSettings(ServiceSettings):
             flag = self.injection_classifier_flag_threshold
         model: InjectionClassifier | None = None
         if self.injection_classifier_model is not None:
-            model = load_model(self.injection_classifier_model)
+            try:
+                model = load_model(self.injection_classifier_model)
+            except (OSError, KeyError, ValueError) as exc:
+                raise ValueError(
+                    f"injection_classifier_model {str(self.injection_classifier_model)!r} "
+                    f"cannot be loaded ({type(exc).__name__}: {exc}); point it at an artefact "
+                    "that scripts/train_injection_classifier.py wrote, or unset it"
+                ) from None
         return ClassifierPolicy(
             model=model,
             action=_pick(tier.injection_classifier_action, self.injection_classifier_action),

@@ -209,3 +209,13 @@ def test_a_setting_points_the_policy_at_a_trained_artefact(tmp_path: Path) -> No
     assert policy.evaluate(text).score == pytest.approx(model.score(text), abs=1e-9)
     shipped = SanitizerSettings().policies().default
     assert shipped.evaluate(text).score == pytest.approx(load_default().score(text))
+
+
+def test_a_model_setting_that_does_not_load_names_its_path(tmp_path: Path) -> None:
+    from headrace.services.sanitizer.settings import SanitizerSettings
+
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"not an artefact")
+    for path in (tmp_path / "missing.npz", broken):
+        with pytest.raises(ValueError, match=re.escape(f"injection_classifier_model '{path}'")):
+            SanitizerSettings(injection_classifier_model=path).policies()
