@@ -292,7 +292,8 @@ class WordVectors:
             "words_hidden": self.hidden.astype(np.float32),
             "words_hidden_bias": self.hidden_bias.astype(np.float32),
             "words_out": self.out.astype(np.float32),
-            "words_head": np.array([self.bias, self.ngram], dtype=np.float64),
+            # float32 precision for the reason InjectionClassifier.save() gives.
+            "words_head": np.array([self.bias, self.ngram], dtype=np.float32).astype(np.float64),
         }
 
     @classmethod
@@ -355,7 +356,11 @@ class InjectionClassifier:
     def save(self, path: Path) -> None:
         """Store the nonzero weights (float16) and the metadata, compressed."""
         index = np.flatnonzero(self.weights).astype(np.int32)
-        meta = {**self.meta, "bits": self.bits, "bias": self.bias}
+        # The bias at float32 precision, as the weights are stored at float16: training
+        # sums in float64 round differently by CPU (numpy's SIMD reductions), and the
+        # bias came out one last bit apart on an AMD and an Intel machine. Rounded, a
+        # rebuild writes the same bytes on both (and scores move by ~1e-9).
+        meta = {**self.meta, "bits": self.bits, "bias": float(np.float32(self.bias))}
         meta["feature_version"] = FEATURE_VERSION
         arrays = {
             "index": index,
