@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import cache, cached_property
+from functools import cache, cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -201,12 +201,23 @@ def word_windows(n: int, size: int, stride: int) -> np.ndarray:
 def max_window_mean(values: np.ndarray, size: int, stride: int) -> float:
     """The highest mean of `values` (one a word) over word_windows(); 0.0 for no words.
     A prefix sum makes it O(words) whatever the window size."""
-    spans = word_windows(len(values), size, stride)
-    if len(spans) == 0:
+    n = len(values)
+    if n == 0:
         return 0.0
-    prefix = np.zeros(len(values) + 1)
-    np.cumsum(values, out=prefix[1:])
-    return float(((prefix[spans[:, 1]] - prefix[spans[:, 0]]) / (spans[:, 1] - spans[:, 0])).max())
+    if n <= size:
+        return float(values.sum()) / n
+    # Every window then holds `size` words: the highest sum, divided once.
+    prefix = np.cumsum(values)
+    ends = _window_ends(n, size, stride)
+    sums = prefix.take(ends) - prefix.take(ends - size, mode="clip")
+    sums[0] = prefix[size - 1]  # the first window starts at word 0 (no prefix before it)
+    return float(sums.max()) / size
+
+
+@lru_cache(maxsize=1024)
+def _window_ends(n: int, size: int, stride: int) -> np.ndarray:
+    """The index of each window's last word (word_windows' ends less one), for n > size."""
+    return word_windows(n, size, stride)[:, 1] - 1
 
 
 @dataclass(frozen=True)
@@ -314,13 +325,19 @@ class WordVectors:
         weights = np.vstack(parts).astype(np.float64)
         return np.ascontiguousarray(self.rows.astype(np.float64) @ weights.T)
 
+    @cached_property
+    def _uses_mean(self) -> bool:
+        """Whether the whole text's mean vector enters the stack (a window stack may
+        weigh only the windows)."""
+        return bool(len(self.out)) or bool(np.any(self.linear != 0))
+
     def text_margin(self, ngram_margin: float, hashes: np.ndarray) -> float:
         """margin() of a text from its word hashes, by way of the projected rows."""
         units = len(self.out)
         mean = np.zeros(1 + units)
         at, _ = self.known(hashes)
         gathered = self._projected.take(at, axis=0)
-        if len(at):
+        if len(at) and self._uses_mean:
             mean = gathered[:, : 1 + units].sum(axis=0) / len(at)
         z = self.bias + self.ngram * ngram_margin + float(mean[0])
         if self.window is not None:
