@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from headrace.services.sanitizer.classifier import (
     InjectionClassifier,
@@ -189,3 +190,26 @@ def test_a_window_stack_rebuilds_byte_for_byte_and_learns(tmp_path: Path) -> Non
         assert loaded.words.window_weight > 0
         assert min(loaded.score(t) for t in ATTACKS) > max(loaded.score(t) for t in BENIGN)
     assert OVERRIDE  # the table's override verbs are what the attacks share
+
+
+def test_reusing_an_earlier_runs_ngram_margins_builds_the_same_artefact(tmp_path: Path) -> None:
+    # --ngram-from takes the n-gram model's out-of-fold margins and final weights from a
+    # round-six --words run instead of refitting them: the same folds and fits, so the
+    # same bytes; another training set is refused.
+    keys, rows_ = table()
+    save(tmp_path / "words.npz", keys, rows_, {})
+    common = {"bits": 12, "steps": 40, "log": lambda _: None, "words": tmp_path / "words.npz"}
+    earlier = train(embedded_rows(), draws=2, oof_out=tmp_path / "oof.npz", **common)  # type: ignore[arg-type]
+    earlier.save(tmp_path / "earlier.npz")
+    window = {"draws": 2, "word_window": (4, 2), **common}
+    refit = train(embedded_rows(), **window)  # type: ignore[arg-type]
+    reused = train(
+        embedded_rows(),
+        ngram_from=(tmp_path / "oof.npz", tmp_path / "earlier.npz"),
+        **window,  # type: ignore[arg-type]
+    )
+    refit.save(tmp_path / "a.npz")
+    reused.save(tmp_path / "b.npz")
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    with pytest.raises(ValueError, match="another training set"):
+        train(rows(), ngram_from=(tmp_path / "oof.npz", tmp_path / "earlier.npz"), **window)  # type: ignore[arg-type]
