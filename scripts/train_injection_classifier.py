@@ -17,6 +17,13 @@ linear weights, mini-batch Adam in numpy; classifier.HiddenLayer).
 Sixth round, off by default: --words PATH (static word vectors distilled from a
 sentence encoder by scripts/distill_word_vectors.py, stacked on the n-gram margin:
 classifier.WordVectors; --words-hidden UNITS puts a ReLU layer in the stack).
+
+Seventh round, off by default: --words PATH --word-window [SIZE,STRIDE] (a logistic
+model over the mean row of each window of SIZE consecutive known words, every STRIDE;
+the highest window margin is stacked beside the n-gram margin, and with
+--word-window-mean beside the whole text's mean vector too); --ngram-from OOF MODEL
+takes the n-gram model's out-of-fold margins and final weights from an earlier
+--words run (they do not depend on the stack) instead of refitting them.
 """
 
 from __future__ import annotations
@@ -35,9 +42,12 @@ from headrace.services.sanitizer.classifier import (
     InjectionClassifier,
     WordVectors,
     _bytes,
+    _parts_of,
     features,
     features_at,
+    max_window_mean,
     window_spans,
+    word_windows,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -413,6 +423,9 @@ def train(
     epochs: int = HIDDEN_EPOCHS,
     words: Path | None = None,
     words_hidden: int = 0,
+    word_window: tuple[int, int] | None = None,
+    word_window_mean: bool = False,
+    ngram_from: tuple[Path, Path] | None = None,
 ) -> InjectionClassifier:
     """The model for these training rows: out-of-fold scores choose the threshold,
     then the final fit uses every row. Deterministic: the same rows give the same model.
@@ -424,6 +437,20 @@ def train(
     if words is not None:
         if hidden or window is not None:
             raise ValueError("--words stacks on the plain n-gram model: no --hidden or --window")
+        if word_window is not None:
+            return _train_word_windows(
+                rows,
+                bits=bits,
+                steps=steps,
+                log=log,
+                oof_out=oof_out,
+                draws=draws,
+                min_rows=min_rows,
+                words_path=words,
+                window=word_window,
+                with_mean=word_window_mean,
+                ngram_from=ngram_from,
+            )
         return _train_words(
             rows,
             bits=bits,
@@ -855,6 +882,224 @@ def _train_words(
     )
 
 
+WORD_WINDOW = (12, 6)
+"""--word-window: windows of 12 known words every 6 (fixed before any evaluation)."""
+
+
+def known_words(words: WordVectors, text: str) -> tuple[np.ndarray, np.ndarray]:
+    """(row index of each word of the text that has a row, the byte offset where it starts)."""
+    b = _bytes(text)
+    starts: list[np.ndarray] = []
+    raw: list[np.ndarray] = []
+    _parts_of(b, 8, word_starts=starts, raw_words=raw)
+    if not raw:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
+    at, found = words.known(raw[0])
+    return at, starts[0][found]
+
+
+def word_window_rows(
+    rows: list[dict[str, object]],
+    known: list[tuple[np.ndarray, np.ndarray]],
+    window: tuple[int, int],
+) -> tuple[list[np.ndarray], list[int], list[int]]:
+    """Training instances of the window model: (row indices of the window's words, label,
+    the training row it came from).
+
+    A benign row's windows are benign (at most MAX_WINDOWS, evenly spread). Of an
+    embedded attack (a benign task, a separator, then an injection: attack_start() says
+    where) the windows wholly in the injection, or holding all of it, are attacks, those
+    wholly in the task benign, those that cut the injection left out. Another attack is
+    one instance, its whole text (where the attack is in it is not known)."""
+    size, stride = window
+    attacks = sorted(
+        {
+            str(r["text"])
+            for r in rows
+            if r["family"] == "injection" and int(r["label"]) == 1  # type: ignore[call-overload]
+        }
+    )
+    inst: list[np.ndarray] = []
+    labels: list[int] = []
+    parent: list[int] = []
+    for i, (r, (at, pos)) in enumerate(zip(rows, known, strict=True)):
+        if len(at) == 0:
+            continue
+        label = int(r["label"])  # type: ignore[call-overload]
+        if label == 1 and r["source"] != "headrace.embedded":
+            inst.append(at)
+            labels.append(1)
+            parent.append(i)
+            continue
+        start = attack_start(str(r["text"]), attacks) if label == 1 else None
+        if label == 1 and start is None:
+            continue
+        spans = word_windows(len(at), size, stride)
+        if len(spans) > MAX_WINDOWS:
+            spans = spans[
+                np.unique(np.linspace(0, len(spans) - 1, MAX_WINDOWS).round().astype(int))
+            ]
+        first = int(np.searchsorted(pos, start)) if start is not None else len(at)
+        for s, e in spans:
+            if e <= first:
+                wl = 0
+            elif s >= first or (s <= first and e >= len(at)):
+                wl = 1
+            else:
+                continue
+            inst.append(at[s:e])
+            labels.append(wl)
+            parent.append(i)
+    return inst, labels, parent
+
+
+def fit_window_model(
+    table: np.ndarray, inst: list[np.ndarray], y: np.ndarray, sw: np.ndarray, steps: int
+) -> tuple[np.ndarray, float]:
+    """The window model (logistic over a window's mean row): (weights, bias) on the raw
+    rows, its standardisation folded in."""
+    f = np.stack([table.take(a, axis=0).mean(axis=0, dtype=np.float64) for a in inst])
+    mu, sd, params = fit_stack(f, y, sw, 0, steps)
+    lin, b = params[0], params[1]
+    return lin / sd, float(b[0] - (lin * mu / sd).sum())
+
+
+def max_window_margins(
+    table: np.ndarray,
+    known: list[tuple[np.ndarray, np.ndarray]],
+    w: np.ndarray,
+    b: float,
+    window: tuple[int, int],
+) -> np.ndarray:
+    """Each text's highest window margin, computed as WordVectors.window_margin does."""
+    values = table.astype(np.float64) @ w.astype(np.float32).astype(np.float64)
+    return np.array([b + max_window_mean(values.take(at), *window) for at, _ in known])
+
+
+def _train_word_windows(
+    rows: list[dict[str, object]],
+    *,
+    bits: int,
+    steps: int,
+    log: Callable[[str], object],
+    oof_out: Path | None,
+    draws: int,
+    min_rows: int,
+    words_path: Path,
+    window: tuple[int, int],
+    with_mean: bool,
+    ngram_from: tuple[Path, Path] | None,
+    stack_steps: int = STACK_STEPS,
+) -> InjectionClassifier:
+    """As _train_words, with the word signal a window model: in each fold, the window
+    model is fitted on the two training folds' windows (word_window_rows()) and gives
+    every held-out row its highest window margin; the logistic stack over [n-gram
+    margin, that margin] (and the text's mean vector, with_mean) is fitted on the two
+    folds and scored on the third; the threshold by the same rule. Final: the window
+    model on every row's windows, the stack on every row's mean out-of-fold margins."""
+    with np.load(words_path, allow_pickle=False) as data:  # distill_word_vectors.save()
+        keys, table = data["keys"], data["rows"]
+        words_meta = json.loads(str(data["meta"]))
+    words = word_vectors(keys, table)
+    texts = [str(r["text"]) for r in rows]
+    y = np.array([int(r["label"]) for r in rows], dtype=float)  # type: ignore[call-overload]
+    sources = np.array([str(r["source"]) for r in rows])
+    hard = np.array([HARD_NEGATIVES.get(str(r["source"]), 1.0) for r in rows])
+    known = [known_words(words, t) for t in texts]
+    inst, inst_y_list, parent_list = word_window_rows(rows, known, window)
+    inst_y = np.array(inst_y_list, dtype=float)
+    parent = np.array(parent_list)
+    log(
+        f"window model: {len(inst)} instances ({int(inst_y.sum())} attacks) from "
+        f"{len(set(parent_list))} rows; windows of {window[0]} words every {window[1]}"
+    )
+    vectors = np.stack([words.text_vector(t) for t in texts]) if with_mean else None
+    if ngram_from is not None:
+        oof_path, model_path = ngram_from
+        with np.load(oof_path, allow_pickle=False) as data:
+            margins = data["margins"]
+            if not np.array_equal(data["y"], y) or margins.shape != (draws, len(rows)):
+                raise ValueError(f"{oof_path}: another training set or number of draws")
+        earlier = InjectionClassifier.load(model_path)
+        w, b = earlier.weights, earlier.bias
+        log(f"the n-gram margins and final weights from {oof_path} and {model_path}")
+    else:
+        x = Matrix(texts, bits)
+        fast = FastMatrix(x)
+        margins = np.zeros((draws, len(rows)))
+    maxwin = np.zeros((draws, len(rows)))
+    per_draw = np.zeros((draws, len(rows)))
+    for d, fold_train, test in fold_draws(len(rows), draws, log):
+        if ngram_from is None:
+            wn, bn = fit(
+                fast.take(fold_train),
+                y[fold_train],
+                balanced(y[fold_train], hard[fold_train]),
+                steps,
+            )
+            margins[d, test] = fast.take(test).dot(wn) + bn
+        mine = np.flatnonzero(np.isin(parent, fold_train))
+        sw = balanced(inst_y[mine], hard[parent[mine]])
+        ww, wb = fit_window_model(
+            words.rows, [inst[i] for i in mine], inst_y[mine], sw, stack_steps
+        )
+        maxwin[d, test] = max_window_margins(words.rows, [known[i] for i in test], ww, wb, window)
+    for d, fold_train, test in fold_draws(len(rows), draws, lambda _: None):
+        f = _window_stack_features(vectors, margins[d], maxwin[d])
+        sw = balanced(y[fold_train], hard[fold_train])
+        mu, sd, params = fit_stack(f[fold_train], y[fold_train], sw, 0, stack_steps)
+        per_draw[d, test] = score_stack(f[test], mu, sd, params)
+    log("the window model's highest window margin alone (out of fold):")
+    rule_threshold(_sigmoid(maxwin), y, sources, min_rows, log)
+    log("the n-gram model alone (out of fold, the same folds):")
+    rule_threshold(_sigmoid(margins), y, sources, min_rows, log)
+    log("the stack:")
+    if oof_out is not None:
+        np.savez(oof_out, y=y, sources=sources, per_draw=per_draw, maxwin=maxwin, margins=margins)
+    threshold, recall, fp = rule_threshold(per_draw, y, sources, min_rows, log)
+    log("the final fit, on every training row")
+    if ngram_from is None:
+        w, b = fit(x, y, balanced(y, hard), steps)
+    ww, wb = fit_window_model(words.rows, inst, inst_y, balanced(inst_y, hard[parent]), stack_steps)
+    f = _window_stack_features(vectors, margins.mean(axis=0), maxwin.mean(axis=0))
+    mu, sd, params = fit_stack(f, y, balanced(y, hard), 0, stack_steps)
+    lin, b0 = params[0] / sd, float(params[1][0] - (params[0] * mu / sd).sum())
+    dims = words.dims
+    stack = WordVectors(
+        words.keys,
+        words.rows,
+        b0,
+        float(lin[-2]),
+        (lin[:dims] if with_mean else np.zeros(dims)).astype(np.float32),
+        np.zeros((0, dims + 1), dtype=np.float32),
+        np.zeros(0, dtype=np.float32),
+        np.zeros(0, dtype=np.float32),
+        window=window,
+        window_linear=ww.astype(np.float32),
+        window_bias=wb,
+        window_weight=float(lin[-1]),
+    )
+    meta: dict[str, object] = {"threshold": threshold, "norm_floor": NORM_FLOOR}
+    meta["threshold_rule"] = {"fold_draws": draws, "folds": FOLDS, "min_rows": min_rows}
+    meta["words"] = {
+        **words_meta,
+        "stack_hidden": 0,
+        "window": {"size": window[0], "stride": window[1], "with_mean": with_mean},
+    }
+    meta["trained_on"] = len(y)
+    meta["sources"] = sorted(set(sources.tolist()))
+    meta["out_of_fold"] = {"attacks_caught": round(recall, 4), "benign_flagged": round(fp, 4)}
+    return InjectionClassifier(w.astype(np.float32), float(b), bits, meta, words=stack)
+
+
+def _window_stack_features(
+    vectors: np.ndarray | None, margins: np.ndarray, maxwin: np.ndarray
+) -> np.ndarray:
+    """The stack's features: [the mean vector (optional)..., n-gram margin, window margin]."""
+    cols = [margins[:, None], maxwin[:, None]]
+    return np.hstack(([vectors] if vectors is not None else []) + cols)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT / ".headrace" / "sanitizer-data")
@@ -906,6 +1151,29 @@ def main() -> None:
         metavar="UNITS",
         help=f"with --words: a ReLU layer of UNITS units in the stack (default {WORDS_HIDDEN})",
     )
+    parser.add_argument(
+        "--word-window",
+        nargs="?",
+        const=f"{WORD_WINDOW[0]},{WORD_WINDOW[1]}",
+        metavar="SIZE,STRIDE",
+        help="with --words: stack the highest margin of a model over windows of SIZE "
+        f"known words every STRIDE (default {WORD_WINDOW[0]},{WORD_WINDOW[1]}) instead of "
+        "the mean vector",
+    )
+    parser.add_argument(
+        "--word-window-mean",
+        action="store_true",
+        help="with --word-window: the whole text's mean vector in the stack as well",
+    )
+    parser.add_argument(
+        "--ngram-from",
+        nargs=2,
+        type=Path,
+        metavar=("OOF", "MODEL"),
+        help="with --word-window: the n-gram model's out-of-fold margins (an earlier "
+        "--words run's --oof file, same data and draws) and final weights (its artefact), "
+        "instead of refitting them",
+    )
     args = parser.parse_args()
     with gzip.open(args.data / "train.jsonl.gz", "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
@@ -920,6 +1188,11 @@ def main() -> None:
         epochs=args.epochs,
         words=args.words,
         words_hidden=args.words_hidden,
+        word_window=tuple(int(v) for v in args.word_window.split(","))  # type: ignore[arg-type]
+        if args.word_window
+        else None,
+        word_window_mean=args.word_window_mean,
+        ngram_from=tuple(args.ngram_from) if args.ngram_from else None,
     )
     model.save(args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes)")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import cache, cached_property
+from functools import cache, cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +187,39 @@ def window_spans(n: int, size: int, stride: int) -> np.ndarray:
     return np.stack([starts, starts + size], axis=1)
 
 
+def word_windows(n: int, size: int, stride: int) -> np.ndarray:
+    """(start, end) indices of the windows of a run of n words: every `stride` words a
+    window of `size`, the last one ending at the last word; one window of all n words
+    when they fit in one, none when n is 0 (WordVectors' window signal)."""
+    if n == 0:
+        return np.zeros((0, 2), dtype=np.intp)
+    if n <= size:
+        return np.array([[0, n]], dtype=np.intp)
+    return window_spans(n, size, stride)
+
+
+def max_window_mean(values: np.ndarray, size: int, stride: int) -> float:
+    """The highest mean of `values` (one a word) over word_windows(); 0.0 for no words.
+    A prefix sum makes it O(words) whatever the window size."""
+    n = len(values)
+    if n == 0:
+        return 0.0
+    if n <= size:
+        return float(values.sum()) / n
+    # Every window then holds `size` words: the highest sum, divided once.
+    prefix = np.cumsum(values)
+    ends = _window_ends(n, size, stride)
+    sums = prefix.take(ends) - prefix.take(ends - size, mode="clip")
+    sums[0] = prefix[size - 1]  # the first window starts at word 0 (no prefix before it)
+    return float(sums.max()) / size
+
+
+@lru_cache(maxsize=1024)
+def _window_ends(n: int, size: int, stride: int) -> np.ndarray:
+    """The index of each window's last word (word_windows' ends less one), for n > size."""
+    return word_windows(n, size, stride)[:, 1] - 1
+
+
 @dataclass(frozen=True)
 class HiddenLayer:
     """A hashed embedding bag with one ReLU layer beside the linear weights (fastText-like):
@@ -214,7 +247,13 @@ class WordVectors:
     unknown words are skipped, a text with none is the zero vector). The margin is
     `bias + ngram * m + linear . v + out . relu(hidden @ [v, m] + hidden_bias)`, with m the
     n-gram model's margin and v the text's vector (`hidden` may have no rows: a logistic
-    stack). Rows are stored as int8 times a per-dimension `scale`."""
+    stack). Rows are stored as int8 times a per-dimension `scale`.
+
+    With a `window` (size, stride in words that have a row; issue 21, seventh round) the
+    margin also adds `window_weight * max over windows of (window_bias + window_linear .
+    the window's mean row)`: a logistic model over a few consecutive words, so a
+    one-line override in a long task is scored next to its own words, not diluted in
+    the mean of the whole prompt."""
 
     keys: np.ndarray
     """uint64, sorted: the hash of each word that has a row."""
@@ -227,10 +266,29 @@ class WordVectors:
     """float32 (units, dims + 1)."""
     hidden_bias: np.ndarray
     out: np.ndarray
+    window: tuple[int, int] | None = None
+    window_linear: np.ndarray | None = None
+    window_bias: float = 0.0
+    window_weight: float = 0.0
 
     @property
     def dims(self) -> int:
         return int(self.rows.shape[1])
+
+    def known(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row index of each word that has one, in text order; which words have one)."""
+        if len(hashes) == 0 or len(self.keys) == 0:
+            return np.zeros(0, dtype=np.intp), np.zeros(len(hashes), dtype=bool)
+        at = np.searchsorted(self.keys, hashes)
+        np.minimum(at, len(self.keys) - 1, out=at)
+        found = self.keys[at] == hashes
+        return at[found], found
+
+    def window_margin(self, values: np.ndarray) -> float:
+        """The highest window margin of a text whose known words' rows, dotted with
+        window_linear, are `values` (window_bias alone when no word has a row)."""
+        assert self.window is not None
+        return self.window_bias + max_window_mean(values, *self.window)
 
     def vector(self, hashes: np.ndarray) -> np.ndarray:
         """The mean row (float64) of the words with these hashes that have one."""
@@ -261,20 +319,29 @@ class WordVectors:
         linear weights, then each hidden unit's): the vector enters the stack only
         through these products, and a mean commutes with them, so the sanitizer gathers
         1 + units values per word instead of `dims`."""
-        weights = np.vstack([self.linear[None, :], self.hidden[:, :-1]]).astype(np.float64)
+        parts = [self.linear[None, :], self.hidden[:, :-1]]
+        if self.window is not None and self.window_linear is not None:
+            parts.append(self.window_linear[None, :])  # the last column: the window model's
+        weights = np.vstack(parts).astype(np.float64)
         return np.ascontiguousarray(self.rows.astype(np.float64) @ weights.T)
+
+    @cached_property
+    def _uses_mean(self) -> bool:
+        """Whether the whole text's mean vector enters the stack (a window stack may
+        weigh only the windows)."""
+        return bool(len(self.out)) or bool(np.any(self.linear != 0))
 
     def text_margin(self, ngram_margin: float, hashes: np.ndarray) -> float:
         """margin() of a text from its word hashes, by way of the projected rows."""
         units = len(self.out)
         mean = np.zeros(1 + units)
-        if len(hashes) and len(self.keys):
-            at = np.searchsorted(self.keys, hashes)
-            np.minimum(at, len(self.keys) - 1, out=at)
-            at = at[self.keys[at] == hashes]
-            if len(at):
-                mean = self._projected.take(at, axis=0).sum(axis=0) / len(at)
+        at, _ = self.known(hashes)
+        gathered = self._projected.take(at, axis=0)
+        if len(at) and self._uses_mean:
+            mean = gathered[:, : 1 + units].sum(axis=0) / len(at)
         z = self.bias + self.ngram * ngram_margin + float(mean[0])
+        if self.window is not None:
+            z += self.window_weight * self.window_margin(gathered[:, -1])
         if units:
             pre = mean[1:] + self.hidden[:, -1] * ngram_margin + self.hidden_bias
             z += float(self.out @ np.maximum(pre, 0.0))
@@ -294,6 +361,16 @@ class WordVectors:
             "words_out": self.out.astype(np.float32),
             # float32 precision for the reason InjectionClassifier.save() gives.
             "words_head": np.array([self.bias, self.ngram], dtype=np.float32).astype(np.float64),
+        } | self._window_arrays()
+
+    def _window_arrays(self) -> dict[str, np.ndarray]:
+        if self.window is None or self.window_linear is None:
+            return {}
+        return {
+            "words_window_linear": self.window_linear.astype(np.float32),
+            "words_window_head": np.array(
+                [self.window_bias, self.window_weight, *self.window], dtype=np.float32
+            ).astype(np.float64),
         }
 
     @classmethod
@@ -301,6 +378,15 @@ class WordVectors:
         get = data.__getitem__  # type: ignore[attr-defined]
         scale = get("words_scale").astype(np.float32)
         bias, ngram = (float(v) for v in get("words_head"))
+        window: dict[str, object] = {}
+        if "words_window_head" in data:  # type: ignore[operator]
+            w_bias, w_weight, size, stride = (float(v) for v in get("words_window_head"))
+            window = {
+                "window": (int(size), int(stride)),
+                "window_linear": get("words_window_linear").astype(np.float32),
+                "window_bias": w_bias,
+                "window_weight": w_weight,
+            }
         return cls(
             get("words_keys").astype(np.uint64),
             get("words_rows").astype(np.float32) * scale,
@@ -310,6 +396,7 @@ class WordVectors:
             get("words_hidden").astype(np.float32),
             get("words_hidden_bias").astype(np.float32),
             get("words_out").astype(np.float32),
+            **window,  # type: ignore[arg-type]
         )
 
 
