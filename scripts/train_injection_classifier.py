@@ -358,6 +358,35 @@ def attack_start(text: str, attacks: list[str]) -> int | None:
     return max(0, len(_bytes(text)) - len(_bytes(best)))
 
 
+def injection_texts(rows: list[dict[str, object]]) -> list[str]:
+    """The training injections, sorted: what attack_start() looks for in embedded rows."""
+    return sorted(
+        {
+            str(r["text"])
+            for r in rows
+            if r["family"] == "injection" and int(r["label"]) == 1  # type: ignore[call-overload]
+        }
+    )
+
+
+def thinned(spans: np.ndarray) -> np.ndarray:
+    """At most MAX_WINDOWS of a text's windows, evenly spread."""
+    if len(spans) <= MAX_WINDOWS:
+        return spans
+    return spans[np.unique(np.linspace(0, len(spans) - 1, MAX_WINDOWS).round().astype(int))]
+
+
+def window_label(start: int, end: int, attack: int, length: int) -> int | None:
+    """A window [start, end) of a text whose injection begins at `attack` (== length:
+    none): benign (0) wholly before it, an attack (1) inside it or holding all of it,
+    None (left out) where it cuts the injection."""
+    if end <= attack:
+        return 0
+    if start >= attack or end >= length:
+        return 1
+    return None
+
+
 def windows(
     rows: list[dict[str, object]], bits: int, window: tuple[int, int]
 ) -> tuple[list[np.ndarray], list[int], list[int]]:
@@ -369,13 +398,7 @@ def windows(
     are left out; other attacks give no windows (where the attack is in them is
     not known), only their whole text."""
     size, stride = window
-    attacks = sorted(
-        {
-            str(r["text"])
-            for r in rows
-            if r["family"] == "injection" and int(r["label"]) == 1  # type: ignore[call-overload]
-        }
-    )
+    attacks = injection_texts(rows)
     feats: list[np.ndarray] = []
     labels: list[int] = []
     parent: list[int] = []
@@ -390,18 +413,10 @@ def windows(
                 continue
         index, pos, n = features_at(str(r["text"]), bits)
         spans = window_spans(n, size, stride)
-        if len(spans) > MAX_WINDOWS:
-            spans = spans[
-                np.unique(np.linspace(0, len(spans) - 1, MAX_WINDOWS).round().astype(int))
-            ]
+        spans = thinned(spans)
         for s, e in spans:
-            if start is None:
-                wl = 0
-            elif e <= start:
-                wl = 0
-            elif s >= start or (s <= start and e >= n):
-                wl = 1
-            else:
+            wl = window_label(s, e, n if start is None else start, n)
+            if wl is None:
                 continue
             feats.append(index[(pos >= s) & (pos < e)])
             labels.append(wl)
@@ -912,13 +927,7 @@ def word_window_rows(
     wholly in the task benign, those that cut the injection left out. Another attack is
     one instance, its whole text (where the attack is in it is not known)."""
     size, stride = window
-    attacks = sorted(
-        {
-            str(r["text"])
-            for r in rows
-            if r["family"] == "injection" and int(r["label"]) == 1  # type: ignore[call-overload]
-        }
-    )
+    attacks = injection_texts(rows)
     inst: list[np.ndarray] = []
     labels: list[int] = []
     parent: list[int] = []
@@ -935,17 +944,11 @@ def word_window_rows(
         if label == 1 and start is None:
             continue
         spans = word_windows(len(at), size, stride)
-        if len(spans) > MAX_WINDOWS:
-            spans = spans[
-                np.unique(np.linspace(0, len(spans) - 1, MAX_WINDOWS).round().astype(int))
-            ]
+        spans = thinned(spans)
         first = int(np.searchsorted(pos, start)) if start is not None else len(at)
         for s, e in spans:
-            if e <= first:
-                wl = 0
-            elif s >= first or (s <= first and e >= len(at)):
-                wl = 1
-            else:
+            wl = window_label(s, e, first, len(at))
+            if wl is None:
                 continue
             inst.append(at[s:e])
             labels.append(wl)

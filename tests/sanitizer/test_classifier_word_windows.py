@@ -30,6 +30,7 @@ from scripts.train_injection_classifier import (
     word_window_rows,
 )
 from tests.sanitizer.test_classifier_words import ATTACKS, BENIGN, OVERRIDE, rows, table
+from tests.support.classifier_rows import rebuilt_byte_for_byte
 
 TASK = (
     "Summarise this article about river ecology in three sentences and describe the "
@@ -178,12 +179,12 @@ def test_a_window_stack_rebuilds_byte_for_byte_and_learns(tmp_path: Path) -> Non
         "word_window": (4, 2),
     }
     for with_mean in (False, True):
-        first = train(embedded_rows(), word_window_mean=with_mean, **kwargs)  # type: ignore[arg-type]
-        second = train(embedded_rows(), word_window_mean=with_mean, **kwargs)  # type: ignore[arg-type]
-        first.save(tmp_path / "a.npz")
-        second.save(tmp_path / "b.npz")
-        assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
-        loaded = InjectionClassifier.load(tmp_path / "a.npz")
+        loaded = rebuilt_byte_for_byte(
+            tmp_path,
+            lambda with_mean=with_mean: train(
+                embedded_rows(), word_window_mean=with_mean, **kwargs
+            ),  # type: ignore[arg-type]
+        )
         assert loaded.words is not None and loaded.words.window == (4, 2)
         assert loaded.meta["words"]["window"] == {"size": 4, "stride": 2, "with_mean": with_mean}  # type: ignore[index]
         assert (np.abs(loaded.words.linear).max() > 0) == with_mean
