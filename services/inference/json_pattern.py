@@ -33,10 +33,10 @@ Ranges = list[tuple[int, int]]
 
 _MAX = 0x10FFFF
 
-JSON_STRING_CHAR = (
-    'json-char ::= [^"\\\\\\x7F\\x00-\\x1F] | [\\\\] (["\\\\/bfnrt] | "u" [0-9a-fA-F]{4})'
-)
-"""Any one character of a JSON string's text, raw or escaped (for unanchored ends)."""
+JSON_STRING_CHAR = '[^"\\\\\\x7F\\x00-\\x1F] | "\\\\" (["\\\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])'
+"""GBNF for any one character of a JSON string's text, raw or escaped: the converter's
+`char` rule without the raw control characters JSON forbids (as llama.cpp's own
+converter and JSON_GBNF have it). Plain strings use it, and patterns where unanchored."""
 
 # Characters JSON writes escaped (and DEL, which llama.cpp's converters escape too).
 _ESCAPED: Ranges = [(0x00, 0x1F), (0x22, 0x22), (0x5C, 0x5C), (0x7F, 0x7F)]

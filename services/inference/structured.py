@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from llama_cpp.llama_grammar import JSON_GBNF, SchemaConverter
+from llama_cpp.llama_grammar import JSON_GBNF, BuiltinRule, SchemaConverter
 
 from headrace.services.inference.json_pattern import JSON_STRING_CHAR, pattern_expression
 from headrace.services.runtime.errors import InvalidArgument
@@ -87,14 +87,6 @@ def grammar_for(response_format: types_pb2.ResponseFormat) -> str | None:
     return schema_grammar(response_format.json_schema)
 
 
-# llama-cpp-python's converter lets a string hold any character but '"' and '\\', raw
-# newlines and other control characters included, which JSON forbids in a string: at
-# temperature 0.8 the default model wrote {"name": "The Little Book of<newline>(", ...},
-# which no JSON parser reads. llama.cpp's own converter (and JSON_GBNF) exclude them.
-_LOOSE_CHAR = 'char ::= [^"\\\\] |'
-_JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
-
-
 class _Converter(SchemaConverter):
     """llama-cpp-python's converter, with patterns compiled for JSON text
     (json_pattern.py) instead of copied into the grammar."""
@@ -111,20 +103,18 @@ class _Converter(SchemaConverter):
                 )
         return super().visit(schema, name)
 
+    def _add_primitive(self, name: str, rule: BuiltinRule) -> str:
+        # llama-cpp-python's `char` lets a string hold raw newlines and other control
+        # characters, which JSON forbids: at temperature 0.8 the default model wrote
+        # {"name": "The Little Book of<newline>(", ...}, which no JSON parser reads.
+        return super()._add_primitive(name, _JSON_CHAR if name == "char" else rule)
+
     def _visit_pattern(self, pattern: str, name: str) -> str:
-        body = pattern_expression(
-            pattern, lambda: self._add_rule("json-char", JSON_STRING_CHAR.split(" ::= ", 1)[1])
-        )
+        body = pattern_expression(pattern, lambda: self._add_primitive("char", _JSON_CHAR))
         return self._add_rule(name, '"\\"" ' + body + ' "\\"" space')
 
 
-def _no_control_characters(grammar: str) -> str:
-    """The converter's string character rule, narrowed to what JSON allows unescaped."""
-
-    def narrowed(line: str) -> str:
-        return _JSON_CHAR + line[len(_LOOSE_CHAR) :] if line.startswith(_LOOSE_CHAR) else line
-
-    return "\n".join(narrowed(line) for line in grammar.split("\n"))
+_JSON_CHAR = BuiltinRule(JSON_STRING_CHAR, [])
 
 
 def schema_grammar(text: str) -> str:
@@ -145,7 +135,7 @@ def schema_grammar(text: str) -> str:
             f"the JSON Schema cannot be compiled to a grammar ({type(exc).__name__}: "
             f"{str(exc)[:200] or 'unsupported construct'}); simplify it"
         ) from None
-    return _no_control_characters(grammar)
+    return grammar
 
 
 def check_schema(schema: Any, pointer: str = "") -> None:
