@@ -152,7 +152,10 @@ CONTACT = {
     "type": "object",
     "properties": {
         "phone": {"type": "string", "pattern": "^\\d{3}-\\d{4}$"},
-        "nick": {"type": "string", "pattern": "^[^@\\s]{1,12}$"},
+        # No digits in the nickname: the output filter redacts a phone number written
+        # there ("555-123-4567" fits [^@\s]{1,12}), which ends the reply CONTENT_FILTER.
+        # The 7-digit phone itself is a local number, which the filter leaves alone.
+        "nick": {"type": "string", "pattern": "^[^@\\s0-9]{1,12}$"},
     },
     "required": ["phone", "nick"],
     "additionalProperties": False,
@@ -162,7 +165,7 @@ CONTACT = {
 def test_replies_held_to_schema_patterns_are_json_that_matches(
     stub: router_pb2_grpc.RouterServiceStub, auth: tuple
 ) -> None:
-    # \d once made llama.cpp refuse the grammar; [^@\s] let a raw quote or newline in.
+    # \d once made llama.cpp refuse the grammar; [^@\s0-9] let a raw quote or newline in.
     replies = schema_replies(stub, auth, CONTACT, "A contact card: phone and nickname.", 8, 64)
     for text, last in replies:
         assert last.finish_reason == types_pb2.FINISH_REASON_STOP, text
