@@ -496,8 +496,11 @@ def _peers(model: Path, threads: int, home: Path, skip: bool) -> Iterator[dict[s
             peer.stop()
 
 
-def start_bench_suite(home: Path, model: Path) -> RunningSuite:
-    """The gateway with the model as "bench", the default tiers, and UNFILTERED_TIER."""
+def start_bench_suite(
+    home: Path, model: Path, extra_env: dict[str, str] | None = None
+) -> RunningSuite:
+    """The gateway with the model as "bench", the default tiers, and UNFILTERED_TIER
+    (and `extra_env` on top)."""
     return start_suite(
         home,
         model,
@@ -513,6 +516,7 @@ def start_bench_suite(home: Path, model: Path) -> RunningSuite:
             ),
             # Its policy has no output rule: the filter holds nothing back.
             "HEADRACE_TIER_POLICIES": json.dumps({UNFILTERED_TIER: {"redact": False}}),
+            **(extra_env or {}),
         },
     )
 
