@@ -7,7 +7,7 @@ each of a decode step's barriers libgomp's workers spin before they sleep
 model in a child process (greedy, fresh prompts, the gateway's load choices) with:
 
 - libgomp's default spin (GOMP_SPINCOUNT=300000, what it spins when unset);
-- Headrace's default, GOMP_SPINCOUNT=1000 (what the inference process sets);
+- Headrace's default, GOMP_SPINCOUNT=3000 (what the inference process sets);
 - OMP_WAIT_POLICY=passive (sleep at once);
 - one decode thread (libgomp's default; a barrier has nobody to wait for);
 

@@ -9,8 +9,9 @@ worker whose partner has lost its core spins away its own time slice at barrier 
 barrier, and decoding collapses: on 2 cores with one busy process beside it, 0.5 to 1
 tokens/s where one thread alone decodes 33 (docs/benchmarks.md, `python -m
 bench.contention`). A short spin keeps the workers hot between back-to-back operations
-(no cost measured on an idle machine) and lets them sleep when the partner is not
-running.
+and lets them sleep when the partner is not running; too short a spin costs a prefill,
+whose operations are uneven enough that workers fall asleep at many of its barriers
+and pay a wake-up at each (see SPIN_COUNT).
 
 libgomp reads these variables once, when it is loaded, so `apply()` must run before
 `llama_cpp` is first imported: the inference package and llama_params (every other
@@ -25,12 +26,18 @@ import os
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
-SPIN_COUNT = "1000"
-"""Tens of microseconds of spinning (by the CPU's pause instruction), far longer than
-the gap between two operations of a step; libgomp's default is 300,000. Measured on 2
-cores (docs/benchmarks.md): 300 to 10,000 all decode as fast as the default on an idle
-machine; beside a busy process 300 gave 32 tokens/s, 1,000 27, 3,000 19, 10,000 10
-and the default 0.6. 1,000 leaves a margin for CPUs whose pause is shorter."""
+SPIN_COUNT = "3000"
+"""Tens of microseconds of spinning (an iteration is a load and the CPU's pause
+instruction: 10 ns on the Xeon of 2026-12-07 evening, up to ~50 ns on CPUs whose pause
+is long), longer than a worker waits at most barriers of a step; libgomp's default is
+300,000. Measured on 2 cores (docs/benchmarks.md, `bench.contention`, `bench.user_view`):
+decode on an idle machine is the same from 300 to 10,000; a **prefill** is not: in the
+inference process 1,000 gave the first token in 76-79 ms, 1,500 69, 2,000 63, 3,000 and
+more 56-57 (libgomp's default 58), against llama-cpp-python's 62-65 in process, so 1,000
+(this setting until then) cost a fifth of every first token on that machine. Beside a
+busy process 300 gave 32 tokens/s, 1,000 18-27, 3,000 15-19, 10,000 10 and the default
+0.5-0.6: 3,000 gives up a fifth of 1,000's decode beside a CPU-bound neighbour for the
+idle prefill, and keeps 25 times the default's."""
 
 LIBGOMP_DEFAULT = "300000"
 """libgomp's own spin count with no more threads than cores (OMP_WAIT_POLICY unset)."""

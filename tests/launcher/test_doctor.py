@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from headrace.services.runtime import openmp
 from tests.support.ports import free_port, free_port_block
 
 HEADRACE = str(Path(sys.executable).parent / "headrace")
@@ -64,7 +65,7 @@ def test_doctor_on_a_healthy_machine_exits_0_after_a_real_decode(home: Path) -> 
     spin = lines_of(result, "llama.cpp OpenMP:")
     assert spin, result.stdout
     if "OPENMP = 1" in lines_of(result, "llama.cpp system info:")[0]:
-        assert "GOMP_SPINCOUNT=1000 (Headrace's default" in spin[0], spin
+        assert f"GOMP_SPINCOUNT={openmp.SPIN_COUNT} (Headrace's default" in spin[0], spin
     assert "0 FAIL" in result.stdout
 
 

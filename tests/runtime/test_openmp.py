@@ -102,7 +102,7 @@ def test_describe_names_the_runtime_and_whose_setting_it_is(tmp_path: Path) -> N
     mine: dict[str, str] = {}
     openmp.apply(mine)
     assert openmp.describe(mine, gomp) == (
-        "libgomp, GOMP_SPINCOUNT=1000 (Headrace's default; set GOMP_SPINCOUNT or "
+        f"libgomp, GOMP_SPINCOUNT={openmp.SPIN_COUNT} (Headrace's default; set GOMP_SPINCOUNT or "
         "OMP_WAIT_POLICY to choose)"
     )
     assert openmp.describe({"GOMP_SPINCOUNT": "50"}, gomp) == "libgomp, GOMP_SPINCOUNT=50"
