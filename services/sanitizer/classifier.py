@@ -220,6 +220,73 @@ def _window_ends(n: int, size: int, stride: int) -> np.ndarray:
     return word_windows(n, size, stride)[:, 1] - 1
 
 
+_KEY_BUCKET = 8  # keys a bucket holds: 8 uint64 are one 64-byte cache line
+_KEY_GROWTH = 6  # doublings of the buckets a build may try before giving up
+
+
+def _inverse64(a: int) -> int:
+    """The inverse of an odd a modulo 2**64."""
+    return pow(a, -1, 1 << 64)
+
+
+@dataclass(frozen=True)
+class KeyTable:
+    """A hash table over a sorted array of distinct uint64 keys, for WordVectors' word
+    look-up: each key sits in bucket (key * _MIX) >> shift, a bucket is one row of
+    _KEY_BUCKET keys, so a look-up is a multiply, a shift, a gather of one cache line per
+    query and a compare, with no loop and no probing. find() returns exactly what a
+    searchsorted over the sorted keys gives (each found key's index in them).
+
+    An unused slot of bucket b holds a key that hashes to bucket b + 1 (mod buckets), so
+    no query can match it in bucket b: every uint64 may be a query, none is a sentinel.
+    The buckets double at build until none holds more than _KEY_BUCKET keys."""
+
+    slots: np.ndarray
+    """uint64 (buckets, _KEY_BUCKET): the keys, each in its bucket's row."""
+    index: np.ndarray
+    """int32 (buckets, _KEY_BUCKET): each slot's key's index in the sorted keys (0 unused)."""
+    shift: int
+
+    @classmethod
+    def build(cls, keys: np.ndarray) -> KeyTable:
+        keys = np.asarray(keys, dtype=np.uint64)
+        n = len(keys)
+        if len(np.unique(keys)) != n:
+            raise ValueError("word keys must be distinct")
+        bits = start = max(1, (max(n, 1) // _KEY_BUCKET).bit_length())  # 4-8 keys a bucket
+        while True:
+            shift = 64 - bits
+            bucket = (keys * _MIX) >> np.uint64(shift)
+            order = np.argsort(bucket, kind="stable")
+            sorted_bucket = bucket[order]
+            first = np.searchsorted(sorted_bucket, sorted_bucket)  # first of its bucket
+            rank = np.arange(n) - first
+            if n == 0 or int(rank.max()) < _KEY_BUCKET:
+                break
+            bits += 1
+            if bits > start + _KEY_GROWTH:  # keys alike in their top bits (not hashes)
+                raise ValueError("the keys do not spread over the table's buckets")
+        buckets = 1 << bits
+        # Filler for bucket b: the key that multiply-shift maps to the start of b + 1.
+        nxt = (np.arange(buckets, dtype=np.uint64) + np.uint64(1)) % np.uint64(buckets)
+        filler = (nxt << np.uint64(shift)) * np.uint64(_inverse64(int(_MIX)))
+        slots = np.repeat(filler[:, None], _KEY_BUCKET, axis=1)
+        index = np.zeros((buckets, _KEY_BUCKET), dtype=np.int32)
+        rows = sorted_bucket.astype(np.intp)
+        slots[rows, rank] = keys[order]
+        index[rows, rank] = order
+        return cls(slots, index, shift)
+
+    def find(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the index in the sorted keys of each hash found, in order; which were found)."""
+        hashes = np.asarray(hashes, dtype=np.uint64)
+        bucket = (hashes * _MIX) >> np.uint64(self.shift)
+        match = self.slots.take(bucket, axis=0) == hashes[:, None]  # at most one per row
+        # A row of 8 bools is 8 bytes: as one uint64 it is non-zero where a key matched.
+        found = match.view(np.uint64).ravel() != 0
+        return self.index.take(bucket, axis=0)[match].astype(np.intp), found
+
+
 @dataclass(frozen=True)
 class HiddenLayer:
     """A hashed embedding bag with one ReLU layer beside the linear weights (fastText-like):
@@ -279,10 +346,21 @@ class WordVectors:
         """(row index of each word that has one, in text order; which words have one)."""
         if len(hashes) == 0 or len(self.keys) == 0:
             return np.zeros(0, dtype=np.intp), np.zeros(len(hashes), dtype=bool)
-        at = np.searchsorted(self.keys, hashes)
+        if self._table is not None:
+            return self._table.find(hashes)
+        at = np.searchsorted(self.keys, hashes)  # keys no table spreads (never real hashes)
         np.minimum(at, len(self.keys) - 1, out=at)
         found = self.keys[at] == hashes
         return at[found], found
+
+    @cached_property
+    def _table(self) -> KeyTable | None:
+        """keys as a bucketed hash table, built once at load (see KeyTable); None for
+        keys it cannot spread, which are then binary-searched as before."""
+        try:
+            return KeyTable.build(self.keys)
+        except ValueError:
+            return None
 
     def window_margin(self, values: np.ndarray) -> float:
         """The highest window margin of a text whose known words' rows, dotted with
@@ -294,9 +372,7 @@ class WordVectors:
         """The mean row (float64) of the words with these hashes that have one."""
         if len(hashes) == 0 or len(self.keys) == 0:
             return np.zeros(self.dims)
-        at = np.searchsorted(self.keys, hashes)
-        np.minimum(at, len(self.keys) - 1, out=at)
-        at = at[self.keys[at] == hashes]
+        at, _ = self.known(hashes)
         if len(at) == 0:
             return np.zeros(self.dims)
         return self.rows.take(at, axis=0).sum(axis=0, dtype=np.float64) / len(at)
