@@ -220,71 +220,80 @@ def _window_ends(n: int, size: int, stride: int) -> np.ndarray:
     return word_windows(n, size, stride)[:, 1] - 1
 
 
-_KEY_BUCKET = 8  # keys a bucket holds: 8 uint64 are one 64-byte cache line
-_KEY_GROWTH = 6  # doublings of the buckets a build may try before giving up
-
-
-def _inverse64(a: int) -> int:
-    """The inverse of an odd a modulo 2**64."""
-    return pow(a, -1, 1 << 64)
+_KEY_LOAD = 0.7  # at most this share of a KeyTable's slots hold a key
+_KEY_GROUP = 4  # slots per group of keys that share a displacement
+_KEY_TRIES = 256  # displacements tried for a group before the build gives up
+_MIX2 = np.uint64(0xD6E8FEB86659FD93)  # a second multiply-shift constant (odd)
+_STEP = np.uint64(0xBF58476D1CE4E5B9)  # the d-th displacement tried is d times this
 
 
 @dataclass(frozen=True)
 class KeyTable:
-    """A hash table over a sorted array of distinct uint64 keys, for WordVectors' word
-    look-up: each key sits in bucket (key * _MIX) >> shift, a bucket is one row of
-    _KEY_BUCKET keys, so a look-up is a multiply, a shift, a gather of one cache line per
-    query and a compare, with no loop and no probing. find() returns exactly what a
-    searchsorted over the sorted keys gives (each found key's index in them).
+    """A one-probe hash table over a sorted array of distinct uint64 keys, for
+    WordVectors' word look-up (issue 21, eighth round; a searchsorted before): hash and
+    displace. A key's group is (key * _MIX) >> group_shift; each group has a displacement
+    chosen at build so that the slots ((key ^ displacement) * _MIX2) >> slot_shift of
+    all keys are distinct. A look-up is thus a fixed few vectorised steps per query (two
+    multiply-shifts, three gathers from small arrays, one compare), no probing and no
+    loop, and find() returns exactly what a searchsorted over the sorted keys gives (each
+    found key's index in them). An unused slot holds the first key, whose own slot is
+    elsewhere, so a query equal to it is found there and no other query matches it."""
 
-    An unused slot of bucket b holds a key that hashes to bucket b + 1 (mod buckets), so
-    no query can match it in bucket b: every uint64 may be a query, none is a sentinel.
-    The buckets double at build until none holds more than _KEY_BUCKET keys."""
-
+    disp: np.ndarray
+    """uint64, one per group: the displacement XORed into its keys."""
     slots: np.ndarray
-    """uint64 (buckets, _KEY_BUCKET): the keys, each in its bucket's row."""
+    """uint64, one per slot: the key placed there."""
     index: np.ndarray
-    """int32 (buckets, _KEY_BUCKET): each slot's key's index in the sorted keys (0 unused)."""
-    shift: int
+    """uint16 or int32, one per slot: that key's index in the sorted keys."""
+    group_shift: int
+    slot_shift: int
 
     @classmethod
     def build(cls, keys: np.ndarray) -> KeyTable:
         keys = np.asarray(keys, dtype=np.uint64)
         n = len(keys)
-        if len(np.unique(keys)) != n:
-            raise ValueError("word keys must be distinct")
-        bits = start = max(1, (max(n, 1) // _KEY_BUCKET).bit_length())  # 4-8 keys a bucket
-        while True:
-            shift = 64 - bits
-            bucket = (keys * _MIX) >> np.uint64(shift)
-            order = np.argsort(bucket, kind="stable")
-            sorted_bucket = bucket[order]
-            first = np.searchsorted(sorted_bucket, sorted_bucket)  # first of its bucket
-            rank = np.arange(n) - first
-            if n == 0 or int(rank.max()) < _KEY_BUCKET:
-                break
-            bits += 1
-            if bits > start + _KEY_GROWTH:  # keys alike in their top bits (not hashes)
-                raise ValueError("the keys do not spread over the table's buckets")
-        buckets = 1 << bits
-        # Filler for bucket b: the key that multiply-shift maps to the start of b + 1.
-        nxt = (np.arange(buckets, dtype=np.uint64) + np.uint64(1)) % np.uint64(buckets)
-        filler = (nxt << np.uint64(shift)) * np.uint64(_inverse64(int(_MIX)))
-        slots = np.repeat(filler[:, None], _KEY_BUCKET, axis=1)
-        index = np.zeros((buckets, _KEY_BUCKET), dtype=np.int32)
-        rows = sorted_bucket.astype(np.intp)
-        slots[rows, rank] = keys[order]
-        index[rows, rank] = order
-        return cls(slots, index, shift)
+        if n == 0 or len(np.unique(keys)) != n:
+            raise ValueError("word keys must be distinct, and at least one")
+        slot_bits = max(2, int(np.ceil(np.log2(n / _KEY_LOAD))))
+        group_bits = slot_bits - (_KEY_GROUP.bit_length() - 1)
+        slot_shift, group_shift = np.uint64(64 - slot_bits), np.uint64(64 - group_bits)
+        group = (keys * _MIX) >> group_shift if group_bits else np.zeros(n, dtype=np.uint64)
+        by_group = np.argsort(group, kind="stable")
+        bounds = np.flatnonzero(np.diff(group[by_group])) + 1
+        members = np.split(by_group, bounds)
+        members.sort(key=len, reverse=True)  # stable: the largest groups placed first
+        taken = np.zeros(1 << slot_bits, dtype=bool)
+        disp = np.zeros(1 << group_bits, dtype=np.uint64)
+        slot_of = np.zeros(n, dtype=np.intp)
+        tries = np.arange(_KEY_TRIES, dtype=np.uint64) * _STEP  # wraps modulo 2**64
+        for mine in members:
+            mine_keys = keys[mine]
+            for d in tries:
+                where = ((mine_keys ^ d) * _MIX2 >> slot_shift).astype(np.intp)
+                if not taken[where].any() and len(np.unique(where)) == len(where):
+                    taken[where] = True
+                    disp[int(group[mine[0]])] = d
+                    slot_of[mine] = where
+                    break
+            else:
+                raise ValueError("the keys do not spread over the table's slots")
+        slots = np.full(1 << slot_bits, keys[0], dtype=np.uint64)
+        slots[slot_of] = keys
+        index = np.zeros(1 << slot_bits, dtype=np.uint16 if n <= 1 << 16 else np.int32)
+        index[slot_of] = np.arange(n)
+        return cls(disp, slots, index, int(group_shift), int(slot_shift))
 
     def find(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the index in the sorted keys of each hash found, in order; which were found)."""
         hashes = np.asarray(hashes, dtype=np.uint64)
-        bucket = (hashes * _MIX) >> np.uint64(self.shift)
-        match = self.slots.take(bucket, axis=0) == hashes[:, None]  # at most one per row
-        # A row of 8 bools is 8 bytes: as one uint64 it is non-zero where a key matched.
-        found = match.view(np.uint64).ravel() != 0
-        return self.index.take(bucket, axis=0)[match].astype(np.intp), found
+        if self.group_shift < 64:
+            group = (hashes * _MIX) >> np.uint64(self.group_shift)
+            mixed = hashes ^ self.disp.take(group)
+        else:
+            mixed = hashes ^ self.disp[0]
+        slot = (mixed * _MIX2) >> np.uint64(self.slot_shift)
+        found = self.slots.take(slot) == hashes
+        return self.index.take(slot[found]).astype(np.intp), found
 
 
 @dataclass(frozen=True)

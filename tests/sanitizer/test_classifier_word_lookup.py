@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from headrace.services.sanitizer.classifier import (
-    _KEY_BUCKET,
+    _KEY_LOAD,
     _MIX,
+    _MIX2,
     KeyTable,
     WordVectors,
-    _inverse64,
     word_hashes,
 )
 
@@ -86,27 +86,40 @@ def test_real_word_hashes_find_what_searchsorted_finds() -> None:
         np.testing.assert_array_equal(loaded.vector(query), mean)
 
 
-def test_keys_that_share_a_bucket_grow_the_table_and_are_all_found() -> None:
-    # Keys built to land in one bucket of the first table, more than a bucket holds:
-    # the build must double the buckets until they fit, and still find each of them.
-    n = 64
-    bits = max(1, (n // _KEY_BUCKET).bit_length())
-    inverse = np.uint64(_inverse64(int(_MIX)))
+def crowd(n: int, group_bits: int, group: int, rng: np.random.Generator) -> np.ndarray:
+    """n keys that all fall in one group of a table with 2**group_bits groups."""
+    low = rng.integers(0, 2 ** (64 - group_bits), n, dtype=np.uint64)
+    inverse = np.uint64(pow(int(_MIX), -1, 1 << 64))
+    keys = ((np.uint64(group) << np.uint64(64 - group_bits)) + low) * inverse
+    assert len(np.unique((keys * _MIX) >> np.uint64(64 - group_bits))) == 1
+    return keys
+
+
+def test_keys_crowded_into_one_group_are_all_found() -> None:
+    # A group of keys far larger than the usual 2-3 still finds a displacement that
+    # gives each its own slot (the build places the largest groups first).
     rng = np.random.default_rng(5)
-    low = rng.integers(0, 2 ** (64 - bits), 4 * _KEY_BUCKET, dtype=np.uint64)
-    crowd = ((np.uint64(3) << np.uint64(64 - bits)) + low) * inverse  # all in bucket 3
-    assert len(np.unique((crowd * _MIX) >> np.uint64(64 - bits))) == 1
-    keys = np.unique(np.concatenate([crowd, rng.integers(0, 2**64, n, dtype=np.uint64)]))
+    keys = np.unique(rng.integers(0, 2**64, 200, dtype=np.uint64))
     table = KeyTable.build(keys)
-    assert table.slots.shape[0] > 1 << bits
+    group_bits = 64 - table.group_shift
+    keys = np.unique(np.concatenate([keys, crowd(12, group_bits, 3, rng)]))
+    table = KeyTable.build(keys)
+    assert 64 - table.group_shift == group_bits
     same(keys, np.concatenate([keys, keys[::-1], rng.integers(0, 2**64, 100, dtype=np.uint64)]))
 
 
-def test_keys_no_table_spreads_are_binary_searched_as_before() -> None:
-    # More keys than a bucket holds that agree in every top bit after the multiply:
-    # no number of buckets separates them (real word hashes never do this).
-    inverse = np.uint64(_inverse64(int(_MIX)))
-    keys = np.sort(np.arange(100, 100 + 2 * _KEY_BUCKET, dtype=np.uint64) * inverse)
+def test_keys_no_displacement_spreads_are_binary_searched_as_before() -> None:
+    # Half the keys in one group: no displacement puts them in distinct free slots (real
+    # word hashes, spread by their hash, never do this), so the table is not built and
+    # the look-up falls back to the searchsorted it replaced.
+    rng = np.random.default_rng(6)
+    n = 128
+    slot_bits = int(np.ceil(np.log2(n / _KEY_LOAD)))
+    keys = np.unique(
+        np.concatenate(
+            [crowd(n // 2, slot_bits - 2, 1, rng), rng.integers(0, 2**64, n // 2, dtype=np.uint64)]
+        )
+    )
     with pytest.raises(ValueError):
         KeyTable.build(keys)
     hashes = np.concatenate([keys[::3], np.array([1, 2, 3], dtype=np.uint64)])
@@ -116,21 +129,38 @@ def test_keys_no_table_spreads_are_binary_searched_as_before() -> None:
     np.testing.assert_array_equal(found, expected_found)
 
 
-def test_a_query_equal_to_an_unused_slots_filler_is_not_found() -> None:
+def test_queries_that_land_in_an_unused_slot_are_not_found() -> None:
+    # An unused slot holds the first key (found in its own slot, elsewhere).
     rng = np.random.default_rng(7)
     keys = np.unique(rng.integers(0, 2**64, 50, dtype=np.uint64))
     table = KeyTable.build(keys)
-    fillers = np.setdiff1d(table.slots.ravel(), keys)
-    assert len(fillers) > 0
-    at, found = table.find(fillers)
-    assert not found.any() and len(at) == 0
-    same(keys, np.concatenate([fillers, keys]))
+    queries = np.concatenate([keys[:1], rng.integers(0, 2**64, 4000, dtype=np.uint64)])
+    group = (queries * _MIX) >> np.uint64(table.group_shift)
+    slot = ((queries ^ table.disp[group]) * _MIX2) >> np.uint64(table.slot_shift)
+    unused = table.slots == keys[0]
+    unused[slot[0]] = False  # the first key's own slot
+    assert unused.sum() == len(table.slots) - len(keys)
+    assert unused[slot].sum() > 1000  # many queries land in an unused slot
+    same(keys, np.concatenate([queries, keys, np.repeat(keys[:1], 5)]))
 
 
 def test_no_words_no_keys_and_duplicate_keys() -> None:
     keys = np.array([5, 9, 11], dtype=np.uint64)
     same(keys, np.zeros(0, dtype=np.uint64))
+    with pytest.raises(ValueError):
+        KeyTable.build(np.zeros(0, dtype=np.uint64))
     at, found = words(np.zeros(0, dtype=np.uint64)).known(np.array([5], dtype=np.uint64))
     assert len(at) == 0 and not found.any()
     with pytest.raises(ValueError):
         KeyTable.build(np.array([5, 5, 9], dtype=np.uint64))
+
+
+DISTILLED = Path(__file__).parents[2] / ".headrace" / "word-vectors" / "minilm-l6-128.npz"
+
+
+@pytest.mark.skipif(not DISTILLED.exists(), reason="no distilled table (make train-sanitizer)")
+def test_the_distilled_tables_keys_find_what_searchsorted_finds() -> None:
+    with np.load(DISTILLED, allow_pickle=False) as data:
+        keys = data["keys"]
+    text = " ".join(p.read_text() for p in sorted(CORPUS.glob("*.txt")))
+    same(keys, np.concatenate([word_hashes(text), keys, keys ^ np.uint64(1)]))
