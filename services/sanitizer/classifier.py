@@ -220,6 +220,82 @@ def _window_ends(n: int, size: int, stride: int) -> np.ndarray:
     return word_windows(n, size, stride)[:, 1] - 1
 
 
+_KEY_LOAD = 0.7  # at most this share of a KeyTable's slots hold a key
+_KEY_GROUP = 4  # slots per group of keys that share a displacement
+_KEY_TRIES = 256  # displacements tried for a group before the build gives up
+_MIX2 = np.uint64(0xD6E8FEB86659FD93)  # a second multiply-shift constant (odd)
+_STEP = np.uint64(0xBF58476D1CE4E5B9)  # the d-th displacement tried is d times this
+
+
+@dataclass(frozen=True)
+class KeyTable:
+    """A one-probe hash table over a sorted array of distinct uint64 keys, for
+    WordVectors' word look-up (issue 21, eighth round; a searchsorted before): hash and
+    displace. A key's group is (key * _MIX) >> group_shift; each group has a displacement
+    chosen at build so that the slots ((key ^ displacement) * _MIX2) >> slot_shift of
+    all keys are distinct. A look-up is thus a fixed few vectorised steps per query (two
+    multiply-shifts, three gathers from small arrays, one compare), no probing and no
+    loop, and find() returns exactly what a searchsorted over the sorted keys gives (each
+    found key's index in them). An unused slot holds the first key, whose own slot is
+    elsewhere, so a query equal to it is found there and no other query matches it."""
+
+    disp: np.ndarray
+    """uint64, one per group: the displacement XORed into its keys."""
+    slots: np.ndarray
+    """uint64, one per slot: the key placed there."""
+    index: np.ndarray
+    """uint16 or int32, one per slot: that key's index in the sorted keys."""
+    group_shift: int
+    slot_shift: int
+
+    @classmethod
+    def build(cls, keys: np.ndarray) -> KeyTable:
+        keys = np.asarray(keys, dtype=np.uint64)
+        n = len(keys)
+        if n == 0 or len(np.unique(keys)) != n:
+            raise ValueError("word keys must be distinct, and at least one")
+        slot_bits = max(2, int(np.ceil(np.log2(n / _KEY_LOAD))))
+        group_bits = slot_bits - (_KEY_GROUP.bit_length() - 1)
+        slot_shift, group_shift = np.uint64(64 - slot_bits), np.uint64(64 - group_bits)
+        group = (keys * _MIX) >> group_shift if group_bits else np.zeros(n, dtype=np.uint64)
+        by_group = np.argsort(group, kind="stable")
+        bounds = np.flatnonzero(np.diff(group[by_group])) + 1
+        members = np.split(by_group, bounds)
+        members.sort(key=len, reverse=True)  # stable: the largest groups placed first
+        taken = np.zeros(1 << slot_bits, dtype=bool)
+        disp = np.zeros(1 << group_bits, dtype=np.uint64)
+        slot_of = np.zeros(n, dtype=np.intp)
+        tries = np.arange(_KEY_TRIES, dtype=np.uint64) * _STEP  # wraps modulo 2**64
+        for mine in members:
+            mine_keys = keys[mine]
+            for d in tries:
+                where = ((mine_keys ^ d) * _MIX2 >> slot_shift).astype(np.intp)
+                if not taken[where].any() and len(np.unique(where)) == len(where):
+                    taken[where] = True
+                    disp[int(group[mine[0]])] = d
+                    slot_of[mine] = where
+                    break
+            else:
+                raise ValueError("the keys do not spread over the table's slots")
+        slots = np.full(1 << slot_bits, keys[0], dtype=np.uint64)
+        slots[slot_of] = keys
+        index = np.zeros(1 << slot_bits, dtype=np.uint16 if n <= 1 << 16 else np.int32)
+        index[slot_of] = np.arange(n)
+        return cls(disp, slots, index, int(group_shift), int(slot_shift))
+
+    def find(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the index in the sorted keys of each hash found, in order; which were found)."""
+        hashes = np.asarray(hashes, dtype=np.uint64)
+        if self.group_shift < 64:
+            group = (hashes * _MIX) >> np.uint64(self.group_shift)
+            mixed = hashes ^ self.disp.take(group)
+        else:
+            mixed = hashes ^ self.disp[0]
+        slot = (mixed * _MIX2) >> np.uint64(self.slot_shift)
+        found = self.slots.take(slot) == hashes
+        return self.index.take(slot[found]).astype(np.intp), found
+
+
 @dataclass(frozen=True)
 class HiddenLayer:
     """A hashed embedding bag with one ReLU layer beside the linear weights (fastText-like):
@@ -279,10 +355,21 @@ class WordVectors:
         """(row index of each word that has one, in text order; which words have one)."""
         if len(hashes) == 0 or len(self.keys) == 0:
             return np.zeros(0, dtype=np.intp), np.zeros(len(hashes), dtype=bool)
-        at = np.searchsorted(self.keys, hashes)
+        if self._table is not None:
+            return self._table.find(hashes)
+        at = np.searchsorted(self.keys, hashes)  # keys no table spreads (never real hashes)
         np.minimum(at, len(self.keys) - 1, out=at)
         found = self.keys[at] == hashes
         return at[found], found
+
+    @cached_property
+    def _table(self) -> KeyTable | None:
+        """keys as a bucketed hash table, built once at load (see KeyTable); None for
+        keys it cannot spread, which are then binary-searched as before."""
+        try:
+            return KeyTable.build(self.keys)
+        except ValueError:
+            return None
 
     def window_margin(self, values: np.ndarray) -> float:
         """The highest window margin of a text whose known words' rows, dotted with
@@ -294,9 +381,7 @@ class WordVectors:
         """The mean row (float64) of the words with these hashes that have one."""
         if len(hashes) == 0 or len(self.keys) == 0:
             return np.zeros(self.dims)
-        at = np.searchsorted(self.keys, hashes)
-        np.minimum(at, len(self.keys) - 1, out=at)
-        at = at[self.keys[at] == hashes]
+        at, _ = self.known(hashes)
         if len(at) == 0:
             return np.zeros(self.dims)
         return self.rows.take(at, axis=0).sum(axis=0, dtype=np.float64) / len(at)
