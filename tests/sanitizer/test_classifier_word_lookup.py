@@ -15,6 +15,8 @@ from headrace.services.sanitizer.classifier import (
     _KEY_LOAD,
     _MIX,
     _MIX2,
+    ARTEFACT,
+    InjectionClassifier,
     KeyTable,
     WordVectors,
     word_hashes,
@@ -164,3 +166,10 @@ def test_the_distilled_tables_keys_find_what_searchsorted_finds() -> None:
         keys = data["keys"]
     text = " ".join(p.read_text() for p in sorted(CORPUS.glob("*.txt")))
     same(keys, np.concatenate([word_hashes(text), keys, keys ^ np.uint64(1)]))
+
+
+def test_the_shipped_models_look_up_table_is_built_at_load_not_by_the_first_prompt() -> None:
+    # Building it takes ~0.15 s: a first request must not pay it.
+    model = InjectionClassifier.load(ARTEFACT)
+    assert model.words is not None
+    assert isinstance(model.words.__dict__.get("_table"), KeyTable)
