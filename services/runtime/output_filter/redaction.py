@@ -217,10 +217,18 @@ _PHONE_FORMS = (
 )
 
 
+_PHONE_DIGITS = (min(lo for _, lo, _ in _PHONE_FORMS), max(hi for _, _, hi in _PHONE_FORMS))
+
+
 def phone_ok(candidate: str) -> bool:
     """Whether a string is a phone number in one of the recognised formats."""
-    digits = sum(ch.isdigit() for ch in candidate)
-    return any(lo <= digits <= hi and form.fullmatch(candidate) for form, lo, hi in _PHONE_FORMS)
+    digits = sum(map(str.isdigit, candidate))
+    if not _PHONE_DIGITS[0] <= digits <= _PHONE_DIGITS[1]:
+        return False
+    for form, lo, hi in _PHONE_FORMS:
+        if lo <= digits <= hi and form.fullmatch(candidate):
+            return True
+    return False
 
 
 def find_phones(text: str) -> Iterator[Span]:
