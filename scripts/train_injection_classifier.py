@@ -311,6 +311,28 @@ def score_hidden(x: FastMatrix, params: list[np.ndarray], bits: int) -> np.ndarr
     return out
 
 
+def row_columns(
+    rows: list[dict[str, object]],
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """The training rows as columns: texts, labels (float), sources, and each row's
+    weight as a hard negative (HARD_NEGATIVES, 1 elsewhere)."""
+    texts = [str(r["text"]) for r in rows]
+    y = np.array([int(r["label"]) for r in rows], dtype=float)  # type: ignore[call-overload]
+    sources = np.array([str(r["source"]) for r in rows])
+    hard = np.array([HARD_NEGATIVES.get(str(r["source"]), 1.0) for r in rows])
+    return texts, y, sources, hard
+
+
+def with_outcome(
+    meta: dict[str, object], y: np.ndarray, sources: np.ndarray, recall: float, fp: float
+) -> None:
+    """The artefact's last meta entries, the same for every kind of model: what it was
+    trained on and how its threshold did out of fold."""
+    meta["trained_on"] = len(y)
+    meta["sources"] = sorted(set(sources.tolist()))
+    meta["out_of_fold"] = {"attacks_caught": round(recall, 4), "benign_flagged": round(fp, 4)}
+
+
 def balanced(y: np.ndarray, hard: np.ndarray) -> np.ndarray:
     """Each class weighs the same in the loss; within the benign class, hard negatives
     weigh `hard` times an ordinary row."""
@@ -492,10 +514,7 @@ def train(
         return _train_windowed(
             rows, bits=bits, steps=steps, log=log, oof_out=oof_out, window=window
         )
-    texts = [str(r["text"]) for r in rows]
-    y = np.array([int(r["label"]) for r in rows], dtype=float)  # type: ignore[call-overload]
-    sources = np.array([str(r["source"]) for r in rows])
-    hard = np.array([HARD_NEGATIVES.get(str(r["source"]), 1.0) for r in rows])
+    texts, y, sources, hard = row_columns(rows)
     x = Matrix(texts, bits)
 
     # Out-of-fold scores choose the threshold: scores on training rows themselves
@@ -622,9 +641,7 @@ def _final(
         meta["threshold_rule"] = {"fold_draws": len(per_draw), "folds": FOLDS, "min_rows": min_rows}
     if window is not None:
         meta["window"] = window
-    meta["trained_on"] = len(y_rows)
-    meta["sources"] = sorted(set(sources.tolist()))
-    meta["out_of_fold"] = {"attacks_caught": round(recall, 4), "benign_flagged": round(fp, 4)}
+    with_outcome(meta, y_rows, sources, recall, fp)
     return InjectionClassifier(w.astype(np.float32), float(b), bits, meta)
 
 
@@ -641,10 +658,7 @@ def _train_hidden(
 ) -> InjectionClassifier:
     """The linear weights plus a hidden layer (fit_hidden), the threshold chosen by the
     same rule from out-of-fold scores of `draws` fold draws."""
-    texts = [str(r["text"]) for r in rows]
-    y = np.array([int(r["label"]) for r in rows], dtype=float)  # type: ignore[call-overload]
-    sources = np.array([str(r["source"]) for r in rows])
-    hard = np.array([HARD_NEGATIVES.get(str(r["source"]), 1.0) for r in rows])
+    texts, y, sources, hard = row_columns(rows)
     x = FastMatrix(Matrix(texts, bits))
     per_draw = np.zeros((draws, x.n))
     for d, fold_train, test in fold_draws(x.n, draws, log):
@@ -667,9 +681,7 @@ def _train_hidden(
     meta: dict[str, object] = {"threshold": threshold, "norm_floor": NORM_FLOOR}
     meta["threshold_rule"] = {"fold_draws": draws, "folds": FOLDS, "min_rows": min_rows}
     meta["hidden"] = {"units": hidden, "embed_bits": int(embed.shape[0]).bit_length() - 1}
-    meta["trained_on"] = len(y)
-    meta["sources"] = sorted(set(sources.tolist()))
-    meta["out_of_fold"] = {"attacks_caught": round(recall, 4), "benign_flagged": round(fp, 4)}
+    with_outcome(meta, y, sources, recall, fp)
     layer = HiddenLayer(embed.astype(np.float32), b1.astype(np.float32), w2.astype(np.float32))
     return InjectionClassifier(w.astype(np.float32), float(b[0]), bits, meta, layer)
 
@@ -683,10 +695,7 @@ def _train_windowed(
     oof_out: Path | None,
     window: tuple[int, int],
 ) -> InjectionClassifier:
-    texts = [str(r["text"]) for r in rows]
-    y_rows = np.array([int(r["label"]) for r in rows], dtype=float)  # type: ignore[call-overload]
-    sources = np.array([str(r["source"]) for r in rows])
-    hard_rows = np.array([HARD_NEGATIVES.get(str(r["source"]), 1.0) for r in rows])
+    texts, y_rows, sources, hard_rows = row_columns(rows)
     whole = [features(t, bits) for t in texts]
     win, win_y, win_parent = windows(rows, bits, window)
     log(f"{len(win)} training windows ({sum(win_y)} attacks) beside {len(rows)} rows")
@@ -746,6 +755,15 @@ def word_vectors(keys: np.ndarray, rows: np.ndarray) -> WordVectors:
         np.zeros(0),
     )
     return WordVectors.from_arrays(empty.arrays())
+
+
+def load_words(path: Path) -> tuple[WordVectors, dict[str, object]]:
+    """A distilled table (distill_word_vectors.save()) as word_vectors() gives it, and
+    the table's meta."""
+    with np.load(path, allow_pickle=False) as data:
+        keys, table = data["keys"], data["rows"]
+        words_meta = json.loads(str(data["meta"]))
+    return word_vectors(keys, table), words_meta
 
 
 def fit_stack(
@@ -842,19 +860,13 @@ def _train_words(
     on those stacked out-of-fold scores. The final stack is fitted on every row's
     vector and its out-of-fold margin (the mean over the draws), the final n-gram model
     on every row as without words."""
-    with np.load(words_path, allow_pickle=False) as data:  # distill_word_vectors.save()
-        keys, table = data["keys"], data["rows"]
-        words_meta = json.loads(str(data["meta"]))
-    words = word_vectors(keys, table)
-    texts = [str(r["text"]) for r in rows]
-    y = np.array([int(r["label"]) for r in rows], dtype=float)  # type: ignore[call-overload]
-    sources = np.array([str(r["source"]) for r in rows])
-    hard = np.array([HARD_NEGATIVES.get(str(r["source"]), 1.0) for r in rows])
+    words, words_meta = load_words(words_path)
+    texts, y, sources, hard = row_columns(rows)
     x = Matrix(texts, bits)
     fast = FastMatrix(x)
     vectors = np.stack([words.text_vector(t) for t in texts])
     known = float((np.abs(vectors).sum(axis=1) > 0).mean())
-    log(f"word vectors: {len(keys)} words x {words.dims} dims; {known:.1%} of rows have one")
+    log(f"word vectors: {len(words.keys)} words x {words.dims} dims; {known:.1%} of rows have one")
     margins = np.zeros((draws, len(rows)))
     per_draw = np.zeros((draws, len(rows)))
     alone = np.zeros((draws, len(rows)))
@@ -889,9 +901,7 @@ def _train_words(
     meta: dict[str, object] = {"threshold": threshold, "norm_floor": NORM_FLOOR}
     meta["threshold_rule"] = {"fold_draws": draws, "folds": FOLDS, "min_rows": min_rows}
     meta["words"] = {**words_meta, "stack_hidden": hidden}
-    meta["trained_on"] = len(y)
-    meta["sources"] = sorted(set(sources.tolist()))
-    meta["out_of_fold"] = {"attacks_caught": round(recall, 4), "benign_flagged": round(fp, 4)}
+    with_outcome(meta, y, sources, recall, fp)
     return InjectionClassifier(
         w.astype(np.float32), float(b), bits, meta, words=folded(words, mu, sd, params)
     )
@@ -1000,14 +1010,8 @@ def _train_word_windows(
     margin, that margin] (and the text's mean vector, with_mean) is fitted on the two
     folds and scored on the third; the threshold by the same rule. Final: the window
     model on every row's windows, the stack on every row's mean out-of-fold margins."""
-    with np.load(words_path, allow_pickle=False) as data:  # distill_word_vectors.save()
-        keys, table = data["keys"], data["rows"]
-        words_meta = json.loads(str(data["meta"]))
-    words = word_vectors(keys, table)
-    texts = [str(r["text"]) for r in rows]
-    y = np.array([int(r["label"]) for r in rows], dtype=float)  # type: ignore[call-overload]
-    sources = np.array([str(r["source"]) for r in rows])
-    hard = np.array([HARD_NEGATIVES.get(str(r["source"]), 1.0) for r in rows])
+    words, words_meta = load_words(words_path)
+    texts, y, sources, hard = row_columns(rows)
     known = [known_words(words, t) for t in texts]
     inst, inst_y_list, parent_list = word_window_rows(rows, known, window)
     inst_y = np.array(inst_y_list, dtype=float)
@@ -1089,9 +1093,7 @@ def _train_word_windows(
         "stack_hidden": 0,
         "window": {"size": window[0], "stride": window[1], "with_mean": with_mean},
     }
-    meta["trained_on"] = len(y)
-    meta["sources"] = sorted(set(sources.tolist()))
-    meta["out_of_fold"] = {"attacks_caught": round(recall, 4), "benign_flagged": round(fp, 4)}
+    with_outcome(meta, y, sources, recall, fp)
     return InjectionClassifier(w.astype(np.float32), float(b), bits, meta, words=stack)
 
 
