@@ -250,6 +250,9 @@ class _Slot:
     seq_id: int
     cached: list[int] = field(default_factory=list)
     request: _Request | None = None
+    used: int = 0
+    """When a request last took this slot (the engine's admission count): the least
+    recently used free slot is the one a new line of requests takes."""
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -317,6 +320,7 @@ class LlamaEngine:
         self._slots = [_Slot(i) for i in range(slots)]
         self._waiting: deque[_Request] = deque()
         self._active = 0
+        self._admissions = 0
         self._wake = threading.Condition()
         self._closing = False
         self.decode_thread_id = 0
@@ -608,14 +612,9 @@ class LlamaEngine:
             if request.cancel.is_set():
                 self._free_samplers(request)
                 continue
-            slot = max(free, key=lambda s: _common_prefix(s.cached, request.tokens))
-            # Keep the shared prefix's KV cells, but always evaluate at least
-            # the last prompt token: its logits give the first sampled token.
-            keep = min(_common_prefix(slot.cached, request.tokens), len(request.tokens) - 1)
-            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1)
+            slot, keep = self._place(free, request.tokens)
             metrics.PREFIX_REUSED_TOKENS.labels(self.name).inc(keep)
             metrics.PREFIX_REUSE_RATIO.labels(self.name).observe(keep / len(request.tokens))
-            del slot.cached[keep:]
             request.kept = keep
             request.pending = request.tokens[keep:]
             request.budget = min(
@@ -628,6 +627,40 @@ class LlamaEngine:
             slot.request = request
             metrics.QUEUE_TIME.labels(self.name).observe(time.perf_counter() - request.arrived)
             self._active += 1
+
+    def _place(self, free: list[_Slot], tokens: list[int]) -> tuple[_Slot, int]:
+        """The slot a prompt takes and how many of its tokens' KV cells are reused.
+
+        The longest prefix any slot holds is reused (a busy slot's too, unless its
+        request is an unchecked speculation), but always at least the last prompt
+        token is evaluated: its logits give the first sampled token. The prompt takes
+        a free slot that loses nothing by it (its whole cache is a prefix of the
+        prompt: the next turn of a conversation, or an empty slot), else the least
+        recently used free slot. When another slot holds more of the prefix, it is
+        shared into the taken one with llama_memory_seq_cp (the unified cache's cells
+        gain a sequence id: nothing is recomputed or copied), so the slot that held it
+        keeps the rest of its cache for its own next request: interleaved lines of
+        requests that share a system prompt do not evict each other's history."""
+        self._admissions += 1
+        sources = [s for s in self._slots if s.request is None or not s.request.held]
+        common = {s.seq_id: _common_prefix(s.cached, tokens) for s in (*sources, *free)}
+        source = max(sources, key=lambda s: common[s.seq_id])
+        keep = min(common[source.seq_id], len(tokens) - 1)
+        lossless = [s for s in free if common[s.seq_id] == len(s.cached)]
+        if lossless:
+            slot = max(lossless, key=lambda s: common[s.seq_id])
+        else:
+            slot = min(free, key=lambda s: s.used)
+        if common[slot.seq_id] >= keep:
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1)
+            del slot.cached[keep:]
+        else:
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            llama_cpp.llama_memory_seq_cp(self._memory, source.seq_id, slot.seq_id, 0, keep)
+            slot.cached = source.cached[:keep]
+            metrics.PREFIX_SHARED.labels(self.name).inc()
+        slot.used = self._admissions
+        return slot, keep
 
     def _preempt_held(self) -> list[_Slot]:
         """A checked request must not wait behind a speculation: drop one held

@@ -64,6 +64,12 @@ PREFIX_REUSED_TOKENS = Counter(
     "Prompt tokens whose KV cells were reused from a slot's cache instead of evaluated.",
     ["model"],
 )
+PREFIX_SHARED = Counter(
+    "headrace_inference_prefix_shared_total",
+    "Requests whose reused prefix was shared from another slot's KV cells "
+    "(llama_memory_seq_cp), so that slot kept the rest of its cache.",
+    ["model"],
+)
 PREFIX_REUSE_RATIO = Histogram(
     "headrace_inference_prefix_reuse_ratio",
     "Share of each prompt's tokens whose KV cells were reused from a slot (the next turn "

@@ -95,6 +95,43 @@ async def test_shared_prefix_is_reused_from_the_kv_cache(engine: LlamaEngine) ->
     assert reused >= len(engine.tokenize(system)) - 2
 
 
+async def test_interleaved_lines_sharing_a_system_prompt_keep_their_own_caches(
+    engine: LlamaEngine,
+) -> None:
+    # Two users' requests share a system prompt and alternate. Placing B in A's slot
+    # (it holds the longest shared prefix) would evict A's own prompt; B takes the
+    # other slot with the system prompt's cells shared into it, and A's next request
+    # finds all of its own prefix.
+    system = "You are a museum guide. Answer in two friendly sentences for visitors. " * 3
+    reused = "headrace_inference_prefix_reused_tokens_total"
+    shared = "headrace_inference_prefix_shared_total"
+    labels = {"model": engine.name}
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    greedy = Sampling(max_tokens=2, temperature=0.0)
+    line_a = system + "Visitor A asks: who built the lighthouse on the northern cape?"
+    line_b = system + "Visitor B asks: why are the old sails dyed red?"
+    await collect(engine, line_a, greedy)
+    shared_before = sample(shared)
+    before = sample(reused)
+    await collect(engine, line_b, greedy)
+    assert sample(reused) - before >= len(engine.tokenize(system)) - 2, "B reuses the system prompt"
+    assert sample(shared) - shared_before == 1, "shared from A's slot, not by taking it"
+    before = sample(reused)
+    await collect(engine, line_a + " And when?", greedy)
+    assert sample(reused) - before >= len(engine.tokenize(line_a)) - 2, "A's own prefix survived B"
+    # B again: its own slot still holds its prompt, and it decodes on the shared cells.
+    # (Its text is not compared with a fresh context's: where a sequence's cells lie in
+    # the cache changes llama.cpp's summation order, and greedy text can drift after a
+    # few tokens, with or without sharing; docs/inference.md.)
+    before = sample(reused)
+    deltas = await collect(engine, line_b + " Really?", Sampling(max_tokens=4, temperature=0.0))
+    assert sample(reused) - before >= len(engine.tokenize(line_b)) - 2, "B's own prefix survived A"
+    assert deltas[-1].completion_tokens == 4
+
+
 async def test_a_decode_step_hands_its_deltas_over_with_one_wake_up(engine: LlamaEngine) -> None:
     # One call_soon_threadsafe per step for all its sequences: each is a wake-up of
     # the event loop's thread on cores the decode threads are using.

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from headrace.services.inference.engine import (
     Delta,
@@ -23,6 +24,7 @@ from headrace.services.runtime.errors import ResourceExhausted
 
 PROMPT = "Hello world"
 GREEDY = Sampling(max_tokens=12, temperature=0.0)
+REUSED = "headrace_inference_prefix_reused_tokens_total"
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +136,36 @@ async def test_a_full_queue_still_admits_a_checked_request_in_a_held_slot(
             await first
     finally:
         engine.close()
+
+
+async def test_an_unchecked_speculation_is_never_shared_into_another_slot(
+    tiny_model: Path,
+) -> None:
+    # Two slots: a checked request with the same prompt as a held (unchecked) one
+    # may share only what was checked before it, never the speculation's own cells.
+    spec = ModelSpec(name="tiny-speculation-2", path=tiny_model, context_size=2048)
+    two = LlamaEngine(spec, tiny_model, slots=2, queue_size=1)
+    try:
+        [d async for d in two.generate(PROMPT, GREEDY)]
+        unchecked = PROMPT + " and a secret nobody checked yet, with more words after it"
+        hold = Hold()
+        held = two.generate(unchecked, GREEDY, hold)
+        first = asyncio.ensure_future(anext(held))
+        await until(
+            lambda: any(s.request is not None and s.request.held_token for s in two._slots),
+            "prefilled",
+        )
+        kept = next(s.request.kept for s in two._slots if s.request is not None)
+        assert 0 < kept < len(two.tokenize(unchecked)) - 1
+        labels = {"model": spec.name}
+        before = REGISTRY.get_sample_value(REUSED, labels) or 0.0
+        deltas = [d async for d in two.generate(unchecked, GREEDY)]
+        assert deltas[-1].finish_reason is not None
+        # The held slot holds the whole prompt's cells, but they were never checked:
+        # only the first request's prefix may be reused.
+        assert (REGISTRY.get_sample_value(REUSED, labels) or 0.0) - before <= kept
+        hold.cancel()
+        with pytest.raises(SpeculationDropped):
+            await first
+    finally:
+        two.close()
