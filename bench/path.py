@@ -20,6 +20,11 @@ client's first-text time into:
   output filter's hold of the first word on the default tier);
 - Envoy out: the router's `first_token` to the client's first text.
 
+Inference called directly (its own port, no router) is split the same way from its own
+span: "to inference" is the client's send to inference's Generate span start, "engine"
+and "back" (inference's first token to the client's first text) as above; the
+gateway-only stages are blank.
+
 Each round also runs the same kind of prompt through llama-cpp-python in this process
 (the weights loaded as `bench.user_view` loads them, its own spin), the reference the
 gateway's first text is compared with; its row is the in-process first text.
@@ -51,11 +56,11 @@ from bench.user_view import (
     UNFILTERED,
     UNFILTERED_TIER,
     Prompts,
-    engine_direct,
     in_process,
     own_prompt,
     start_bench_suite,
 )
+from headrace.inference.v1 import inference_pb2, inference_pb2_grpc
 from headrace.router.v1 import router_pb2, router_pb2_grpc
 from headrace.services.inference.registry import resolve_path
 from headrace.services.inference.settings import DEFAULT_MODEL
@@ -108,6 +113,20 @@ def send(stub: router_pb2_grpc.RouterServiceStub, token: str, prompt: str, side:
     return Sent(side, request_id, sent, first)
 
 
+def send_direct(stub: inference_pb2_grpc.InferenceServiceStub, prompt: str) -> Sent:
+    """InferenceService.Generate on inference's own port, with a request id to find its span."""
+    request_id = f"path-{uuid.uuid4().hex[:16]}"
+    request = inference_pb2.GenerateRequest(
+        prompt=prompt, params=types_pb2.SamplingParams(max_tokens=TOKENS, temperature=0.0)
+    )
+    sent = time.time_ns()
+    first = 0
+    for message in stub.Generate(request, metadata=(("x-request-id", request_id),), timeout=60):
+        if message.text and not first:
+            first = time.time_ns()
+    return Sent(DIRECT, request_id, sent, first)
+
+
 def _event(span: object, name: str) -> int | None:
     for event in span.events:  # type: ignore[attr-defined]
         if event.name == name:
@@ -115,8 +134,37 @@ def _event(span: object, name: str) -> int | None:
     return None
 
 
+def _ms(ns: int) -> float:
+    return ns / 1e6
+
+
+def direct_stages(collector: Collector, sent: Sent) -> dict[str, float] | None:
+    """The stages of a direct call to inference (None until its span has arrived)."""
+    span = None
+    with collector.lock:
+        for service, candidate in collector.spans:
+            if (
+                service.startswith("headrace-inference")
+                and candidate.name.endswith("/Generate")
+                and attributes(candidate).get("headrace.request_id") == sent.request_id
+            ):
+                span = candidate
+    first = _event(span, "first_token") if span is not None else None
+    if span is None or first is None or not sent.first_ns:
+        return None
+    start = int(span.start_time_unix_nano)
+    return {
+        "to inference": _ms(start - sent.sent_ns),
+        "engine": _ms(first - start),
+        "back to the router": _ms(sent.first_ns - first),
+        "first text (client)": _ms(sent.first_ns - sent.sent_ns),
+    }
+
+
 def stages(collector: Collector, sent: Sent) -> dict[str, float] | None:
     """Milliseconds of each stage of one request (None if its trace is incomplete)."""
+    if sent.side == DIRECT:
+        return direct_stages(collector, sent)
     root = None
     with collector.lock:
         for service, span in collector.spans:
@@ -144,10 +192,7 @@ def stages(collector: Collector, sent: Sent) -> dict[str, float] | None:
     if inference is None or router_first is None or engine_first is None or len(ends) < 3:
         return None
     inference_start = int(inference.start_time_unix_nano)
-
-    def ms(ns: int) -> float:
-        return ns / 1e6
-
+    ms = _ms
     return {
         "Envoy in": ms(start - sent.sent_ns),
         "auth answered": ms(ends["headrace-auth"] - start),
@@ -168,7 +213,12 @@ def table(rows: dict[str, list[dict[str, float]]], reference: dict[str, list[flo
         "|---|" + "---|" * len(sides),
     ]
     for stage in STAGES:
-        cells = [f"{statistics.median(r[stage] for r in rows[side]):.1f}" for side in sides]
+        cells = [
+            f"{statistics.median(r[stage] for r in rows[side]):.1f}"
+            if rows[side] and stage in rows[side][0]
+            else "-"
+            for side in sides
+        ]
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     for name, values in reference.items():
         median = f"{statistics.median(values):.1f}" if values else "-"
@@ -218,22 +268,20 @@ def main() -> int:
         prompts = Prompts()
         for side, token in tokens.items():  # warm every side
             send(stub, token, own_prompt(side, prompts.next()), side)
-        direct = engine_direct(inference)
-        references = {
-            IN_PROCESS: lambda p: in_process(llm, p, TOKENS),
-            # Its own sibling prompt: the gateway's sides reach the same slots.
-            DIRECT: lambda p: direct(p.replace("Request ", "Request d", 1), TOKENS),
-        }
-        for run in references.values():
-            run(prompts.next())
+        direct = inference_pb2_grpc.InferenceServiceStub(grpc.insecure_channel(inference))
+        send_direct(direct, prompts.next().replace("Request ", "Request d", 1))
+        in_process(llm, prompts.next(), TOKENS)
         sent: list[Sent] = []
-        reference: dict[str, list[float]] = {name: [] for name in references}
+        reference: dict[str, list[float]] = {IN_PROCESS: []}
         for i in range(args.requests):
             prompt = prompts.next()
-            for side in order_for_round((DEFAULT, UNFILTERED, *references), i):
+            for side in order_for_round((DEFAULT, UNFILTERED, IN_PROCESS, DIRECT), i):
                 time.sleep(0.2)  # llama.cpp's workers idle before the next request
-                if side in references:
-                    reference[side].append(references[side](prompt).first_text_s * 1000)
+                if side == IN_PROCESS:
+                    reference[side].append(in_process(llm, prompt, TOKENS).first_text_s * 1000)
+                elif side == DIRECT:
+                    # Its own sibling prompt: the gateway's sides reach the same slots.
+                    sent.append(send_direct(direct, prompt.replace("Request ", "Request d", 1)))
                 else:
                     sent.append(send(stub, tokens[side], own_prompt(side, prompt), side))
         # Spans arrive in the exporters' batches: wait for every trace to be whole (or
@@ -243,7 +291,7 @@ def main() -> int:
             if time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        rows: dict[str, list[dict[str, float]]] = {DEFAULT: [], UNFILTERED: []}
+        rows: dict[str, list[dict[str, float]]] = {DEFAULT: [], UNFILTERED: [], DIRECT: []}
         for s, row in zip(sent, found, strict=True):
             if row is not None:
                 rows[s.side].append(row)
