@@ -151,6 +151,17 @@ SOURCES = {
         "written out 4 times with a self-instruct task as its new instruction; they join "
         "the attacks that headrace.embedded places after a task",
     ),
+    "rebuff": Source(
+        "protectai/rebuff",
+        "Apache-2.0",
+        "candidate",
+        "python-sdk/rebuff/detect_pi_heuristics.py at commit 4d2fe06 (2024-01-25): the "
+        "word lists of its override-phrase generator (11 verbs such as ignore, disregard, "
+        "bypass, do not obey; 8 adjectives such as prior, preceding, foregoing; 20 objects "
+        "such as instructions, directives, context; 5 endings such as 'and start anew'), "
+        "300 phrases drawn from them, each followed by a self-instruct task as the new "
+        "instruction; they join the attacks that headrace.embedded places after a task",
+    ),
     "fastchat": Source(
         "lm-sys/FastChat",
         "Apache-2.0",
@@ -445,6 +456,42 @@ def pallms(m: Path) -> Iterator[Row]:
             )
 
 
+REBUFF_COMMIT = "4d2fe064abf164e7381556d23e48e210080f8afa"
+REBUFF_ROWS = 300
+_REBUFF_JOINS = (". ", ", ", "! ", ".\n", ": ", " and ", ". Instead, ", ". Now ")
+
+
+def rebuff(m: Path) -> Iterator[Row]:
+    """Override phrases from rebuff's heuristic generator (verb, adjective, object,
+    ending), each followed by a new instruction: paraphrases of 'ignore the previous
+    instructions' that no rule was written from."""
+    code = git_show(
+        m, "protectai/rebuff", "python-sdk/rebuff/detect_pi_heuristics.py", REBUFF_COMMIT
+    )
+    lists: dict[str, list[str]] = {}
+    for node in ast.walk(ast.parse(code.decode())):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.List):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    lists[target.id] = [ast.literal_eval(e) for e in node.value.elts]
+    verbs, adjectives = lists["verbs"], lists["adjectives"]
+    objects, prepositions = lists["objects"], lists["prepositions"]
+    tasks = [str(r["text"]).split("\n\n")[0] for r in self_instruct(m)]
+    rng = random.Random(SEED)
+    for _ in range(REBUFF_ROWS):
+        words = (rng.choice(verbs), rng.choice(adjectives), rng.choice(objects))
+        phrase = " ".join(w for w in (*words, rng.choice(prepositions)) if w)
+        if rng.random() < 0.5:
+            phrase = phrase.replace(
+                words[0], words[0] + (" all" if rng.random() < 0.5 else " the"), 1
+            )
+        join = rng.choice(_REBUFF_JOINS)
+        task = rng.choice(tasks)
+        if join in (", ", " and ", ". Instead, ", ". Now "):
+            task = task[0].lower() + task[1:]
+        yield row(phrase + join + task, 1, "injection", "rebuff")
+
+
 FASTCHAT_COMMIT = "0e6d3e4beaab66f4d3f93db72541a4abab8af28d"
 _SPEAKERS = (
     ("Human", "Assistant"),
@@ -637,6 +684,7 @@ BUILDERS = {
     "headrace.hard_negatives": headrace_hard_negatives,
     "headrace.text": headrace_text,
     "pallms": pallms,
+    "rebuff": rebuff,
     "fastchat": fastchat,
     "promptinject": promptinject,
     "chatgpt_dan": chatgpt_dan,
