@@ -6,7 +6,8 @@ request."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,17 @@ REUSED = "headrace_inference_prefix_reused_tokens_total"
 def engine(tiny_model: Path) -> LlamaEngine:
     spec = ModelSpec(name="tiny-speculation", path=tiny_model, context_size=2048)
     return LlamaEngine(spec, tiny_model, slots=1, queue_size=1)
+
+
+@contextlib.contextmanager
+def own_engine(model: Path, name: str, *, slots: int, queue_size: int) -> Iterator[LlamaEngine]:
+    """An engine of the test's own, closed after it."""
+    spec = ModelSpec(name=name, path=model, context_size=2048)
+    engine = LlamaEngine(spec, model, slots=slots, queue_size=queue_size)
+    try:
+        yield engine
+    finally:
+        engine.close()
 
 
 def text_of(deltas: list[Delta]) -> str:
@@ -124,9 +136,7 @@ async def test_a_hold_never_queues_and_gives_its_slot_to_a_checked_request(
 async def test_a_full_queue_still_admits_a_checked_request_in_a_held_slot(
     tiny_model: Path,
 ) -> None:
-    spec = ModelSpec(name="tiny-speculation-noqueue", path=tiny_model, context_size=2048)
-    engine = LlamaEngine(spec, tiny_model, slots=1, queue_size=0)
-    try:
+    with own_engine(tiny_model, "tiny-speculation-noqueue", slots=1, queue_size=0) as engine:
         held = engine.generate(PROMPT, GREEDY, Hold())
         first = asyncio.ensure_future(anext(held))
         await until(lambda: prefilled(engine), "prefilled")
@@ -134,8 +144,6 @@ async def test_a_full_queue_still_admits_a_checked_request_in_a_held_slot(
         assert checked, "refused as busy while only a speculation held the slot"
         with pytest.raises(SpeculationDropped):
             await first
-    finally:
-        engine.close()
 
 
 async def test_an_unchecked_speculation_is_never_shared_into_another_slot(
@@ -143,9 +151,7 @@ async def test_an_unchecked_speculation_is_never_shared_into_another_slot(
 ) -> None:
     # Two slots: a checked request with the same prompt as a held (unchecked) one
     # may share only what was checked before it, never the speculation's own cells.
-    spec = ModelSpec(name="tiny-speculation-2", path=tiny_model, context_size=2048)
-    two = LlamaEngine(spec, tiny_model, slots=2, queue_size=1)
-    try:
+    with own_engine(tiny_model, "tiny-speculation-2", slots=2, queue_size=1) as two:
         [d async for d in two.generate(PROMPT, GREEDY)]
         unchecked = PROMPT + " and a secret nobody checked yet, with more words after it"
         hold = Hold()
@@ -157,7 +163,7 @@ async def test_an_unchecked_speculation_is_never_shared_into_another_slot(
         )
         kept = next(s.request.kept for s in two._slots if s.request is not None)
         assert 0 < kept < len(two.tokenize(unchecked)) - 1
-        labels = {"model": spec.name}
+        labels = {"model": two.name}
         before = REGISTRY.get_sample_value(REUSED, labels) or 0.0
         deltas = [d async for d in two.generate(unchecked, GREEDY)]
         assert deltas[-1].finish_reason is not None
@@ -167,5 +173,3 @@ async def test_an_unchecked_speculation_is_never_shared_into_another_slot(
         hold.cancel()
         with pytest.raises(SpeculationDropped):
             await first
-    finally:
-        two.close()
