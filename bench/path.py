@@ -44,8 +44,10 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -99,18 +101,24 @@ class Sent:
     first_ns: int
 
 
+def _first_text(side: str, request_id: str, stream: Iterable[object]) -> Sent:
+    """Read a Generate stream to its end, noting when it was opened and when its
+    first text came."""
+    sent = time.time_ns()
+    first = 0
+    for message in stream:
+        if message.text and not first:  # type: ignore[attr-defined]
+            first = time.time_ns()
+    return Sent(side, request_id, sent, first)
+
+
 def send(stub: router_pb2_grpc.RouterServiceStub, token: str, prompt: str, side: str) -> Sent:
     request_id = f"path-{uuid.uuid4().hex[:16]}"
     metadata = (("authorization", f"Bearer {token}"), ("x-request-id", request_id))
     request = router_pb2.GenerateRequest(
         prompt=prompt, params=types_pb2.SamplingParams(max_tokens=TOKENS, temperature=0.0)
     )
-    sent = time.time_ns()
-    first = 0
-    for message in stub.Generate(request, metadata=metadata, timeout=60):
-        if message.text and not first:
-            first = time.time_ns()
-    return Sent(side, request_id, sent, first)
+    return _first_text(side, request_id, stub.Generate(request, metadata=metadata, timeout=60))
 
 
 def send_direct(stub: inference_pb2_grpc.InferenceServiceStub, prompt: str) -> Sent:
@@ -119,12 +127,8 @@ def send_direct(stub: inference_pb2_grpc.InferenceServiceStub, prompt: str) -> S
     request = inference_pb2.GenerateRequest(
         prompt=prompt, params=types_pb2.SamplingParams(max_tokens=TOKENS, temperature=0.0)
     )
-    sent = time.time_ns()
-    first = 0
-    for message in stub.Generate(request, metadata=(("x-request-id", request_id),), timeout=60):
-        if message.text and not first:
-            first = time.time_ns()
-    return Sent(DIRECT, request_id, sent, first)
+    metadata = (("x-request-id", request_id),)
+    return _first_text(DIRECT, request_id, stub.Generate(request, metadata=metadata, timeout=60))
 
 
 def _event(span: object, name: str) -> int | None:
@@ -138,17 +142,23 @@ def _ms(ns: int) -> float:
     return ns / 1e6
 
 
+def _generate_span(collector: Collector, service: str, request_id: str) -> object | None:
+    """The Generate span a service (a name, or its prefix) recorded for a request id."""
+    found = None
+    with collector.lock:
+        for name, span in collector.spans:
+            if (
+                name.startswith(service)
+                and span.name.endswith("/Generate")
+                and attributes(span).get("headrace.request_id") == request_id
+            ):
+                found = span
+    return found
+
+
 def direct_stages(collector: Collector, sent: Sent) -> dict[str, float] | None:
     """The stages of a direct call to inference (None until its span has arrived)."""
-    span = None
-    with collector.lock:
-        for service, candidate in collector.spans:
-            if (
-                service.startswith("headrace-inference")
-                and candidate.name.endswith("/Generate")
-                and attributes(candidate).get("headrace.request_id") == sent.request_id
-            ):
-                span = candidate
+    span: Any = _generate_span(collector, "headrace-inference", sent.request_id)
     first = _event(span, "first_token") if span is not None else None
     if span is None or first is None or not sent.first_ns:
         return None
@@ -165,15 +175,7 @@ def stages(collector: Collector, sent: Sent) -> dict[str, float] | None:
     """Milliseconds of each stage of one request (None if its trace is incomplete)."""
     if sent.side == DIRECT:
         return direct_stages(collector, sent)
-    root = None
-    with collector.lock:
-        for service, span in collector.spans:
-            if (
-                service == ROUTER
-                and span.name.endswith("/Generate")
-                and attributes(span).get("headrace.request_id") == sent.request_id
-            ):
-                root = span
+    root: Any = _generate_span(collector, ROUTER, sent.request_id)
     if root is None or not sent.first_ns:
         return None
     start = int(root.start_time_unix_nano)
@@ -192,17 +194,16 @@ def stages(collector: Collector, sent: Sent) -> dict[str, float] | None:
     if inference is None or router_first is None or engine_first is None or len(ends) < 3:
         return None
     inference_start = int(inference.start_time_unix_nano)
-    ms = _ms
     return {
-        "Envoy in": ms(start - sent.sent_ns),
-        "auth answered": ms(ends["headrace-auth"] - start),
-        "sanitizer answered": ms(ends["headrace-sanitizer"] - start),
-        "cache looked up": ms(ends["headrace-cache"] - start),
-        "to inference": ms(inference_start - start),
-        "engine": ms(engine_first - inference_start),
-        "back to the router": ms(router_first - engine_first),
-        "Envoy out": ms(sent.first_ns - router_first),
-        "first text (client)": ms(sent.first_ns - sent.sent_ns),
+        "Envoy in": _ms(start - sent.sent_ns),
+        "auth answered": _ms(ends["headrace-auth"] - start),
+        "sanitizer answered": _ms(ends["headrace-sanitizer"] - start),
+        "cache looked up": _ms(ends["headrace-cache"] - start),
+        "to inference": _ms(inference_start - start),
+        "engine": _ms(engine_first - inference_start),
+        "back to the router": _ms(router_first - engine_first),
+        "Envoy out": _ms(sent.first_ns - router_first),
+        "first text (client)": _ms(sent.first_ns - sent.sent_ns),
     }
 
 

@@ -642,8 +642,9 @@ class LlamaEngine:
         keeps the rest of its cache for its own next request: interleaved lines of
         requests that share a system prompt do not evict each other's history."""
         self._admissions += 1
+        # Every free slot is a source too (it has no request).
         sources = [s for s in self._slots if s.request is None or not s.request.held]
-        common = {s.seq_id: _common_prefix(s.cached, tokens) for s in (*sources, *free)}
+        common = {s.seq_id: _common_prefix(s.cached, tokens) for s in sources}
         source = max(sources, key=lambda s: common[s.seq_id])
         keep = min(common[source.seq_id], len(tokens) - 1)
         lossless = [s for s in free if common[s.seq_id] == len(s.cached)]

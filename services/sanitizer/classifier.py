@@ -283,14 +283,6 @@ class KeyTable:
         index[slot_of] = np.arange(n)
         return cls(disp, slots, index, int(group_shift), int(slot_shift))
 
-    @classmethod
-    def build_or_none(cls, keys: np.ndarray) -> KeyTable | None:
-        """build(), or None for keys it cannot spread (or none at all)."""
-        try:
-            return cls.build(keys)
-        except ValueError:
-            return None
-
     def find(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the index in the sorted keys of each hash found, in order; which were found)."""
         hashes = np.asarray(hashes, dtype=np.uint64)
@@ -375,7 +367,10 @@ class WordVectors:
         """keys as a one-probe hash table (see KeyTable), built by from_arrays at load
         (here, on first use, for vectors made otherwise); None for keys it cannot
         spread, which are then binary-searched as before."""
-        return KeyTable.build_or_none(self.keys)
+        try:
+            return KeyTable.build(self.keys)
+        except ValueError:
+            return None
 
     def window_margin(self, values: np.ndarray) -> float:
         """The highest window margin of a text whose known words' rows, dotted with
@@ -491,7 +486,7 @@ class WordVectors:
         )
         # The look-up table takes ~0.15 s to build: at load, before the service says
         # SERVING, not in the first prompt it checks.
-        vectors.__dict__["_table"] = KeyTable.build_or_none(vectors.keys)
+        _ = vectors._table
         return vectors
 
 
