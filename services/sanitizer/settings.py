@@ -144,6 +144,7 @@ class TierPolicySettings(BaseModel):
     injection_classifier_action: SignalAction | None = None
     injection_classifier_threshold: float | None = Field(None, ge=0, le=1)
     injection_classifier_flag_threshold: float | None = Field(None, ge=0, le=1)
+    injection_classifier_model: Path | None = None
     guard_model: str | None = None
     guard_action: SignalAction | None = None
     guard_budget_ms: int | None = Field(None, ge=1, le=60_000)
@@ -271,21 +272,27 @@ class SanitizerSettings(ServiceSettings):
         flag = tier.injection_classifier_flag_threshold
         if flag is None and "injection_classifier_flag_threshold" not in tier.model_fields_set:
             flag = self.injection_classifier_flag_threshold
+        # A tier's own artefact, else the base's, else the shipped model (None).
+        path = _pick(tier.injection_classifier_model, self.injection_classifier_model)
         model: InjectionClassifier | None = None
-        if self.injection_classifier_model is not None:
+        if path is not None:
             try:
-                model = load_model(self.injection_classifier_model)
+                model = load_model(path)
             except (OSError, KeyError, ValueError) as exc:
                 raise ValueError(
-                    f"injection_classifier_model {str(self.injection_classifier_model)!r} "
+                    f"injection_classifier_model {str(path)!r} "
                     f"cannot be loaded ({type(exc).__name__}: {exc}); point it at an artefact "
                     "that scripts/train_injection_classifier.py wrote, or unset it"
                 ) from None
         return ClassifierPolicy(
             model=model,
             action=_pick(tier.injection_classifier_action, self.injection_classifier_action),
-            threshold=_pick(
-                tier.injection_classifier_threshold, self.injection_classifier_threshold
+            # The base's threshold was chosen for the base's model: a tier with a model
+            # of its own keeps its own threshold or that model's trained one.
+            threshold=(
+                tier.injection_classifier_threshold
+                if tier.injection_classifier_model is not None
+                else _pick(tier.injection_classifier_threshold, self.injection_classifier_threshold)
             ),
             flag_threshold=flag,
         )
