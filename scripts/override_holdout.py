@@ -211,7 +211,7 @@ def report(rows: list[dict], groups: list[str | None], per_draw: np.ndarray) -> 
     }
     out: dict[str, object] = {"threshold": threshold, "draw_thresholds": each}
     out["benign over"] = float((per_draw[:, y == 0] >= threshold).mean())
-    out["rows"] = int(len(y))
+    out["rows"] = len(y)
     # A common operating point for every construction: each draw's 99.5th percentile
     # of its pooled benign scores (0.5% of benign rows over).
     fixed = [float(np.quantile(d[y == 0], 0.995)) for d in per_draw]
@@ -219,9 +219,16 @@ def report(rows: list[dict], groups: list[str | None], per_draw: np.ndarray) -> 
         if not mask.any():
             continue
         rule = float((per_draw[:, mask] >= threshold).mean())
-        at_fixed = float(np.mean([(d[mask] >= t).mean() for d, t in zip(per_draw, fixed)]))
+        each_fixed = [float((d[mask] >= t).mean()) for d, t in zip(per_draw, fixed, strict=True)]
+        at_fixed = float(np.mean(each_fixed))
         a = float(np.mean([auc(d[mask], d[y == 0]) for d in per_draw]))
-        out[name] = {"n": int(mask.sum()), "rule": rule, "at 0.5% benign": at_fixed, "auc": a}
+        out[name] = {
+            "n": int(mask.sum()),
+            "rule": rule,
+            "at 0.5% benign": at_fixed,
+            "each draw": each_fixed,
+            "auc": a,
+        }
     return out
 
 
