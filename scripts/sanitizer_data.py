@@ -304,6 +304,24 @@ def self_instruct(m: Path) -> Iterator[Row]:
         yield row(text, 0, "instruction", "self_instruct")
 
 
+def instruction_split(m: Path) -> tuple[set[str], list[str]]:
+    """The self-instruct seed tasks split once (seed SEED): the texts of about half, which
+    stay benign rows (and headrace.embedded's tasks), and the instructions of the other
+    half, which with --disjoint-instructions are only the new instructions of the
+    candidate override attacks (pallms, rebuff) and no benign row (issue 21, tenth round)."""
+    rows = [str(r["text"]) for r in self_instruct(m)]
+    shuffled = sorted(rows)
+    random.Random(SEED).shuffle(shuffled)
+    kept = set(shuffled[: (len(shuffled) + 1) // 2])
+    return kept, [t.split("\n\n")[0] for t in rows if t not in kept]
+
+
+def _new_instructions(m: Path, disjoint: bool) -> list[str]:
+    if disjoint:
+        return instruction_split(m)[1]
+    return [str(r["text"]).split("\n\n")[0] for r in self_instruct(m)]
+
+
 def forbidden_questions(m: Path) -> Iterator[Row]:
     raw = git_show(
         m, "kaif0102/Sentinel-AI-Defense-System-", "data/raw/forbidden_question_set.csv"
@@ -441,9 +459,9 @@ def tldr(m: Path) -> Iterator[Row]:
 PALLMS_COMMIT = "bfedec0fa6cb8d44a73c730a02eeaac36aefd198"
 
 
-def pallms(m: Path) -> Iterator[Row]:
+def pallms(m: Path, disjoint: bool = False) -> Iterator[Row]:
     raw = git_show(m, "mik0w/pallms", "plaintext/promptinjection.txt", PALLMS_COMMIT)
-    tasks = [str(r["text"]).split("\n\n")[0] for r in self_instruct(m)]
+    tasks = _new_instructions(m, disjoint)
     rng = random.Random(SEED)
     for line in raw.decode().splitlines():
         line = line.replace("\\n", "\n").strip()
@@ -461,7 +479,7 @@ REBUFF_ROWS = 300
 _REBUFF_JOINS = (". ", ", ", "! ", ".\n", ": ", " and ", ". Instead, ", ". Now ")
 
 
-def rebuff(m: Path) -> Iterator[Row]:
+def rebuff(m: Path, disjoint: bool = False) -> Iterator[Row]:
     """Override phrases from rebuff's heuristic generator (verb, adjective, object,
     ending), each followed by a new instruction: paraphrases of 'ignore the previous
     instructions' that no rule was written from."""
@@ -476,7 +494,7 @@ def rebuff(m: Path) -> Iterator[Row]:
                     lists[target.id] = [ast.literal_eval(e) for e in node.value.elts]
     verbs, adjectives = lists["verbs"], lists["adjectives"]
     objects, prepositions = lists["objects"], lists["prepositions"]
-    tasks = [str(r["text"]).split("\n\n")[0] for r in self_instruct(m)]
+    tasks = _new_instructions(m, disjoint)
     rng = random.Random(SEED)
     for _ in range(REBUFF_ROWS):
         words = (rng.choice(verbs), rng.choice(adjectives), rng.choice(objects))
@@ -807,10 +825,22 @@ def main() -> None:
         help="also train on these candidate sources (not in the shipped model): "
         + ", ".join(n for n, s in SOURCES.items() if s.role == "candidate"),
     )
+    parser.add_argument(
+        "--disjoint-instructions",
+        action="store_true",
+        help="with --extra pallms or rebuff: their new instructions come from half of the "
+        "self-instruct tasks, which are then no benign row (instruction_split)",
+    )
     args = parser.parse_args()
+    builders = dict(BUILDERS)
+    if args.disjoint_instructions:
+        kept = instruction_split(args.mirrors)[0]
+        builders["self_instruct"] = lambda m: (r for r in self_instruct(m) if r["text"] in kept)
+        builders["pallms"] = lambda m: pallms(m, disjoint=True)
+        builders["rebuff"] = lambda m: rebuff(m, disjoint=True)
     split: dict[str, list[Row]] = {"train": [], "eval": []}
     for name, role in roles([n for n in args.extra.split(",") if n]).items():
-        rows = list(BUILDERS[name](args.mirrors))
+        rows = list(builders[name](args.mirrors))
         split[role].extend(rows)
         print(f"{name:26} {role:5} {len(rows):5} rows")
     derived = embedded(split["train"])

@@ -28,3 +28,23 @@ def test_only_candidates_can_be_added() -> None:
     for name in ("tensor_trust", "wildguard", "no_such_source"):
         with pytest.raises(SystemExit):
             roles([name])
+
+
+def test_disjoint_instructions_are_no_benign_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 21, tenth round: with --disjoint-instructions the override attacks' new
+    # instructions come from self-instruct tasks that are not benign rows.
+    from scripts import sanitizer_data
+
+    tasks = [f"Task {i}: do thing {i}." + ("\n\ninput" if i % 3 else "") for i in range(175)]
+    monkeypatch.setattr(
+        sanitizer_data,
+        "self_instruct",
+        lambda m: iter(sanitizer_data.row(t, 0, "instruction", "self_instruct") for t in tasks),
+    )
+    kept, new = sanitizer_data.instruction_split(None)  # type: ignore[arg-type]
+    assert len(kept) == 88 and len(new) == 87
+    assert not {t.split("\n\n")[0] for t in kept} & set(new)
+    assert {t.split("\n\n")[0] for t in kept} | set(new) == {t.split("\n\n")[0] for t in tasks}
+    assert sanitizer_data.instruction_split(None) == (kept, new)  # type: ignore[arg-type]
+    assert sanitizer_data._new_instructions(None, True) == new  # type: ignore[arg-type]
+    assert len(sanitizer_data._new_instructions(None, False)) == 175  # type: ignore[arg-type]
