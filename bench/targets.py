@@ -70,6 +70,24 @@ class Figures:
     llama_server_first_ms: float | None = None
     llama_server_tps: float | None = None
     llama_server_4_tps: float | None = None
+    # The same comparisons taken round by round (each round sends the same prompt to
+    # both sides, back to back): empty where not measured. Their middle half shows
+    # how far a run's noise reaches, which a ratio of two medians hides.
+    first_gap_rounds: Sequence[float] = ()
+    decode_ratio_rounds: Sequence[float] = ()
+    four_fraction_runs: Sequence[float] = ()
+    engine_gap_pairs: Sequence[float] = ()
+    vs_llama_server_rounds: Sequence[float] = ()
+
+
+def paired(numerators: Sequence[float], denominators: Sequence[float]) -> list[float]:
+    """Round-by-round ratios of two sides measured in the same rounds (a round where
+    either side measured nothing, or the denominator is 0, is left out)."""
+    return [
+        a / b
+        for a, b in zip(numerators, denominators, strict=True)
+        if a == a and b == b and b  # NaN never equals itself
+    ]
 
 
 @dataclass(frozen=True)
@@ -80,10 +98,33 @@ class Target:
     measured: str
     goal: str
     met: bool | None  # None: not measured
+    within_noise: bool = False
+    """The goal lies inside the middle half of the per-round figures: the verdict could
+    go either way in another run."""
 
     @property
     def verdict(self) -> str:
-        return "not measured" if self.met is None else ("met" if self.met else "not met")
+        if self.met is None:
+            return "not measured"
+        word = "met" if self.met else "not met"
+        return f"{word} (goal within the per-round middle half)" if self.within_noise else word
+
+
+def _per_round(
+    values: Sequence[float], goal: float, digits: int, unit: str = ""
+) -> tuple[str, bool]:
+    """The text ", per round median M (middle half L to H)" and whether `goal` lies
+    inside [L, H]; nothing when there are fewer than 4 rounds."""
+    data = [v for v in values if v == v]
+    if len(data) < 4:
+        return "", False
+    low, mid, high = spread(data)
+    sign = "+" if unit == " ms" else ""
+    text = (
+        f"; per round {mid:{sign}.{digits}f}{unit} "
+        f"(middle half {low:{sign}.{digits}f} to {high:{sign}.{digits}f})"
+    )
+    return text, low <= goal <= high
 
 
 def _finite(*values: float | None) -> bool:
@@ -94,40 +135,48 @@ def targets(f: Figures) -> list[Target]:
     """Issue 22's targets, each checked against the figures."""
     out: list[Target] = []
     gap = f.gateway_first_ms - f.in_process_first_ms
+    rounds, noise = _per_round(f.first_gap_rounds, FIRST_TEXT_MARGIN_MS, 1, " ms")
     out.append(
         Target(
             "first visible text, gateway vs in-process",
-            f"{f.gateway_first_ms:.1f} vs {f.in_process_first_ms:.1f} ms ({gap:+.1f} ms)",
+            f"{f.gateway_first_ms:.1f} vs {f.in_process_first_ms:.1f} ms ({gap:+.1f} ms)" + rounds,
             f"≤ +{FIRST_TEXT_MARGIN_MS:.0f} ms",
             gap <= FIRST_TEXT_MARGIN_MS if _finite(gap) else None,
+            noise,
         )
     )
     ratio = f.gateway_tps / f.in_process_tps if f.in_process_tps else float("nan")
+    rounds, noise = _per_round(f.decode_ratio_rounds, DECODE_RATIO_MIN, 3)
     out.append(
         Target(
             "decode 1 stream, gateway / in-process",
-            f"{f.gateway_tps:.1f} / {f.in_process_tps:.1f} tok/s = {ratio:.3f}",
+            f"{f.gateway_tps:.1f} / {f.in_process_tps:.1f} tok/s = {ratio:.3f}" + rounds,
             f"≥ {DECODE_RATIO_MIN}",
             ratio >= DECODE_RATIO_MIN if _finite(ratio) else None,
+            noise,
         )
     )
     fraction = f.gateway_4_tps / f.batched_limit_tps if f.batched_limit_tps else float("nan")
+    rounds, noise = _per_round(f.four_fraction_runs, BATCHED_FRACTION_MIN, 3)
     out.append(
         Target(
             "4 streams, gateway / batched limit",
-            f"{f.gateway_4_tps:.1f} / {f.batched_limit_tps:.1f} tok/s = {fraction:.3f}",
+            f"{f.gateway_4_tps:.1f} / {f.batched_limit_tps:.1f} tok/s = {fraction:.3f}" + rounds,
             f"≥ {BATCHED_FRACTION_MIN}",
             fraction >= BATCHED_FRACTION_MIN if _finite(fraction) else None,
+            noise,
         )
     )
     engine_gap = f.engine_first_ms - f.engine_pair_in_process_first_ms
+    rounds, noise = _per_round(f.engine_gap_pairs, ENGINE_FIRST_TOKEN_MARGIN_MS, 1, " ms")
     out.append(
         Target(
             "engine first token vs in-process",
             f"{f.engine_first_ms:.1f} vs {f.engine_pair_in_process_first_ms:.1f} ms "
-            f"({engine_gap:+.1f} ms)",
+            f"({engine_gap:+.1f} ms)" + rounds,
             f"≤ +{ENGINE_FIRST_TOKEN_MARGIN_MS:.0f} ms",
             engine_gap <= ENGINE_FIRST_TOKEN_MARGIN_MS if _finite(engine_gap) else None,
+            noise,
         )
     )
     for peer, first, four in (
@@ -155,14 +204,16 @@ def targets(f: Figures) -> list[Target]:
         if _finite(f.llama_server_tps) and f.llama_server_tps
         else None
     )
+    rounds, noise = _per_round(f.vs_llama_server_rounds, VS_LLAMA_SERVER_DECODE_MIN, 3)
     out.append(
         Target(
             "decode 1 stream, gateway / llama-server",
-            f"{f.gateway_tps:.1f} / {f.llama_server_tps:.1f} tok/s = {vs:.3f}"
+            f"{f.gateway_tps:.1f} / {f.llama_server_tps:.1f} tok/s = {vs:.3f}" + rounds
             if vs is not None
             else "peer not run",
             f"≥ {VS_LLAMA_SERVER_DECODE_MIN}",
             vs >= VS_LLAMA_SERVER_DECODE_MIN if vs is not None else None,
+            noise and vs is not None,
         )
     )
     return out

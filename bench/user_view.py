@@ -68,6 +68,7 @@ from bench.targets import (
     fmt,
     median,
     order_for_round,
+    paired,
     sides_table,
     spread,
     target_table,
@@ -703,6 +704,15 @@ def main() -> int:
         llama_server_first_ms=med_first.get("llama-server"),
         llama_server_tps=med_tps.get("llama-server"),
         llama_server_4_tps=med_four.get("llama-server"),
+        first_gap_rounds=[
+            b - a for a, b in zip(first["in-process"], first["gateway"], strict=True)
+        ],
+        decode_ratio_rounds=paired(tps["gateway"], tps["in-process"]),
+        four_fraction_runs=paired(four["gateway"], four[RAW]),
+        engine_gap_pairs=[b - a for a, b in engine_pairs],
+        vs_llama_server_rounds=paired(tps["gateway"], tps["llama-server"])
+        if "llama-server" in tps
+        else (),
     )
     for line in target_table(figures):
         print(line)

@@ -13,6 +13,7 @@ from bench.targets import (
     markdown_table,
     median,
     order_for_round,
+    paired,
     sides_table,
     spread,
     target_table,
@@ -169,3 +170,39 @@ def test_sides_table_takes_the_gap_per_prompt_and_dashes_what_a_side_lacks() -> 
     # per-prompt gaps +5, +11, +6: median +6, quartiles +5 and +11
     assert lines[3] == "| gateway | 41.0 ms | +6.0 (+5.0 to +11.0) | 70.0 ms | 44.5 | 110.0 |"
     assert lines[4] == "| batched limit | – | – | – | – | 125.0 |"
+
+
+def test_paired_ratios_are_taken_round_by_round_and_skip_rounds_without_a_figure() -> None:
+    nan = float("nan")
+    assert paired([50.0, 45.0, nan, 40.0, 30.0], [50.0, 50.0, 48.0, 0.0, 40.0]) == [
+        1.0,
+        0.9,
+        0.75,
+    ]
+    with pytest.raises(ValueError):
+        paired([1.0], [1.0, 2.0])
+
+
+def test_per_round_figures_show_their_middle_half_and_flag_a_goal_inside_it() -> None:
+    name = "decode 1 stream, gateway / in-process"
+    # The medians' ratio is 0.989 (met), but the rounds scatter around the goal.
+    noisy = figures(decode_ratio_rounds=[0.93, 0.95, 0.99, 1.0, 1.01, 0.96, 0.98, 0.99])
+    target = next(t for t in targets(noisy) if t.name == name)
+    assert target.met and target.within_noise
+    assert target.verdict == "met (goal within the per-round middle half)"
+    assert "; per round 0.985 (middle half 0.960 to 1.000)" in target.measured
+    # Rounds all clear of the goal: a plain verdict.
+    steady = figures(decode_ratio_rounds=[0.99, 1.0, 0.995, 1.01, 0.99])
+    assert by_name(steady)[name] == "met"
+    # A gap in ms is signed, and its goal is a ceiling: +8..+14 straddles +10.
+    gap = figures(first_gap_rounds=[6.0, 8.0, 9.0, 12.0, 14.0, 15.0, 9.5, 13.0])
+    first = next(t for t in targets(gap) if t.name.startswith("first visible text, gateway"))
+    assert "per round +10.8 ms (middle half +9.0 to +14.0)" in first.measured
+    assert first.verdict == "met (goal within the per-round middle half)"
+    # Fewer than 4 rounds say nothing about their spread.
+    few = figures(four_fraction_runs=[0.9, 0.99, 1.0])
+    four = next(t for t in targets(few) if t.name == "4 streams, gateway / batched limit")
+    assert "per round" not in four.measured and four.verdict == "met"
+    # An absent peer stays "not measured" whatever its rounds.
+    absent = figures(llama_server_tps=None, vs_llama_server_rounds=[0.9, 1.0, 0.95, 0.99])
+    assert by_name(absent)["decode 1 stream, gateway / llama-server"] == "not measured"
