@@ -186,9 +186,15 @@ def targets(f: Figures) -> list[Target]:
         out.append(
             Target(
                 f"first visible text ahead of {peer}",
-                f"{f.gateway_first_ms:.1f} vs {first:.1f} ms" if _finite(first) else "peer not run",
+                f"{f.gateway_first_ms:.1f} vs {first:.1f} ms"
+                if _finite(first, f.gateway_first_ms)
+                else "peer not run"
+                if first is None
+                else "no first-text rounds",
                 "gateway lower",
-                f.gateway_first_ms < first if _finite(first) else None,  # type: ignore[operator]
+                f.gateway_first_ms < first  # type: ignore[operator]
+                if _finite(first, f.gateway_first_ms)
+                else None,
             )
         )
         out.append(
@@ -260,7 +266,7 @@ def sides_table(
     taken per prompt; a side missing from a mapping shows a dash."""
     rows = []
     for name in sides:
-        if name in first_ms and name != baseline:
+        if first_ms.get(name) and name != baseline:
             low, mid, high = spread(
                 [b - a for a, b in zip(first_ms[baseline], first_ms[name], strict=True)]
             )

@@ -676,20 +676,22 @@ def main() -> int:
     ):
         print(line)
     print()
-    print(hold_back_line(first, second_in_process))
-    print()
+    if args.pairs:  # `--pairs 0` measures decode and 4 streams only
+        print(hold_back_line(first, second_in_process))
+        print()
     print(raw_limit_line(med_tps))
     e_local = median(p[0] for p in engine_pairs)
     e_engine = median(p[1] for p in engine_pairs)
     low, mid, high = spread([b - a for a, b in engine_pairs])
     print()
-    print(
-        f"engine's own first token ({len(engine_pairs)} pairs on inference's gRPC port, one hop): "
-        f"{e_engine:.1f} ms vs in-process {e_local:.1f} ms, per pair {mid:+.1f} "
-        f"({low:+.1f} to {high:+.1f}); its metric {FIRST_TOKEN_METRIC}, mean over those "
-        f"requests: {fmt(metric_mean_ms, ' ms')}"
-    )
-    print()
+    if args.pairs:
+        print(
+            f"engine's own first token ({len(engine_pairs)} pairs on inference's gRPC port, "
+            f"one hop): {e_engine:.1f} ms vs in-process {e_local:.1f} ms, per pair {mid:+.1f} "
+            f"({low:+.1f} to {high:+.1f}); its metric {FIRST_TOKEN_METRIC}, mean over those "
+            f"requests: {fmt(metric_mean_ms, ' ms')}"
+        )
+        print()
     figures = Figures(
         in_process_first_ms=med_first["in-process"],
         gateway_first_ms=med_first["gateway"],

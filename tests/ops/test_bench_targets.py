@@ -170,6 +170,17 @@ def test_sides_table_takes_the_gap_per_prompt_and_dashes_what_a_side_lacks() -> 
     # per-prompt gaps +5, +11, +6: median +6, quartiles +5 and +11
     assert lines[3] == "| gateway | 41.0 ms | +6.0 (+5.0 to +11.0) | 70.0 ms | 44.5 | 110.0 |"
     assert lines[4] == "| batched limit | – | – | – | – | 125.0 |"
+    # A run without first-text rounds (`--pairs 0`) shows dashes, not NaN gaps.
+    empty = sides_table(
+        ["in-process", "gateway"],
+        {"in-process": [], "gateway": []},
+        {"in-process": [50.0], "gateway": [70.0]},
+        {"in-process": [46.0], "gateway": [45.0]},
+        {"gateway": [110.0]},
+        max_tokens=128,
+        streams=4,
+    )
+    assert empty[3] == "| gateway | – | – | 70.0 ms | 45.0 | 110.0 |"
 
 
 def test_paired_ratios_are_taken_round_by_round_and_skip_rounds_without_a_figure() -> None:
