@@ -29,7 +29,29 @@ from: that pair tests the hypothesis. The threshold is the training rule (1% per
 benign source, the median over the fold draws' thresholds); figures are averaged over
 the draws.
 
-Declared before the first run: the test **favours** the disjoint construction if Ys,
+Eleventh round, construction Z: as X (rebuff + pallms, new instructions from every
+self-instruct task), but headrace.embedded draws its attacks from the shipped rows only,
+so Z's embedded rows are the shipped construction's, row for row; the new sources add
+their standalone rows only. Z against X isolates the embedded attacks that carry a
+new-source attack (733 in X); Z against shipped, the standalone new rows alone.
+`--kinds Z,X` runs it (X again, as a check that this machinery reproduces the tenth
+round's figures).
+
+Declared for Z before its first run. The figure is R, the recall on the shipped sources'
+attacks that are not embedded (885 rows, the same in every construction) at the common
+operating point (0.5% of pooled benign rows over, per draw), averaged over the 3 draws;
+the spread is the largest between-draw range (max - min) of R among shipped, X and Z.
+- **Confirmed** (the tenth round's loss on the shipped sources' attacks comes from the
+  embedded new-source attacks): R(Z) - R(X) > spread and R(shipped) - R(Z) <= spread.
+- **Refuted**: R(Z) - R(X) <= spread.
+- **Partly** otherwise (Z wins back more than the spread but stays further than the
+  spread below shipped).
+A candidate (Z's construction as a data-build option, trained with make
+train-sanitizer's full options, evaluated once) is declared only if confirmed, Z's
+held-out-template recall on the new sources' standalone attacks at 0.5% benign is not
+below X's (89.7%) by more than the spread, and the test ends before 00:55 UTC.
+
+Tenth round, declared before the first run: the test **favours** the disjoint construction if Ys,
 against Xs, catches more of the held-out-template attacks (alone and embedded) at the
 common operating point (0.5% of pooled benign rows over, per draw) by more than the
 spread between the draws, and does not catch fewer of the shipped sources' attacks
@@ -122,7 +144,7 @@ def construction(
     override template, folded at random)."""
     selfi = [r for r in base if r["source"] == "self_instruct"]
     all_tasks = [str(r["text"]).split("\n\n")[0] for r in selfi]
-    if kind in ("shipped", "X"):
+    if kind in ("shipped", "X", "Z"):
         rows = list(base)
         tasks = all_tasks
     else:
@@ -135,7 +157,10 @@ def construction(
         for r, g in pallms_rows(m, tasks) + rebuff_rows(m, tasks):  # sanitizer_data's order
             rows.append(r)
             groups.setdefault(str(r["text"]), g)
-    derived = data.embedded(rows)
+    # Z (eleventh round): headrace.embedded draws its attacks from the shipped rows
+    # only, so its rows are the shipped construction's exactly; the new sources add
+    # their standalone rows and nothing else.
+    derived = data.embedded(list(base) if kind == "Z" else rows)
     train = data.dedupe(rows + derived)
     # An embedded attack carrying a new-source attack joins that attack's group.
     by_len = sorted(groups, key=len, reverse=True)
@@ -208,6 +233,7 @@ def report(rows: list[dict], groups: list[str | None], per_draw: np.ndarray) -> 
         "pallms alone": (y == 1) & (sources == "pallms"),
         "shipped sources' attacks": (y == 1) & ~new,
         "shipped sources' embedded attacks": (y == 1) & ~new & emb,
+        "shipped sources' attacks, not embedded": (y == 1) & ~new & ~emb,
     }
     out: dict[str, object] = {"threshold": threshold, "draw_thresholds": each}
     out["benign over"] = float((per_draw[:, y == 0] >= threshold).mean())

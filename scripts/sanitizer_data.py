@@ -831,6 +831,13 @@ def main() -> None:
         help="with --extra pallms or rebuff: their new instructions come from half of the "
         "self-instruct tasks, which are then no benign row (instruction_split)",
     )
+    parser.add_argument(
+        "--embed-shipped-only",
+        action="store_true",
+        help="with --extra: headrace.embedded draws its tasks, attacks and benign inputs "
+        "from the shipped sources only, so the candidate sources add their own rows and "
+        "nothing else (issue 21, eleventh round's Z)",
+    )
     args = parser.parse_args()
     builders = dict(BUILDERS)
     if args.disjoint_instructions:
@@ -839,11 +846,14 @@ def main() -> None:
         builders["pallms"] = lambda m: pallms(m, disjoint=True)
         builders["rebuff"] = lambda m: rebuff(m, disjoint=True)
     split: dict[str, list[Row]] = {"train": [], "eval": []}
+    shipped: list[Row] = []
     for name, role in roles([n for n in args.extra.split(",") if n]).items():
         rows = list(builders[name](args.mirrors))
         split[role].extend(rows)
+        if role == "train" and SOURCES[name].role != "candidate":
+            shipped.extend(rows)
         print(f"{name:26} {role:5} {len(rows):5} rows")
-    derived = embedded(split["train"])
+    derived = embedded(shipped if args.embed_shipped_only else split["train"])
     print(f"{'headrace.embedded':26} train {len(derived):5} rows")
     train = dedupe(split["train"] + derived)
     evaluation, dropped = drop_near_copies(train, dedupe(split["eval"]))
