@@ -90,34 +90,10 @@ NEW = ("rebuff", "pallms")
 def rebuff_rows(m: Path, tasks: list[str]) -> list[tuple[dict, str]]:
     """sanitizer_data.rebuff with the new instructions drawn from `tasks`; each row with
     its template group (the verb)."""
-    code = data.git_show(
-        m, "protectai/rebuff", "python-sdk/rebuff/detect_pi_heuristics.py", data.REBUFF_COMMIT
-    )
-    import ast
-
-    lists: dict[str, list[str]] = {}
-    for node in ast.walk(ast.parse(code.decode())):
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.List):
-            for target in node.targets:
-                if isinstance(target, ast.Name):
-                    lists[target.id] = [ast.literal_eval(e) for e in node.value.elts]
-    verbs, adjectives = lists["verbs"], lists["adjectives"]
-    objects, prepositions = lists["objects"], lists["prepositions"]
-    rng = random.Random(data.SEED)
-    out = []
-    for _ in range(data.REBUFF_ROWS):
-        words = (rng.choice(verbs), rng.choice(adjectives), rng.choice(objects))
-        phrase = " ".join(w for w in (*words, rng.choice(prepositions)) if w)
-        if rng.random() < 0.5:
-            phrase = phrase.replace(
-                words[0], words[0] + (" all" if rng.random() < 0.5 else " the"), 1
-            )
-        join = rng.choice(data._REBUFF_JOINS)
-        task = rng.choice(tasks)
-        if join in (", ", " and ", ". Instead, ", ". Now "):
-            task = task[0].lower() + task[1:]
-        out.append((data.row(phrase + join + task, 1, "injection", "rebuff"), "rebuff:" + words[0]))
-    return out
+    return [
+        (data.row(text, 1, "injection", "rebuff"), "rebuff:" + verb)
+        for text, verb in data.rebuff_texts(m, tasks)
+    ]
 
 
 def pallms_rows(m: Path, tasks: list[str]) -> list[tuple[dict, str]]:

@@ -483,6 +483,13 @@ def rebuff(m: Path, disjoint: bool = False) -> Iterator[Row]:
     """Override phrases from rebuff's heuristic generator (verb, adjective, object,
     ending), each followed by a new instruction: paraphrases of 'ignore the previous
     instructions' that no rule was written from."""
+    for text, _verb in rebuff_texts(m, _new_instructions(m, disjoint)):
+        yield row(text, 1, "injection", "rebuff")
+
+
+def rebuff_texts(m: Path, tasks: list[str]) -> Iterator[tuple[str, str]]:
+    """rebuff's override phrases, each joined to a new instruction drawn from `tasks`,
+    with the verb it was built from (scripts/override_holdout.py groups by it)."""
     code = git_show(
         m, "protectai/rebuff", "python-sdk/rebuff/detect_pi_heuristics.py", REBUFF_COMMIT
     )
@@ -494,7 +501,6 @@ def rebuff(m: Path, disjoint: bool = False) -> Iterator[Row]:
                     lists[target.id] = [ast.literal_eval(e) for e in node.value.elts]
     verbs, adjectives = lists["verbs"], lists["adjectives"]
     objects, prepositions = lists["objects"], lists["prepositions"]
-    tasks = _new_instructions(m, disjoint)
     rng = random.Random(SEED)
     for _ in range(REBUFF_ROWS):
         words = (rng.choice(verbs), rng.choice(adjectives), rng.choice(objects))
@@ -507,7 +513,7 @@ def rebuff(m: Path, disjoint: bool = False) -> Iterator[Row]:
         task = rng.choice(tasks)
         if join in (", ", " and ", ". Instead, ", ". Now "):
             task = task[0].lower() + task[1:]
-        yield row(phrase + join + task, 1, "injection", "rebuff")
+        yield phrase + join + task, words[0]
 
 
 FASTCHAT_COMMIT = "0e6d3e4beaab66f4d3f93db72541a4abab8af28d"
