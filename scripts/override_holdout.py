@@ -99,18 +99,10 @@ def rebuff_rows(m: Path, tasks: list[str]) -> list[tuple[dict, str]]:
 def pallms_rows(m: Path, tasks: list[str]) -> list[tuple[dict, str]]:
     """sanitizer_data.pallms with the new instructions drawn from `tasks`; each row with
     its template group (the payload line)."""
-    raw = data.git_show(m, "mik0w/pallms", "plaintext/promptinjection.txt", data.PALLMS_COMMIT)
-    rng = random.Random(data.SEED)
-    out = []
-    for i, line in enumerate(raw.decode().splitlines()):
-        line = line.replace("\\n", "\n").strip()
-        if not line:
-            continue
-        fills = 4 if "{NEW_INSTRUCTION}" in line else 1
-        for _ in range(fills):
-            text = line.replace("{NEW_INSTRUCTION}", rng.choice(tasks))
-            out.append((data.row(text, 1, "injection", "pallms"), f"pallms:{i}"))
-    return out
+    return [
+        (data.row(text, 1, "injection", "pallms"), f"pallms:{i}")
+        for text, i in data.pallms_texts(m, tasks)
+    ]
 
 
 def construction(

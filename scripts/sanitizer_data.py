@@ -460,18 +460,22 @@ PALLMS_COMMIT = "bfedec0fa6cb8d44a73c730a02eeaac36aefd198"
 
 
 def pallms(m: Path, disjoint: bool = False) -> Iterator[Row]:
+    for text, _line in pallms_texts(m, _new_instructions(m, disjoint)):
+        yield row(text, 1, "injection", "pallms")
+
+
+def pallms_texts(m: Path, tasks: list[str]) -> Iterator[tuple[str, int]]:
+    """pallms' payloads, each `{NEW_INSTRUCTION}` filled four times from `tasks`, with
+    the payload's line number (scripts/override_holdout.py groups by it)."""
     raw = git_show(m, "mik0w/pallms", "plaintext/promptinjection.txt", PALLMS_COMMIT)
-    tasks = _new_instructions(m, disjoint)
     rng = random.Random(SEED)
-    for line in raw.decode().splitlines():
+    for i, line in enumerate(raw.decode().splitlines()):
         line = line.replace("\\n", "\n").strip()
         if not line:
             continue
         fills = 4 if "{NEW_INSTRUCTION}" in line else 1
         for _ in range(fills):
-            yield row(
-                line.replace("{NEW_INSTRUCTION}", rng.choice(tasks)), 1, "injection", "pallms"
-            )
+            yield line.replace("{NEW_INSTRUCTION}", rng.choice(tasks)), i
 
 
 REBUFF_COMMIT = "4d2fe064abf164e7381556d23e48e210080f8afa"
