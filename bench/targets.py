@@ -80,6 +80,11 @@ class Figures:
     vs_llama_server_rounds: Sequence[float] = ()
 
 
+def gaps(base: Sequence[float], other: Sequence[float]) -> list[float]:
+    """Round-by-round differences `other - base` of two sides measured in the same rounds."""
+    return [b - a for a, b in zip(base, other, strict=True)]
+
+
 def paired(numerators: Sequence[float], denominators: Sequence[float]) -> list[float]:
     """Round-by-round ratios of two sides measured in the same rounds (a round where
     either side measured nothing, or the denominator is 0, is left out)."""
@@ -113,7 +118,7 @@ class Target:
 def _per_round(
     values: Sequence[float], goal: float, digits: int, unit: str = ""
 ) -> tuple[str, bool]:
-    """The text ", per round median M (middle half L to H)" and whether `goal` lies
+    """The text "; per round M (middle half L to H)" and whether `goal` lies
     inside [L, H]; nothing when there are fewer than 4 rounds."""
     data = [v for v in values if v == v]
     if len(data) < 4:
@@ -267,9 +272,7 @@ def sides_table(
     rows = []
     for name in sides:
         if first_ms.get(name) and name != baseline:
-            low, mid, high = spread(
-                [b - a for a, b in zip(first_ms[baseline], first_ms[name], strict=True)]
-            )
+            low, mid, high = spread(gaps(first_ms[baseline], first_ms[name]))
             gap = f"{mid:+.1f} ({low:+.1f} to {high:+.1f})"
         else:
             gap = "–"

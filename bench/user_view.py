@@ -66,6 +66,7 @@ from bench.targets import (
     Figures,
     decode_tps,
     fmt,
+    gaps,
     median,
     order_for_round,
     paired,
@@ -534,11 +535,9 @@ def hold_back_line(first_ms: dict[str, list[float]], second_in_process_ms: list[
     """Where the default tier's first-text gap goes: the output filter's hold of the
     first word (in-process's second token is when that word can go) and the path."""
     base = first_ms["in-process"]
-    _, hold, _ = spread([b - a for a, b in zip(base, second_in_process_ms, strict=True)])
-    _, path, _ = spread([b - a for a, b in zip(base, first_ms[UNFILTERED], strict=True)])
-    _, after_second, _ = spread(
-        [b - a for a, b in zip(second_in_process_ms, first_ms["gateway"], strict=True)]
-    )
+    _, hold, _ = spread(gaps(base, second_in_process_ms))
+    _, path, _ = spread(gaps(base, first_ms[UNFILTERED]))
+    _, after_second, _ = spread(gaps(second_in_process_ms, first_ms["gateway"]))
     return (
         f"where the default tier's first-text gap goes (per-prompt medians): in-process's "
         f"second token comes {hold:+.1f} ms after its first (the default tier's output filter "
@@ -682,7 +681,8 @@ def main() -> int:
     print(raw_limit_line(med_tps))
     e_local = median(p[0] for p in engine_pairs)
     e_engine = median(p[1] for p in engine_pairs)
-    low, mid, high = spread([b - a for a, b in engine_pairs])
+    engine_gaps = [b - a for a, b in engine_pairs]
+    low, mid, high = spread(engine_gaps)
     print()
     if args.pairs:
         print(
@@ -706,12 +706,10 @@ def main() -> int:
         llama_server_first_ms=med_first.get("llama-server"),
         llama_server_tps=med_tps.get("llama-server"),
         llama_server_4_tps=med_four.get("llama-server"),
-        first_gap_rounds=[
-            b - a for a, b in zip(first["in-process"], first["gateway"], strict=True)
-        ],
+        first_gap_rounds=gaps(first["in-process"], first["gateway"]),
         decode_ratio_rounds=paired(tps["gateway"], tps["in-process"]),
         four_fraction_runs=paired(four["gateway"], four[RAW]),
-        engine_gap_pairs=[b - a for a, b in engine_pairs],
+        engine_gap_pairs=engine_gaps,
         vs_llama_server_rounds=paired(tps["gateway"], tps["llama-server"])
         if "llama-server" in tps
         else (),
