@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -10,7 +11,7 @@ from google.protobuf import json_format
 from headrace.auth.v1 import auth_pb2, auth_pb2_grpc
 from headrace.cache.v1 import cache_pb2, cache_pb2_grpc
 from headrace.services.cache import metrics
-from headrace.services.cache.answers import Answers, Following, Question, Stored
+from headrace.services.cache.answers import Answers, Following, Missed, Question, Stored
 from headrace.services.cache.flights import Final, FlightFailed
 from headrace.services.cache.responses import Entry
 from headrace.services.runtime.credentials import ADMIN_SCOPE, credential_from, within_deadline
@@ -51,11 +52,14 @@ def question_from(key: cache_pb2.CacheKey) -> Question:
     )
 
 
-def _entry_messages(entry: Entry) -> list[cache_pb2.LookupResponse]:
+Reply = TypeVar("Reply", cache_pb2.LookupResponse, cache_pb2.AnswerResponse)
+
+
+def _entry_messages(entry: Entry, reply: type[Reply]) -> list[Reply]:
     """A stored entry chunked as it streamed, the last chunk carrying the end."""
-    messages = [cache_pb2.LookupResponse(hit=True, text=chunk) for chunk in entry.chunks[:-1]]
+    messages = [reply(hit=True, text=chunk) for chunk in entry.chunks[:-1]]
     messages.append(
-        cache_pb2.LookupResponse(
+        reply(
             hit=True,
             text=entry.chunks[-1] if entry.chunks else "",
             finish_reason=entry.finish_reason,
@@ -63,6 +67,65 @@ def _entry_messages(entry: Entry) -> list[cache_pb2.LookupResponse]:
         )
     )
     return messages
+
+
+async def _hits(answer: Stored | Following, reply: type[Reply]) -> AsyncIterator[Reply]:
+    """A hit as reply messages: a stored entry, or an identical request's flight as
+    it streams (ABORTED when that request stops before it finishes)."""
+    if isinstance(answer, Stored):
+        for message in _entry_messages(answer.entry, reply):
+            yield message
+        return
+    try:
+        async for item in answer.flight.follow():
+            if isinstance(item, Final):
+                yield reply(
+                    hit=True,
+                    finish_reason=item.finish_reason,
+                    usage=_usage(item.prompt_tokens, item.completion_tokens),
+                )
+            else:
+                yield reply(hit=True, text=item)
+    except FlightFailed:
+        raise Aborted(
+            "the identical request this one was sharing stopped before it finished; "
+            "retry the request"
+        ) from None
+
+
+Sent = cache_pb2.StoreRequest | cache_pb2.AnswerRequest
+
+
+async def _record(
+    answers: Answers, key: cache_pb2.CacheKey, first: Sent | None, rest: AsyncIterator[Sent]
+) -> bool:
+    """A response as it streams in (`first`, then `rest`: text in order, the last with
+    `complete`), stored when it completed; whether it was kept. A stream that ends
+    without `complete` (cancelled, failed, filtered) fails its flight and stores
+    nothing."""
+    recording = answers.record(question_from(key))
+    final: Final | None = None
+
+    async def take(message: Sent) -> bool:
+        nonlocal final
+        if message.text:
+            await recording.add(message.text)
+        if message.complete:
+            final = Final(
+                message.finish_reason,
+                message.usage.prompt_tokens,
+                message.usage.completion_tokens,
+            )
+        return message.complete
+
+    try:
+        if first is None or not await take(first):
+            async for message in rest:
+                if await take(message):
+                    break
+    finally:
+        stored = await recording.end(final)
+    return stored
 
 
 class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
@@ -76,55 +139,44 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         self, request: cache_pb2.LookupRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[cache_pb2.LookupResponse]:
         answer = await self.answers.find(question_from(request.key))
-        if isinstance(answer, Stored):
-            for message in _entry_messages(answer.entry):
-                yield message
-        elif isinstance(answer, Following):
-            try:
-                async for item in answer.flight.follow():
-                    if isinstance(item, Final):
-                        yield cache_pb2.LookupResponse(
-                            hit=True,
-                            finish_reason=item.finish_reason,
-                            usage=_usage(item.prompt_tokens, item.completion_tokens),
-                        )
-                    else:
-                        yield cache_pb2.LookupResponse(hit=True, text=item)
-            except FlightFailed:
-                raise Aborted(
-                    "the identical request this one was sharing stopped before it finished; "
-                    "retry the request"
-                ) from None
-        else:
+        if isinstance(answer, Missed):
             yield cache_pb2.LookupResponse(hit=False)
+            return
+        async for message in _hits(answer, cache_pb2.LookupResponse):
+            yield message
 
     async def Store(
         self,
         request_iterator: AsyncIterator[cache_pb2.StoreRequest],
         context: grpc.aio.ServicerContext,
     ) -> cache_pb2.StoreResponse:
-        recording = None
-        final: Final | None = None
-        try:
-            async for message in request_iterator:
-                if recording is None:
-                    if not message.HasField("key"):
-                        raise InvalidArgument("the first StoreRequest must carry the key")
-                    recording = self.answers.record(question_from(message.key))
-                if message.text:
-                    await recording.add(message.text)
-                if message.complete:
-                    final = Final(
-                        message.finish_reason,
-                        message.usage.prompt_tokens,
-                        message.usage.completion_tokens,
-                    )
-                    break
-        finally:
-            # A stream that ends without `complete` (cancelled, failed, filtered)
-            # fails its flight and stores nothing.
-            stored = await recording.end(final) if recording is not None else False
+        first = await anext(request_iterator, None)
+        if first is None:
+            return cache_pb2.StoreResponse(stored=False)
+        if not first.HasField("key"):
+            raise InvalidArgument("the first StoreRequest must carry the key")
+        stored = await _record(self.answers, first.key, first, request_iterator)
         return cache_pb2.StoreResponse(stored=stored)
+
+    async def Answer(
+        self,
+        request_iterator: AsyncIterator[cache_pb2.AnswerRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[cache_pb2.AnswerResponse]:
+        first = await anext(request_iterator, None)
+        if first is None:
+            return
+        if not first.HasField("key"):
+            raise InvalidArgument("the first AnswerRequest must carry the key")
+        answer = await self.answers.find(question_from(first.key))
+        if not isinstance(answer, Missed):
+            async for message in _hits(answer, cache_pb2.AnswerResponse):
+                yield message
+            return
+        # The caller leads the key's flight: what it sends next is the response.
+        yield cache_pb2.AnswerResponse(hit=False)
+        stored = await _record(self.answers, first.key, None, request_iterator)
+        yield cache_pb2.AnswerResponse(hit=False, stored=stored)
 
     async def _require_admin(self, context: grpc.aio.ServicerContext) -> None:
         reply = await self._auth.Authorize(

@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -449,9 +450,12 @@ class CacheCopy:
     response.
     """
 
-    call: grpc.aio.StreamUnaryCall | None
+    call: grpc.aio.StreamUnaryCall | grpc.aio.StreamStreamCall | None
     interval: float
     limit: float
+    answered: bool = False
+    """The call is cache.Answer's (its last reply says whether it was stored), not
+    cache.Store's."""
     _pieces: list[str] = field(default_factory=list)
     _since: float = -math.inf
 
@@ -499,9 +503,16 @@ class CacheCopy:
         if self.call is None:
             return
         try:
-            await asyncio.wait_for(self.call, self.limit)
+            await asyncio.wait_for(self._ended(self.call), self.limit)
         except (grpc.aio.AioRpcError, TimeoutError) as exc:
             log.warning("cache_store_failed", error=str(exc))
+
+    async def _ended(self, call: Any) -> None:
+        if self.answered:
+            await call.read()  # whether it was stored
+            await call.code()  # and the call's end, so close() has nothing to cancel
+        else:
+            await call
 
     def close(self) -> None:
         """Give the copy up unless it was sent in full (the cache then keeps nothing)."""
@@ -522,8 +533,61 @@ def _usage(usage: types_pb2.Usage) -> Usage:
     return Usage(usage.prompt_tokens, usage.completion_tokens)
 
 
+class CacheAnswer:
+    """A cache.Answer call: Lookup and Store on one stream (cache.proto).
+
+    `hits()` replays a hit; after a miss, `copy()` sends the response generated in its
+    place on the same stream. A cache that fails before answering is a miss (fail-open)
+    with no copy on this stream.
+    """
+
+    def __init__(
+        self, call: grpc.aio.StreamStreamCall, key: ResponseKey, interval: float, limit: float
+    ) -> None:
+        self._call = call
+        self._key = key
+        self._interval = interval
+        self._limit = limit
+        self._missed = False
+
+    async def hits(self) -> AsyncIterator[Piece]:
+        """The hit as pieces; nothing on a miss or a cache failure.
+
+        A hit may be an identical request still generating (single-flight), so the
+        call runs under the client's deadline, not the short upstream one.
+        """
+        started = False
+        try:
+            await self._call.write(cache_pb2.AnswerRequest(key=self._key.to_proto()))
+            # read(), not `async for`: the stored answer is read() after the copy, and
+            # grpc refuses the two styles on one call.
+            while (chunk := await self._call.read()) is not grpc.aio.EOF:
+                if not chunk.hit:
+                    self._missed = True
+                    return
+                started = True
+                yield Piece(chunk.text, chunk.finish_reason, _usage(chunk.usage))
+        except _STORE_ERRORS as exc:
+            if started:
+                assert isinstance(exc, grpc.aio.AioRpcError)
+                raise upstream_error("cache", exc) from None
+            code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else ""
+            details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            log.warning("cache_lookup_failed", code=code, details=details)
+        finally:
+            if not self._missed:
+                self._call.cancel()
+
+    def copy(self) -> CacheCopy | None:
+        """After a miss, the copy of the response on this call (this request leads the
+        key's flight); None when the cache did not answer with a miss."""
+        if not self._missed:
+            return None
+        return CacheCopy(self._call, self._interval, self._limit, answered=True)
+
+
 class CacheClient:
-    """cache.Lookup and cache.Store."""
+    """cache.Answer, and cache.Store when an Answer call could not take the copy."""
 
     def __init__(
         self, stub: cache_pb2_grpc.CacheServiceStub, limit_s: float, store_interval_s: float
@@ -532,30 +596,10 @@ class CacheClient:
         self._limit = limit_s
         self._interval = store_interval_s
 
-    async def replay(self, key: ResponseKey, remaining: float | None) -> AsyncIterator[Piece]:
-        """A hit as pieces; nothing on a miss or a cache failure (fail-open).
-
-        A hit may be an identical request still generating (single-flight), so the
-        lookup runs under the client's deadline, not the short upstream one.
-        """
-        call = self._stub.Lookup(
-            cache_pb2.LookupRequest(key=key.to_proto()),
-            timeout=remaining,
-            metadata=outgoing_metadata(),
-        )
-        started = False
-        try:
-            async for chunk in call:
-                if not chunk.hit:
-                    return
-                started = True
-                yield Piece(chunk.text, chunk.finish_reason, _usage(chunk.usage))
-        except grpc.aio.AioRpcError as exc:
-            if started:
-                raise upstream_error("cache", exc) from None
-            log.warning("cache_lookup_failed", code=exc.code().name, details=exc.details())
-        finally:
-            call.cancel()
+    def answer(self, key: ResponseKey, remaining: float | None) -> CacheAnswer:
+        """One cache.Answer call for `key`: a hit to replay, or the copy of a miss."""
+        call = self._stub.Answer(timeout=remaining, metadata=outgoing_metadata())
+        return CacheAnswer(call, key, self._interval, self._limit)
 
     async def copy(self, key: ResponseKey) -> CacheCopy:
         """A copy of the response being generated for `key`, its key already sent."""

@@ -35,6 +35,7 @@ from headrace.services.router import metrics
 from headrace.services.router.audit import AuditLog, now_iso
 from headrace.services.router.backends import (
     Backends,
+    CacheCopy,
     ModelInfo,
     Piece,
     Principal,
@@ -320,25 +321,42 @@ class Orchestrator:
             arm=record.arm,
             provider=model.provider,
         )
-        hit = False
-        if plan.cacheable:
-            async with contextlib.aclosing(self.backends.cache.replay(key, remaining)) as hits:
+        cache = self.backends.cache
+        if not plan.cacheable:
+            copy = cache.no_copy()
+        else:
+            # One cache.Answer call: a hit is replayed; a miss leaves the same stream
+            # open for the copy of what is generated instead.
+            answer = cache.answer(key, remaining)
+            hit = False
+            async with contextlib.aclosing(answer.hits()) as hits:
                 async for piece in hits:
                     if not hit:
                         _drop(record)  # served from the cache (or another's flight)
                     hit = True
                     yield reply(piece.text, piece.finish_reason, _usage(piece), cached=True)
-        if not hit:
-            async for piece in self._generate(record, plan, key, remaining):
+            if hit:
+                return
+            # A cache that failed to answer (or a flight that failed before its first
+            # chunk) still gets the copy, on a Store call of its own.
+            copy = answer.copy() or await cache.copy(key)
+        try:
+            async for piece in self._generate(record, plan, key, remaining, copy):
                 yield reply(piece.text, piece.finish_reason, _usage(piece))
+        finally:
+            copy.close()
 
     async def _generate(
-        self, record: RequestRecord, plan: Plan, key: ResponseKey, remaining: float | None
+        self,
+        record: RequestRecord,
+        plan: Plan,
+        key: ResponseKey,
+        remaining: float | None,
+        copy: CacheCopy,
     ) -> AsyncIterator[Piece]:
         """Inference → output filter → client, the filtered text copied to the cache."""
         assert record.checked is not None and record.output is not None
-        cache, checked = self.backends.cache, record.checked
-        copy = await cache.copy(key) if plan.cacheable else cache.no_copy()
+        checked = record.checked
         out = record.output.filter()
         fresh = partial(
             self.backends.generator(key.model).generate,
@@ -381,7 +399,6 @@ class Orchestrator:
             raise Unavailable("inference ended without a final message; retry the request")
         finally:
             out.close()
-            copy.close()
 
     def finish(self, record: RequestRecord) -> None:
         """Everything a request leaves behind, computed from its record in one place."""

@@ -15,6 +15,7 @@ from headrace.services.cache.answers import Answers
 from headrace.services.cache.flights import Flights
 from headrace.services.cache.responses import MemoryStore
 from headrace.services.cache.servicer import Aborted, CacheServicer
+from headrace.services.runtime.errors import InvalidArgument
 from headrace.types.v1 import types_pb2
 from tests.cache.test_semantic import lookup, store
 
@@ -90,3 +91,131 @@ async def test_a_request_under_another_output_policy_never_follows_the_flight() 
     await store(cache, under("loose"), "loose answer")
     assert "".join(m.text for m in await same) == "strict answer"
     assert "".join(m.text for m in await lookup(cache, under("loose"))) == "loose answer"
+
+
+# ---- Answer: Lookup and Store on one stream ---------------------------------------
+
+
+class Caller:
+    """The caller's side of one Answer call: messages it sends, replies it reads. The
+    handler runs on its own, as under gRPC, which sends each reply as it is made."""
+
+    def __init__(self, cache: CacheServicer, first: cache_pb2.AnswerRequest) -> None:
+        self._sent: asyncio.Queue[cache_pb2.AnswerRequest | None] = asyncio.Queue()
+        self._sent.put_nowait(first)
+        self._replies: asyncio.Queue[cache_pb2.AnswerResponse | BaseException | None] = (
+            asyncio.Queue()
+        )
+        self._task = asyncio.create_task(self._run(cache))
+
+    async def _requests(self):  # type: ignore[no-untyped-def]
+        while (message := await self._sent.get()) is not None:
+            yield message
+
+    async def _run(self, cache: CacheServicer) -> None:
+        try:
+            async for reply in cache.Answer(self._requests(), None):  # type: ignore[arg-type]
+                self._replies.put_nowait(reply)
+            self._replies.put_nowait(None)
+        except Exception as exc:
+            self._replies.put_nowait(exc)
+
+    def send(self, message: cache_pb2.AnswerRequest | None) -> None:
+        """A message, or None for the half-close."""
+        self._sent.put_nowait(message)
+
+    async def read(self) -> cache_pb2.AnswerResponse:
+        reply = await asyncio.wait_for(self._replies.get(), 1)
+        if isinstance(reply, BaseException):
+            raise reply
+        assert reply is not None, "the call ended"
+        return reply
+
+    async def rest(self) -> list[cache_pb2.AnswerResponse]:
+        replies = []
+        while (reply := await asyncio.wait_for(self._replies.get(), 1)) is not None:
+            if isinstance(reply, BaseException):
+                raise reply
+            replies.append(reply)
+        return replies
+
+
+def answer_key(prompt: str = "hi") -> cache_pb2.AnswerRequest:
+    return cache_pb2.AnswerRequest(key=key(prompt))
+
+
+def complete(text: str = "") -> cache_pb2.AnswerRequest:
+    return cache_pb2.AnswerRequest(
+        text=text,
+        complete=True,
+        finish_reason=types_pb2.FINISH_REASON_STOP,
+        usage=types_pb2.Usage(prompt_tokens=3, completion_tokens=2),
+    )
+
+
+async def test_answer_stores_what_its_caller_generated_after_a_miss_on_the_same_stream() -> None:
+    cache = servicer()
+    leader = Caller(cache, answer_key())
+    miss = await leader.read()
+    assert (miss.hit, miss.stored) == (False, False)
+    leader.send(cache_pb2.AnswerRequest(text="Hello"))
+    leader.send(complete(", world"))
+    leader.send(None)
+    [last] = await leader.rest()
+    assert (last.hit, last.stored) == (False, True)
+    # Both ways of asking now find it, chunked as it was sent.
+    again = await Caller(cache, answer_key()).rest()
+    assert [m.text for m in again] == ["Hello", ", world"] and all(m.hit for m in again)
+    assert again[-1].finish_reason == types_pb2.FINISH_REASON_STOP
+    assert again[-1].usage.completion_tokens == 2
+    assert "".join(m.text for m in await lookup(cache, key())) == "Hello, world"
+
+
+async def test_a_hit_ends_the_answer_call_without_waiting_for_the_caller() -> None:
+    cache = servicer()
+    await store(cache, key(), "stored")
+    caller = Caller(cache, answer_key())  # never half-closes
+    replies = await asyncio.wait_for(caller.rest(), 1)
+    assert "".join(m.text for m in replies) == "stored" and all(m.hit for m in replies)
+
+
+async def test_followers_of_an_answer_leader_get_its_text_as_it_streams() -> None:
+    cache = servicer()
+    leader = Caller(cache, answer_key())
+    assert not (await leader.read()).hit
+    by_lookup = asyncio.create_task(lookup(cache, key()))
+    by_answer = Caller(cache, answer_key())
+    leader.send(cache_pb2.AnswerRequest(text="shared"))
+    first = await by_answer.read()
+    assert (first.hit, first.text) == (True, "shared"), "the follower saw the text before the end"
+    leader.send(complete())
+    leader.send(None)
+    assert (await leader.rest())[-1].stored
+    rest = await by_answer.rest()
+    assert rest[-1].finish_reason == types_pb2.FINISH_REASON_STOP
+    assert "".join(m.text for m in await by_lookup) == "shared"
+
+
+async def test_an_answer_leader_that_stops_before_complete_stores_nothing_and_releases_followers() -> (
+    None
+):
+    cache = servicer()
+    leader = Caller(cache, answer_key())
+    assert not (await leader.read()).hit
+    follower = asyncio.create_task(lookup(cache, key()))
+    leader.send(cache_pb2.AnswerRequest(text="half an answ"))
+    leader.send(None)  # half-closed without complete: the filter blocked it, say
+    [last] = await leader.rest()
+    assert (last.hit, last.stored) == (False, False)
+    with pytest.raises(Aborted):
+        await asyncio.wait_for(follower, 1)
+    # Nothing was kept and the key is free: the next caller leads again.
+    assert not (await Caller(cache, answer_key()).read()).hit
+
+
+async def test_an_answer_call_whose_first_message_has_no_key_is_refused() -> None:
+    cache = servicer()
+    caller = Caller(cache, cache_pb2.AnswerRequest(text="no key"))
+    with pytest.raises(InvalidArgument, match="must carry the key"):
+        await caller.read()
+    assert [m.hit for m in await lookup(cache, key())] == [False], "nothing was opened"

@@ -146,10 +146,8 @@ class FakeCache:
     lookups: list[ResponseKey] = field(default_factory=list)
     copies: list[RecordingCopy] = field(default_factory=list)
 
-    async def replay(self, key: ResponseKey, remaining: float | None) -> AsyncIterator[Piece]:
-        self.lookups.append(key)
-        for piece in self.hit or []:
-            yield piece
+    def answer(self, key: ResponseKey, remaining: float | None) -> FakeAnswer:
+        return FakeAnswer(self, key)
 
     async def copy(self, key: ResponseKey) -> RecordingCopy:
         self.copies.append(RecordingCopy(key))
@@ -157,6 +155,25 @@ class FakeCache:
 
     def no_copy(self) -> RecordingCopy:
         return RecordingCopy(None)
+
+
+@dataclass
+class FakeAnswer:
+    """One cache.Answer call: the hit, or after a miss the copy on the same call."""
+
+    cache: FakeCache
+    key: ResponseKey
+
+    async def hits(self) -> AsyncIterator[Piece]:
+        self.cache.lookups.append(self.key)
+        for piece in self.cache.hit or []:
+            yield piece
+
+    def copy(self) -> RecordingCopy | None:
+        if self.cache.hit:
+            return None
+        self.cache.copies.append(RecordingCopy(self.key))
+        return self.cache.copies[-1]
 
 
 @dataclass

@@ -64,6 +64,34 @@ class StoreResponse(_message.Message):
     stored: bool
     def __init__(self, stored: _Optional[bool] = ...) -> None: ...
 
+class AnswerRequest(_message.Message):
+    __slots__ = ("key", "text", "complete", "finish_reason", "usage")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    key: CacheKey
+    text: str
+    complete: bool
+    finish_reason: _types_pb2.FinishReason
+    usage: _types_pb2.Usage
+    def __init__(self, key: _Optional[_Union[CacheKey, _Mapping]] = ..., text: _Optional[str] = ..., complete: _Optional[bool] = ..., finish_reason: _Optional[_Union[_types_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_types_pb2.Usage, _Mapping]] = ...) -> None: ...
+
+class AnswerResponse(_message.Message):
+    __slots__ = ("hit", "text", "finish_reason", "usage", "stored")
+    HIT_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    hit: bool
+    text: str
+    finish_reason: _types_pb2.FinishReason
+    usage: _types_pb2.Usage
+    stored: bool
+    def __init__(self, hit: _Optional[bool] = ..., text: _Optional[str] = ..., finish_reason: _Optional[_Union[_types_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_types_pb2.Usage, _Mapping]] = ..., stored: _Optional[bool] = ...) -> None: ...
+
 class GetStatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -47,6 +47,11 @@ class CacheServiceStub:
                 request_serializer=headrace_dot_cache_dot_v1_dot_cache__pb2.StoreRequest.SerializeToString,
                 response_deserializer=headrace_dot_cache_dot_v1_dot_cache__pb2.StoreResponse.FromString,
                 _registered_method=True)
+        self.Answer = channel.stream_stream(
+                '/headrace.cache.v1.CacheService/Answer',
+                request_serializer=headrace_dot_cache_dot_v1_dot_cache__pb2.AnswerRequest.SerializeToString,
+                response_deserializer=headrace_dot_cache_dot_v1_dot_cache__pb2.AnswerResponse.FromString,
+                _registered_method=True)
         self.GetStats = channel.unary_unary(
                 '/headrace.cache.v1.CacheService/GetStats',
                 request_serializer=headrace_dot_cache_dot_v1_dot_cache__pb2.GetStatsRequest.SerializeToString,
@@ -101,6 +106,22 @@ class CacheServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Answer(self, request_iterator, context):
+        """Answer is Lookup and Store in one stream, for a caller that generates the
+        response itself on a miss (the router): one call per request instead of two.
+        The first AnswerRequest carries the key. A hit (stored, followed or similar,
+        in Lookup's order) streams back as Lookup's does, and the call ends. A miss is
+        one AnswerResponse with hit = false, which makes the caller the key's leader
+        as after a Lookup miss: it then sends the response on the same stream as it
+        would to Store (text, then complete = true with finish_reason and usage) and
+        half-closes, and the last AnswerResponse says whether it was stored. A caller
+        that half-closes or cancels without complete stores nothing and fails the
+        flight (followers get ABORTED), as a Store that ends early does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStats(self, request, context):
         """GetStats reports counters since start and the entries stored (admin).
         """
@@ -127,6 +148,11 @@ def add_CacheServiceServicer_to_server(servicer, server):
                     servicer.Store,
                     request_deserializer=headrace_dot_cache_dot_v1_dot_cache__pb2.StoreRequest.FromString,
                     response_serializer=headrace_dot_cache_dot_v1_dot_cache__pb2.StoreResponse.SerializeToString,
+            ),
+            'Answer': grpc.stream_stream_rpc_method_handler(
+                    servicer.Answer,
+                    request_deserializer=headrace_dot_cache_dot_v1_dot_cache__pb2.AnswerRequest.FromString,
+                    response_serializer=headrace_dot_cache_dot_v1_dot_cache__pb2.AnswerResponse.SerializeToString,
             ),
             'GetStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStats,
@@ -196,6 +222,33 @@ class CacheService:
             '/headrace.cache.v1.CacheService/Store',
             headrace_dot_cache_dot_v1_dot_cache__pb2.StoreRequest.SerializeToString,
             headrace_dot_cache_dot_v1_dot_cache__pb2.StoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Answer(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/headrace.cache.v1.CacheService/Answer',
+            headrace_dot_cache_dot_v1_dot_cache__pb2.AnswerRequest.SerializeToString,
+            headrace_dot_cache_dot_v1_dot_cache__pb2.AnswerResponse.FromString,
             options,
             channel_credentials,
             insecure,
