@@ -8,11 +8,11 @@ admit  validate; route the task (its max_tokens sizes the quota reservation);
        the sanitizer's policy watch is lost)
 plan   the A/B arm; sampling parameters with defaults; the models to try; whether
        the cache may answer
-serve  per model, until one answers: cache.Lookup (a hit is replayed), else
+serve  per model, until one answers: cache.Answer (a hit is replayed), else
        inference.Generate (or the speculation committed, when it prefilled exactly
        this request) through the output filter (in process, under the policy
        the sanitizer publishes) to the client token by token, copying the filtered
-       text to cache.Store
+       text to the cache on the same cache.Answer stream
 finish from the request's record, whatever the outcome: quota settlement,
        feedback memory, metrics, trace attributes, one audit line
 
@@ -36,6 +36,7 @@ from headrace.services.router.audit import AuditLog, now_iso
 from headrace.services.router.backends import (
     Backends,
     CacheCopy,
+    Checked,
     ModelInfo,
     Piece,
     Principal,
@@ -179,6 +180,7 @@ class Orchestrator:
             )
         else:
             record.speculation = self._speculate(ask, route, credential, remaining)
+            early = self._check_early(ask.content, credential, remaining)
             try:
                 record.principal = principal = await self.backends.auth.authorize(
                     credential,
@@ -187,21 +189,41 @@ class Orchestrator:
                     content_bytes=ask.content.size_bytes,
                     reserve_tokens=self.fill_params(route.params).max_tokens,
                 )
-                record.checked = await self.backends.sanitizer.check(
-                    ask.content, principal.tier, remaining
-                )
+                if early is not None and early.tier == principal.tier:
+                    record.checked = await early.check
+                else:
+                    record.checked = await self.backends.sanitizer.check(
+                        ask.content, principal.tier, remaining
+                    )
             except Exception:
                 # Refused (auth, quota, sanitizer) or not checkable: this credential
                 # does not speculate again for a while.
                 self.admissions.refused(credential)
                 _drop(record, "refused")
                 raise
-            self.admissions.admitted(credential)
+            finally:
+                if early is not None:
+                    early.cancel()
+            self.admissions.admitted(credential, principal.tier)
             if record.checked.content != ask.content:
                 _drop(record)  # redacted: what was prefilled is not what may run
         # Fail closed: without the tier's current output policy nothing is generated.
         record.output = await self.backends.sanitizer.output_rules(principal.tier, remaining)
         return route
+
+    def _check_early(
+        self, content: Content, credential: str, remaining: float | None
+    ) -> EarlyCheck | None:
+        """CheckPrompt started beside Authorize, under the tier auth gave this
+        credential last time, when it was admitted recently and not refused since
+        (the rule speculation follows: a refused client buys no sanitizer work)."""
+        if not self._settings.check_beside_authorize:
+            return None
+        tier = self.admissions.recent_tier(credential)
+        if tier is None:
+            return None
+        check = asyncio.ensure_future(self.backends.sanitizer.check(content, tier, remaining))
+        return EarlyCheck(tier, check)
 
     def _speculate(
         self, ask: Ask, route: Route, credential: str, remaining: float | None
@@ -487,6 +509,21 @@ class Orchestrator:
                     "comment": comment,
                 }
             )
+
+
+@dataclass(frozen=True)
+class EarlyCheck:
+    """sanitizer.CheckPrompt running beside auth.Authorize under a remembered tier."""
+
+    tier: str
+    check: asyncio.Future[Checked]
+
+    def cancel(self) -> None:
+        """Drop it unless its answer was used (a refusal it raised is then read)."""
+        if not self.check.done():
+            self.check.cancel()
+        elif not self.check.cancelled():
+            self.check.exception()  # read, so an unused refusal is not logged as lost
 
 
 def _drop(record: RequestRecord, outcome: str = "discarded") -> None:

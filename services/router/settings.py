@@ -84,6 +84,11 @@ class RouterSettings(ServiceSettings):
     """Admission hidden behind prefill: for a credential admitted recently, start a
     local model's prefill while auth and the sanitizer check the request; nothing is
     decoded for the client before both said yes (services/router/speculation.py)."""
+    check_beside_authorize: bool = True
+    """For a credential admitted within `speculate_window_seconds` and not refused
+    since, run sanitizer.CheckPrompt under the tier auth gave it last time at the same
+    time as auth.Authorize, instead of after it; when auth answers with another tier
+    the check is run again under that one. Auth's verdict is still awaited first."""
     speculate_window_seconds: float = Field(default=300.0, ge=0.0)
     """How recently a credential must have been admitted to speculate; a credential
     refused (auth, quota, sanitizer) within this long does not."""

@@ -45,6 +45,8 @@ def _key(credential: str) -> bytes:
 class _Seen:
     admitted: float | None = None
     refused: float | None = None
+    tier: str = ""
+    """The tier auth gave the credential when it was last admitted."""
 
 
 class AdmissionMemory:
@@ -69,21 +71,31 @@ class AdmissionMemory:
             self._seen.popitem(last=False)
         return entry
 
-    def admitted(self, credential: str) -> None:
-        self._entry(credential).admitted = self._clock()
+    def admitted(self, credential: str, tier: str = "") -> None:
+        entry = self._entry(credential)
+        entry.admitted = self._clock()
+        entry.tier = tier
 
     def refused(self, credential: str) -> None:
         self._entry(credential).refused = self._clock()
 
     def may_speculate(self, credential: str) -> bool:
         """Admitted within the window, and not refused within it."""
+        return self._recent(credential) is not None
+
+    def recent_tier(self, credential: str) -> str | None:
+        """The tier of a credential that may speculate (None for any other)."""
+        entry = self._recent(credential)
+        return entry.tier if entry is not None else None
+
+    def _recent(self, credential: str) -> _Seen | None:
         entry = self._seen.get(_key(credential))
         if entry is None or entry.admitted is None:
-            return False
+            return None
         now = self._clock()
         if entry.refused is not None and now - entry.refused <= self._window:
-            return False
-        return now - entry.admitted <= self._window
+            return None
+        return entry if now - entry.admitted <= self._window else None
 
 
 @dataclass

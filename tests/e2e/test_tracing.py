@@ -74,7 +74,7 @@ def test_one_generate_is_one_trace_across_every_service_with_the_request_id(
     expected = {
         "headrace-auth": "headrace.auth.v1.AuthService/Authorize",
         "headrace-sanitizer": "headrace.sanitizer.v1.SanitizerService/CheckPrompt",
-        "headrace-cache": "headrace.cache.v1.CacheService/Lookup",
+        "headrace-cache": "headrace.cache.v1.CacheService/Answer",
         "headrace-inference": "headrace.inference.v1.InferenceService/Generate",
     }
 

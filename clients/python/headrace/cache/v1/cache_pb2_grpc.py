@@ -27,7 +27,7 @@ if _version_not_supported:
 
 class CacheServiceStub:
     """CacheService stores complete responses and replays them as streams.
-    Lookup and Store are internal (the router calls them); GetStats and Flush are
+    Lookup, Store and Answer are internal (the router calls Answer); GetStats and Flush are
     routed on the public listener and need a credential with the `admin` scope.
     """
 
@@ -66,7 +66,7 @@ class CacheServiceStub:
 
 class CacheServiceServicer:
     """CacheService stores complete responses and replays them as streams.
-    Lookup and Store are internal (the router calls them); GetStats and Flush are
+    Lookup, Store and Answer are internal (the router calls Answer); GetStats and Flush are
     routed on the public listener and need a credential with the `admin` scope.
     """
 
@@ -174,7 +174,7 @@ def add_CacheServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class CacheService:
     """CacheService stores complete responses and replays them as streams.
-    Lookup and Store are internal (the router calls them); GetStats and Flush are
+    Lookup, Store and Answer are internal (the router calls Answer); GetStats and Flush are
     routed on the public listener and need a credential with the `admin` scope.
     """
 
