@@ -89,8 +89,10 @@ ROUTER = "headrace-router"
 SERVICES = {
     "headrace-auth": "/Authorize",
     "headrace-sanitizer": "/CheckPrompt",
-    "headrace-cache": "/Lookup",
+    "headrace-cache": "/Answer",
 }
+"""The spans whose answer each admission stage waits for: the span's end, or its
+`looked_up` event (cache.Answer lasts as long as the response it stores)."""
 
 
 @dataclass
@@ -184,7 +186,7 @@ def stages(collector: Collector, sent: Sent) -> dict[str, float] | None:
     for service, span in collector.trace(root.trace_id):
         for name, suffix in SERVICES.items():
             if service == name and span.name.endswith(suffix):
-                ends[name] = int(span.end_time_unix_nano)
+                ends[name] = _event(span, "looked_up") or int(span.end_time_unix_nano)
         if service.startswith("headrace-inference") and span.name.endswith(
             ("/Generate", "/Speculate")
         ):

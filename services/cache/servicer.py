@@ -14,6 +14,7 @@ from headrace.services.cache import metrics
 from headrace.services.cache.answers import Answers, Following, Missed, Question, Stored
 from headrace.services.cache.flights import Final, FlightFailed
 from headrace.services.cache.responses import Entry
+from headrace.services.runtime import tracing
 from headrace.services.runtime.credentials import ADMIN_SCOPE, credential_from, within_deadline
 from headrace.services.runtime.errors import HeadraceError, InvalidArgument, PermissionDenied
 from headrace.services.runtime.interceptors import outgoing_metadata
@@ -169,6 +170,9 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         if not first.HasField("key"):
             raise InvalidArgument("the first AnswerRequest must carry the key")
         answer = await self.answers.find(question_from(first.key))
+        if (span := tracing.current_span()) is not None:
+            # The call lasts as long as the response; the lookup's end is this event.
+            span.add_event("looked_up", {"headrace.hit": not isinstance(answer, Missed)})
         if not isinstance(answer, Missed):
             async for message in _hits(answer, cache_pb2.AnswerResponse):
                 yield message

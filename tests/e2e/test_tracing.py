@@ -96,6 +96,10 @@ def test_one_generate_is_one_trace_across_every_service_with_the_request_id(
     assert root_attrs["headrace.model"] == "tiny"
     assert root_attrs["headrace.completion_tokens"] == 4
     assert any(e.name == "first_token" for e in root.events)
+    # cache.Answer lasts as long as the response it stores; its lookup's end is an event.
+    cache = next(s for _, s in spans if s.name == expected["headrace-cache"])
+    [looked_up] = [e for e in cache.events if e.name == "looked_up"]
+    assert looked_up.time_unix_nano < cache.end_time_unix_nano
     inference = next(s for _, s in spans if s.name == expected["headrace-inference"])
     assert attributes(inference)["headrace.completion_tokens"] == 4
     # The audit line names the same request id.
