@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Sequence
 
 import grpc
 
@@ -36,6 +38,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def Authorize(
         self, request: auth_pb2.AuthorizeRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.AuthorizeResponse:
+        if request.settlements:
+            await self._settle(request.settlements)
         principal = self._auth.authenticate(request.credential)
         self._auth.authorize_model(principal, request.model)
         reserved = await self._limits.admit(
@@ -53,8 +57,14 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def RecordUsage(
         self, request: auth_pb2.RecordUsageRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.RecordUsageResponse:
-        await self._limits.settle(request.subject, request.reserved_tokens, request.used_tokens)
+        await self._settle([request])
         return auth_pb2.RecordUsageResponse()
+
+    async def _settle(self, settlements: Sequence[auth_pb2.RecordUsageRequest]) -> None:
+        """Replace reservations by the tokens really used."""
+        await asyncio.gather(
+            *(self._limits.settle(s.subject, s.reserved_tokens, s.used_tokens) for s in settlements)
+        )
 
     async def GetJwks(
         self, request: auth_pb2.GetJwksRequest, context: grpc.aio.ServicerContext

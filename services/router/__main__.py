@@ -6,7 +6,7 @@ import grpc
 
 from headrace.router.v1 import router_pb2, router_pb2_grpc
 from headrace.services.router.audit import AuditLog
-from headrace.services.router.backends import Backends, OutputPolicyWatch
+from headrace.services.router.backends import AuthClient, Backends, OutputPolicyWatch
 from headrace.services.router.batch_jobs import BatchJobs
 from headrace.services.router.batch_queue import BatchWorker, open_queue, open_results
 from headrace.services.router.orchestrator import Orchestrator
@@ -33,7 +33,8 @@ def make_service() -> Service:
 
     workers: list[BatchWorker] = []
     redis_clients: list[object] = []
-    watches: list[OutputPolicyWatch] = []
+    # Closed in this order: settlements still waiting sent, then the policy watch.
+    closing: list[AuthClient | OutputPolicyWatch] = []
 
     async def register(server: grpc.aio.Server) -> list[str]:
         audit.start()
@@ -43,9 +44,10 @@ def make_service() -> Service:
             settings.upstream_timeout_seconds,
             settings.cache_store_interval_ms / 1000,
             settings.output_policy_stale_seconds,
+            settings.usage_settle_delay_ms / 1000,
         )
         backends.sanitizer.policy.start()
-        watches.append(backends.sanitizer.policy)
+        closing.extend([backends.auth, backends.sanitizer.policy])
         orchestrator = Orchestrator(backends, settings, audit, feedback)
         queue = await open_queue(
             settings.rabbitmq_url, settings.batch_queue, settings.batch_prefetch
@@ -67,8 +69,8 @@ def make_service() -> Service:
         for client in redis_clients:
             if client is not None:
                 await client.aclose()  # type: ignore[attr-defined]
-        for watch in watches:
-            await watch.close()
+        for backend in closing:
+            await backend.close()
         await audit.close()
         await feedback.close()
         await channel.close()

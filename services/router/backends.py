@@ -186,12 +186,33 @@ def _messages(turns: tuple[Turn, ...]) -> list[types_pb2.ChatMessage]:
 # ---- auth -------------------------------------------------------------------------
 
 
-class AuthClient:
-    """auth.Authorize and auth.RecordUsage."""
+# Auth's own verdicts: an Authorize answered with one of these applied the settlements
+# it carried (auth applies them first).
+_AUTH_VERDICTS = (
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+)
 
-    def __init__(self, stub: auth_pb2_grpc.AuthServiceStub, limit_s: float) -> None:
+
+class AuthClient:
+    """auth.Authorize, and the settlement of each request's token reservation.
+
+    A settlement waits up to `settle_delay_s` for the next Authorize, which carries it
+    (one call fewer per request while requests keep coming); one still waiting then
+    goes alone, as RecordUsage. `close()` sends what waits (at shutdown).
+    """
+
+    def __init__(
+        self, stub: auth_pb2_grpc.AuthServiceStub, limit_s: float, settle_delay_s: float = 0.0
+    ) -> None:
         self._stub = stub
         self._limit = limit_s
+        self._delay = settle_delay_s
+        self._pending: list[auth_pb2.RecordUsageRequest] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def authorize(
         self,
@@ -203,7 +224,9 @@ class AuthClient:
         reserve_tokens: int = 0,
     ) -> Principal:
         """Who the credential names (auth's answer, tier included), taking one request
-        from its rate limit and reserving tokens; auth's errors pass through."""
+        from its rate limit and reserving tokens; auth's errors pass through. The
+        settlements waiting go with it."""
+        settlements = self._take()
         try:
             reply = await self._stub.Authorize(
                 auth_pb2.AuthorizeRequest(
@@ -211,29 +234,57 @@ class AuthClient:
                     model=model,
                     content_bytes=content_bytes,
                     reserve_tokens=reserve_tokens,
+                    settlements=settlements,
                 ),
                 timeout=within_deadline(remaining, self._limit),
                 metadata=outgoing_metadata(),
             )
         except grpc.aio.AioRpcError as exc:
+            if exc.code() not in _AUTH_VERDICTS:
+                for lost in settlements:
+                    log.error("usage_not_recorded", subject=lost.subject, error=exc.details())
             raise upstream_error("auth", exc) from None
         return Principal(reply.subject, reply.tier, tuple(reply.scopes), reply.reserved_tokens)
 
-    async def record_usage(self, principal: Principal, used_tokens: int) -> None:
-        """Replace the reservation by the tokens really used (logged if it fails)."""
-        try:
-            await self._stub.RecordUsage(
-                auth_pb2.RecordUsageRequest(
-                    subject=principal.subject,
-                    tier=principal.tier,
-                    reserved_tokens=principal.reserved_tokens,
-                    used_tokens=used_tokens,
-                ),
-                timeout=self._limit,
-                metadata=outgoing_metadata(),
+    def settle(self, principal: Principal, used_tokens: int) -> None:
+        """Replace the reservation by the tokens really used: with the next Authorize,
+        or alone after the delay (logged if it fails)."""
+        self._pending.append(
+            auth_pb2.RecordUsageRequest(
+                subject=principal.subject,
+                tier=principal.tier,
+                reserved_tokens=principal.reserved_tokens,
+                used_tokens=used_tokens,
             )
+        )
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._delay, self._send_waiting)
+
+    def _take(self) -> list[auth_pb2.RecordUsageRequest]:
+        taken, self._pending = self._pending, []
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return taken
+
+    def _send_waiting(self) -> None:
+        self._timer = None
+        for request in self._take():
+            task = asyncio.create_task(self._record(request))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _record(self, request: auth_pb2.RecordUsageRequest) -> None:
+        try:
+            await self._stub.RecordUsage(request, timeout=self._limit, metadata=outgoing_metadata())
         except grpc.aio.AioRpcError as exc:
-            log.error("usage_not_recorded", subject=principal.subject, error=exc.details())
+            log.error("usage_not_recorded", subject=request.subject, error=exc.details())
+
+    async def close(self) -> None:
+        """Send every waiting settlement now and wait for those under way."""
+        self._send_waiting()
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
 
 
 # ---- sanitizer --------------------------------------------------------------------
@@ -775,9 +826,10 @@ class Backends:
         limit_s: float,
         store_interval_s: float,
         policy_stale_s: float = 5.0,
+        settle_delay_s: float = 0.0,
     ) -> Backends:
         return cls(
-            AuthClient(auth_pb2_grpc.AuthServiceStub(channel), limit_s),
+            AuthClient(auth_pb2_grpc.AuthServiceStub(channel), limit_s, settle_delay_s),
             SanitizerClient(
                 sanitizer_pb2_grpc.SanitizerServiceStub(channel), limit_s, policy_stale_s
             ),

@@ -121,7 +121,6 @@ class Orchestrator:
             settings.model_groups,
         )
         self.tasks = TaskRouter(settings.tasks, settings.task_rules, settings.default_task)
-        self._background: set[asyncio.Task[None]] = set()
         self.admissions = AdmissionMemory(settings.speculate_window_seconds)
 
     def fill_params(self, params: types_pb2.SamplingParams) -> types_pb2.SamplingParams:
@@ -463,10 +462,9 @@ class Orchestrator:
         )
 
     def _settle(self, principal: Principal, used: int) -> None:
-        """Replace the quota reservation by the tokens really used, off the request path."""
-        task = asyncio.create_task(self.backends.auth.record_usage(principal, used))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        """Replace the quota reservation by the tokens really used, off the request path
+        (with the next Authorize, when one comes soon)."""
+        self.backends.auth.settle(principal, used)
 
     def _remember(self, request_id: str, subject: str, arm: str) -> None:
         self._recent[request_id] = (subject, arm)

@@ -63,6 +63,10 @@ class RouterSettings(ServiceSettings):
     """How long the router gathers response text before sending it to the cache as one
     message (identical requests following this one receive it at that pace); 0 sends
     every piece as it comes."""
+    usage_settle_delay_ms: float = Field(default=200.0, ge=0.0)
+    """How long a finished request's token settlement waits to go with the next
+    Authorize (one auth call fewer per request while requests keep coming) before it
+    is sent alone; usage reports lag by at most this much. 0 sends each at once."""
     tasks: dict[str, TaskPreset] = DEFAULT_TASKS
     """Task presets by name (HEADRACE_TASKS as JSON, or [router.tasks.NAME] tables)."""
     task_rules: list[TaskRule] = DEFAULT_RULES

@@ -49,7 +49,7 @@ class FakeAuth:
             raise self.error
         return self.principal
 
-    async def record_usage(self, principal: Principal, used_tokens: int) -> None:
+    def settle(self, principal: Principal, used_tokens: int) -> None:
         self.settled.append((principal, used_tokens))
 
 

@@ -7,16 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AuthorizeRequest(_message.Message):
-    __slots__ = ("credential", "model", "reserve_tokens", "content_bytes")
+    __slots__ = ("credential", "model", "reserve_tokens", "content_bytes", "settlements")
     CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RESERVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CONTENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SETTLEMENTS_FIELD_NUMBER: _ClassVar[int]
     credential: str
     model: str
     reserve_tokens: int
     content_bytes: int
-    def __init__(self, credential: _Optional[str] = ..., model: _Optional[str] = ..., reserve_tokens: _Optional[int] = ..., content_bytes: _Optional[int] = ...) -> None: ...
+    settlements: _containers.RepeatedCompositeFieldContainer[RecordUsageRequest]
+    def __init__(self, credential: _Optional[str] = ..., model: _Optional[str] = ..., reserve_tokens: _Optional[int] = ..., content_bytes: _Optional[int] = ..., settlements: _Optional[_Iterable[_Union[RecordUsageRequest, _Mapping]]] = ...) -> None: ...
 
 class AuthorizeResponse(_message.Message):
     __slots__ = ("subject", "scopes", "tier", "reserved_tokens")
