@@ -20,6 +20,7 @@ import asyncio
 import datetime as dt
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -82,6 +83,9 @@ return {0, 0}
 """
 
 SETTLE_LUA = """
+if ARGV[2] ~= '' and not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[3]) then
+  return 0
+end
 for i = 1, 2 do
   if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBY', KEYS[i], ARGV[1]) end
 end
@@ -89,6 +93,12 @@ return 1
 """
 
 ADMITTED, RATE_LIMITED, DAY_QUOTA, MONTH_QUOTA = 0, 1, 2, 3
+
+SETTLED_TTL_S = 86_400
+"""How long Redis remembers a settlement id (a settlement sent again later than this
+would be applied twice; the router resends within seconds)."""
+SETTLED_REMEMBERED = 100_000
+"""Settlement ids the in-process fallback remembers."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +143,9 @@ class LimitStore(Protocol):
     ) -> tuple[int, float]:
         """Take one request and reserve tokens, all or nothing: (outcome, wait seconds)."""
 
-    async def settle(self, subject: str, delta: int, periods: Periods) -> None: ...
+    async def settle(
+        self, subject: str, delta: int, periods: Periods, settlement_id: str = ""
+    ) -> None: ...
 
     async def used(self, subject: str, periods: Periods) -> tuple[int, int, str]:
         """Tokens used today, this month, and the tier of the subject's last request."""
@@ -154,6 +166,8 @@ class MemoryLimitStore:
     _tat: dict[str, int] = field(default_factory=dict)
     _tokens: dict[str, int] = field(default_factory=dict)
     _tiers: dict[str, str] = field(default_factory=dict)
+    _settled: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    """Settlement ids applied (the most recent SETTLED_REMEMBERED)."""
 
     async def admit(
         self, subject: str, tier: str, tokens: int, limits: TierLimits, periods: Periods
@@ -180,7 +194,15 @@ class MemoryLimitStore:
         self._tiers[subject] = tier
         return ADMITTED, 0.0
 
-    async def settle(self, subject: str, delta: int, periods: Periods) -> None:
+    async def settle(
+        self, subject: str, delta: int, periods: Periods, settlement_id: str = ""
+    ) -> None:
+        if settlement_id:
+            if settlement_id in self._settled:
+                return
+            self._settled[settlement_id] = None
+            while len(self._settled) > SETTLED_REMEMBERED:
+                self._settled.popitem(last=False)
         for key in (f"{subject}:d:{periods.day}", f"{subject}:m:{periods.month}"):
             if key in self._tokens:
                 self._tokens[key] += delta
@@ -233,9 +255,13 @@ class RedisLimitStore:
             )
         return int(outcome), int(wait_us) / 1e6
 
-    async def settle(self, subject: str, delta: int, periods: Periods) -> None:
+    async def settle(
+        self, subject: str, delta: int, periods: Periods, settlement_id: str = ""
+    ) -> None:
+        keys = [*self._keys(subject, periods)[1:3], f"{KEY_PREFIX}settled:{settlement_id}"]
         await asyncio.wait_for(
-            self._settle_script(keys=self._keys(subject, periods)[1:3], args=[delta]), self._timeout
+            self._settle_script(keys=keys, args=[delta, settlement_id, SETTLED_TTL_S]),
+            self._timeout,
         )
 
     async def used(self, subject: str, periods: Periods) -> tuple[int, int, str]:
@@ -310,10 +336,11 @@ class Limits:
             retry_after_s=left,
         )
 
-    async def settle(self, subject: str, reserved: int, used: int) -> None:
-        """Replace a reservation by what was really used."""
+    async def settle(self, subject: str, reserved: int, used: int, settlement_id: str = "") -> None:
+        """Replace a reservation by what was really used (once per settlement id)."""
         if reserved != used:
-            await self._call("settle", subject, int(used) - int(reserved), Periods.now())
+            delta = int(used) - int(reserved)
+            await self._call("settle", subject, delta, Periods.now(), settlement_id)
 
     async def used(self, subject: str) -> tuple[int, int, str]:
         """Tokens used today, this month, and the subject's last tier ("" if unknown)."""

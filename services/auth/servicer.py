@@ -39,7 +39,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.AuthorizeRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.AuthorizeResponse:
         if request.settlements:
-            await self._settle(request.settlements)
+            # Shielded: a caller that goes away does not stop them half-way (and ids
+            # make a resent one harmless).
+            await asyncio.shield(self._settle(request.settlements))
         principal = self._auth.authenticate(request.credential)
         self._auth.authorize_model(principal, request.model)
         reserved = await self._limits.admit(
@@ -63,7 +65,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def _settle(self, settlements: Sequence[auth_pb2.RecordUsageRequest]) -> None:
         """Replace reservations by the tokens really used."""
         await asyncio.gather(
-            *(self._limits.settle(s.subject, s.reserved_tokens, s.used_tokens) for s in settlements)
+            *(
+                self._limits.settle(s.subject, s.reserved_tokens, s.used_tokens, s.settlement_id)
+                for s in settlements
+            )
         )
 
     async def GetJwks(

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import math
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -186,22 +188,15 @@ def _messages(turns: tuple[Turn, ...]) -> list[types_pb2.ChatMessage]:
 # ---- auth -------------------------------------------------------------------------
 
 
-# Auth's own verdicts: an Authorize answered with one of these applied the settlements
-# it carried (auth applies them first).
-_AUTH_VERDICTS = (
-    grpc.StatusCode.UNAUTHENTICATED,
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.INVALID_ARGUMENT,
-)
-
-
 class AuthClient:
     """auth.Authorize, and the settlement of each request's token reservation.
 
     A settlement waits up to `settle_delay_s` for the next Authorize, which carries it
     (one call fewer per request while requests keep coming); one still waiting then
-    goes alone, as RecordUsage. `close()` sends what waits (at shutdown).
+    goes alone, as RecordUsage. Each has an id auth applies once, so settlements an
+    Authorize carried are sent again whenever that call did not answer (failed,
+    timed out, or cancelled with its client): never lost, never counted twice.
+    `close()` sends what waits (at shutdown).
     """
 
     def __init__(
@@ -239,26 +234,36 @@ class AuthClient:
                 timeout=within_deadline(remaining, self._limit),
                 metadata=outgoing_metadata(),
             )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() not in _AUTH_VERDICTS:
-                for lost in settlements:
-                    log.error("usage_not_recorded", subject=lost.subject, error=exc.details())
-            raise upstream_error("auth", exc) from None
+        except BaseException as exc:
+            self._wait(settlements)  # auth may not have them: again (their ids dedupe)
+            if isinstance(exc, grpc.aio.AioRpcError):
+                raise upstream_error("auth", exc) from None
+            raise
         return Principal(reply.subject, reply.tier, tuple(reply.scopes), reply.reserved_tokens)
 
     def settle(self, principal: Principal, used_tokens: int) -> None:
         """Replace the reservation by the tokens really used: with the next Authorize,
         or alone after the delay (logged if it fails)."""
-        self._pending.append(
-            auth_pb2.RecordUsageRequest(
-                subject=principal.subject,
-                tier=principal.tier,
-                reserved_tokens=principal.reserved_tokens,
-                used_tokens=used_tokens,
-            )
+        settlement = auth_pb2.RecordUsageRequest(
+            subject=principal.subject,
+            tier=principal.tier,
+            reserved_tokens=principal.reserved_tokens,
+            used_tokens=used_tokens,
+            settlement_id=uuid.uuid4().hex,
         )
+        self._wait([settlement])
+
+    def _wait(self, settlements: list[auth_pb2.RecordUsageRequest]) -> None:
+        """Settlements to go with the next Authorize, or alone after the delay."""
+        if not settlements:
+            return
+        self._pending.extend(settlements)
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._delay, self._send_waiting)
+            # In a context of its own: the request that started the timer is not the
+            # one these settlements belong to (no request id or trace of its).
+            self._timer = asyncio.get_running_loop().call_later(
+                self._delay, self._send_waiting, context=contextvars.Context()
+            )
 
     def _take(self) -> list[auth_pb2.RecordUsageRequest]:
         taken, self._pending = self._pending, []
@@ -510,7 +515,13 @@ class CacheCopy:
     _pieces: list[str] = field(default_factory=list)
     _since: float = -math.inf
 
-    async def _send(self, message: cache_pb2.StoreRequest, *, last: bool = False) -> None:
+    def _message(self, **fields: Any) -> cache_pb2.StoreRequest | cache_pb2.AnswerRequest:
+        """A message of the call's own type (Answer's and Store's share their fields)."""
+        return (cache_pb2.AnswerRequest if self.answered else cache_pb2.StoreRequest)(**fields)
+
+    async def _send(
+        self, message: cache_pb2.StoreRequest | cache_pb2.AnswerRequest, *, last: bool = False
+    ) -> None:
         if self.call is None:
             return
         try:
@@ -522,7 +533,7 @@ class CacheCopy:
             self.close()
 
     async def begin(self, key: ResponseKey) -> None:
-        await self._send(cache_pb2.StoreRequest(key=key.to_proto()))
+        await self._send(self._message(key=key.to_proto()))
 
     async def add(self, text: str) -> None:
         """Take a piece; send what was gathered when the interval has passed."""
@@ -530,7 +541,7 @@ class CacheCopy:
         now = time.monotonic()
         if now - self._since >= self.interval:
             self._since = now
-            await self._send(cache_pb2.StoreRequest(text=self._take()))
+            await self._send(self._message(text=self._take()))
 
     def _take(self) -> str:
         text = "".join(self._pieces)
@@ -540,7 +551,7 @@ class CacheCopy:
     async def complete(self, final: Piece) -> None:
         """Send what is gathered with the end (the cache keeps the response)."""
         await self._send(
-            cache_pb2.StoreRequest(
+            self._message(
                 text=self._take(),
                 complete=True,
                 finish_reason=final.finish_reason,
@@ -657,7 +668,11 @@ class CacheClient:
         copy = CacheCopy(
             self._stub.Store(metadata=outgoing_metadata()), self._interval, self._limit
         )
-        await copy.begin(key)
+        try:
+            await copy.begin(key)
+        except BaseException:
+            copy.close()  # cancelled meanwhile: no Store left open to hold the key's flight
+            raise
         return copy
 
     def no_copy(self) -> CacheCopy:

@@ -191,6 +191,8 @@ class Orchestrator:
                 if early is not None and early.tier == principal.tier:
                     record.checked = await early.check
                 else:
+                    if early is not None:
+                        early.cancel()  # checked under a tier that is not this request's
                     record.checked = await self.backends.sanitizer.check(
                         ask.content, principal.tier, remaining
                     )

@@ -103,6 +103,20 @@ async def test_settling_replaces_the_reservation_by_real_use(limits: Limits) -> 
     assert await limits.admit(who, "metered", 88) == 88
 
 
+async def test_a_settlement_sent_again_with_its_id_is_applied_once(limits: Limits) -> None:
+    who = subject()
+    first = await limits.admit(who, "metered", 90)
+    second = await limits.admit(who, "metered", 5)
+    settlement_id = uuid.uuid4().hex
+    for _ in range(3):  # the router resends when it cannot tell whether one arrived
+        await limits.settle(who, first, 12, settlement_id)
+    await limits.settle(who, second, 1, uuid.uuid4().hex)  # another id: applied
+    assert (await limits.used(who))[:2] == (13, 13)
+    await limits.settle(who, second, 0)  # no id: applied every time
+    await limits.settle(who, second, 0)
+    assert (await limits.used(who))[:2] == (3, 3)
+
+
 async def test_unlimited_tier_reserves_nothing(limits: Limits) -> None:
     who = subject()
     for _ in range(50):

@@ -143,6 +143,8 @@ class FakeCache:
     """Misses unless `hit` is set; records lookups and copies."""
 
     hit: list[Piece] | None = None
+    unanswered: bool = False
+    """The Answer call failed before answering (the cache down, a failed flight)."""
     lookups: list[ResponseKey] = field(default_factory=list)
     copies: list[RecordingCopy] = field(default_factory=list)
 
@@ -170,7 +172,7 @@ class FakeAnswer:
             yield piece
 
     def copy(self) -> RecordingCopy | None:
-        if self.cache.hit:
+        if self.cache.hit or self.cache.unanswered:
             return None
         self.cache.copies.append(RecordingCopy(self.key))
         return self.cache.copies[-1]

@@ -53,3 +53,16 @@ async def test_greedy_or_seeded_requests_are_looked_up_and_stored(
 async def test_bypass_cache_skips_even_a_greedy_request(tmp_path: Path) -> None:
     cache = await answer(tmp_path, types_pb2.SamplingParams(temperature=0.0), bypass_cache=True)
     assert cache.lookups == [] and cache.copies == []
+
+
+async def test_a_cache_that_did_not_answer_still_gets_the_copy_on_a_store_of_its_own(
+    tmp_path: Path,
+) -> None:
+    fakes = Fakes()
+    fakes.cache.unanswered = True
+    router = fakes.orchestrator(tmp_path)
+    ask = Ask(Content(prompt="hello"), params=types_pb2.SamplingParams(temperature=0.0))
+    out = [r async for r in router.generate(ask, "credential", remaining=5.0)]
+    assert "".join(r.text for r in out) == "fresh"
+    [copy] = fakes.cache.copies  # made by cache.copy (Store), not by the Answer call
+    assert copy.texts == ["fresh"] and copy.final is not None

@@ -92,11 +92,13 @@ async def test_auth_refusal_comes_first_and_stops_checking_early(tmp_path: Path)
 
 
 async def test_a_refusal_by_the_early_check_refuses_the_request(tmp_path: Path) -> None:
-    fakes, _, router = setup(tmp_path)
+    fakes, auth, router = setup(tmp_path)
     await ask(router)
     fakes.sanitizer.error = InvalidArgument("blocked by the sanitizer")
     with pytest.raises(InvalidArgument, match="blocked"):
         await ask(router)
+    assert auth.waited == [True, False], "the refusal came from the check made beside auth"
+    assert len(fakes.sanitizer.checked) == 2, "and no second one"
 
 
 async def test_the_setting_turns_it_off(tmp_path: Path) -> None:
@@ -107,8 +109,9 @@ async def test_the_setting_turns_it_off(tmp_path: Path) -> None:
 
 
 async def test_a_redaction_made_early_is_the_content_that_goes_on(tmp_path: Path) -> None:
-    fakes, _, router = setup(tmp_path)
+    fakes, auth, router = setup(tmp_path)
     await ask(router)
     fakes.sanitizer.redact_map["mail a@b.example"] = "mail [EMAIL]"
     await ask(router, prompt="mail a@b.example")
+    assert auth.waited == [True, False] and len(fakes.sanitizer.checked) == 2
     assert fakes.cache.lookups[-1].content.prompt == "mail [EMAIL]"

@@ -89,11 +89,11 @@ async def test_zero_delay_sends_each_settlement_at_once() -> None:
 
 
 @pytest.mark.parametrize("code", [grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE])
-async def test_settlements_carried_by_a_failed_authorize_are_not_sent_again(
+async def test_settlements_an_authorize_carried_go_again_when_it_failed(
     code: grpc.StatusCode,
 ) -> None:
-    # Auth applies them before its verdict; a call that never reached it is logged as
-    # unrecorded (at most once, as a failed RecordUsage always was), never doubled.
+    # Whether auth applied them is unknown to the router (a verdict may come from Envoy
+    # as well): they go again with the same ids, which auth applies once.
     stub = Stub()
     stub.error = Failed(code)
     auth = AuthClient(stub, 5.0, DELAY)  # type: ignore[arg-type]
@@ -102,5 +102,39 @@ async def test_settlements_carried_by_a_failed_authorize_are_not_sent_again(
         await auth.authorize("key", 5.0)
     if code == grpc.StatusCode.UNAVAILABLE:
         assert isinstance(info.value, Unavailable)
+    [carried] = stub.authorized[0].settlements
     await asyncio.sleep(DELAY * 3)
-    assert stub.recorded == []
+    [alone] = stub.recorded
+    assert alone.settlement_id == carried.settlement_id and alone.used_tokens == 10
+
+
+async def test_settlements_of_an_authorize_cancelled_with_its_client_are_not_lost() -> None:
+    stub = Stub()
+    entered = asyncio.Event()
+
+    async def hanging(request: auth_pb2.AuthorizeRequest, **kw: Any) -> Any:
+        stub.authorized.append(request)
+        entered.set()
+        await asyncio.sleep(60)
+
+    stub.Authorize = hanging  # type: ignore[method-assign]
+    auth = AuthClient(stub, 5.0, DELAY)  # type: ignore[arg-type]
+    auth.settle(ALICE, 10)
+    call = asyncio.create_task(auth.authorize("key", 5.0))
+    await entered.wait()
+    call.cancel()  # the client went away while auth was being asked
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await asyncio.sleep(DELAY * 3)
+    assert used(stub.recorded) == [10]
+    assert stub.recorded[0].settlement_id == stub.authorized[0].settlements[0].settlement_id
+
+
+async def test_each_settlement_has_its_own_id() -> None:
+    stub = Stub()
+    auth = AuthClient(stub, 5.0, DELAY)  # type: ignore[arg-type]
+    auth.settle(ALICE, 1)
+    auth.settle(ALICE, 2)
+    await auth.authorize("key", 5.0)
+    ids = [s.settlement_id for s in stub.authorized[0].settlements]
+    assert len(set(ids)) == 2 and all(len(i) == 32 for i in ids)

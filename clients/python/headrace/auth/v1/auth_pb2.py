@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bheadrace/auth/v1/auth.proto\x12\x10headrace.auth.v1\"\xdc\x01\n\x10\x41uthorizeRequest\x12\x1e\n\ncredential\x18\x01 \x01(\tR\ncredential\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12%\n\x0ereserve_tokens\x18\x03 \x01(\x03R\rreserveTokens\x12#\n\rcontent_bytes\x18\x05 \x01(\x03R\x0c\x63ontentBytes\x12\x46\n\x0bsettlements\x18\x06 \x03(\x0b\x32$.headrace.auth.v1.RecordUsageRequestR\x0bsettlements\"\x82\x01\n\x11\x41uthorizeResponse\x12\x18\n\x07subject\x18\x01 \x01(\tR\x07subject\x12\x16\n\x06scopes\x18\x02 \x03(\tR\x06scopes\x12\x12\n\x04tier\x18\x03 \x01(\tR\x04tier\x12\'\n\x0freserved_tokens\x18\x04 \x01(\x03R\x0ereservedTokens\"\x8c\x01\n\x12RecordUsageRequest\x12\x18\n\x07subject\x18\x01 \x01(\tR\x07subject\x12\x12\n\x04tier\x18\x02 \x01(\tR\x04tier\x12\'\n\x0freserved_tokens\x18\x03 \x01(\x03R\x0ereservedTokens\x12\x1f\n\x0bused_tokens\x18\x04 \x01(\x03R\nusedTokens\"\x15\n\x13RecordUsageResponse\"\x10\n\x0eGetJwksRequest\".\n\x0fGetJwksResponse\x12\x1b\n\tjwks_json\x18\x01 \x01(\tR\x08jwksJson\"+\n\x0fGetUsageRequest\x12\x18\n\x07subject\x18\x01 \x01(\tR\x07subject\"\x8f\x02\n\x10GetUsageResponse\x12\x18\n\x07subject\x18\x01 \x01(\tR\x07subject\x12\x12\n\x04tier\x18\x02 \x01(\tR\x04tier\x12.\n\x13requests_per_minute\x18\x03 \x01(\x03R\x11requestsPerMinute\x12!\n\x0ctokens_today\x18\x04 \x01(\x03R\x0btokensToday\x12$\n\x0etokens_per_day\x18\x05 \x01(\x03R\x0ctokensPerDay\x12*\n\x11tokens_this_month\x18\x06 \x01(\x03R\x0ftokensThisMonth\x12(\n\x10tokens_per_month\x18\x07 \x01(\x03R\x0etokensPerMonth\"\xb2\x01\n\x06\x41piKey\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x18\n\x07subject\x18\x02 \x01(\tR\x07subject\x12\x16\n\x06scopes\x18\x03 \x03(\tR\x06scopes\x12\x12\n\x04tier\x18\x04 \x01(\tR\x04tier\x12\x12\n\x04name\x18\x05 \x01(\tR\x04name\x12\x1d\n\ncreated_at\x18\x06 \x01(\x03R\tcreatedAt\x12\x18\n\x07revoked\x18\x07 \x01(\x08R\x07revoked\"o\n\x13\x43reateApiKeyRequest\x12\x18\n\x07subject\x18\x01 \x01(\tR\x07subject\x12\x16\n\x06scopes\x18\x02 \x03(\tR\x06scopes\x12\x12\n\x04tier\x18\x03 \x01(\tR\x04tier\x12\x12\n\x04name\x18\x04 \x01(\tR\x04name\"[\n\x14\x43reateApiKeyResponse\x12\x17\n\x07\x61pi_key\x18\x01 \x01(\tR\x06\x61piKey\x12*\n\x03key\x18\x02 \x01(\x0b\x32\x18.headrace.auth.v1.ApiKeyR\x03key\"\x14\n\x12ListApiKeysRequest\"C\n\x13ListApiKeysResponse\x12,\n\x04keys\x18\x01 \x03(\x0b\x32\x18.headrace.auth.v1.ApiKeyR\x04keys\",\n\x13RevokeApiKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\"\x16\n\x14RevokeApiKeyResponse2\xfc\x04\n\x0b\x41uthService\x12T\n\tAuthorize\x12\".headrace.auth.v1.AuthorizeRequest\x1a#.headrace.auth.v1.AuthorizeResponse\x12Z\n\x0bRecordUsage\x12$.headrace.auth.v1.RecordUsageRequest\x1a%.headrace.auth.v1.RecordUsageResponse\x12N\n\x07GetJwks\x12 .headrace.auth.v1.GetJwksRequest\x1a!.headrace.auth.v1.GetJwksResponse\x12Q\n\x08GetUsage\x12!.headrace.auth.v1.GetUsageRequest\x1a\".headrace.auth.v1.GetUsageResponse\x12]\n\x0c\x43reateApiKey\x12%.headrace.auth.v1.CreateApiKeyRequest\x1a&.headrace.auth.v1.CreateApiKeyResponse\x12Z\n\x0bListApiKeys\x12$.headrace.auth.v1.ListApiKeysRequest\x1a%.headrace.auth.v1.ListApiKeysResponse\x12]\n\x0cRevokeApiKey\x12%.headrace.auth.v1.RevokeApiKeyRequest\x1a&.headrace.auth.v1.RevokeApiKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bheadrace/auth/v1/auth.proto\x12\x10headrace.auth.v1\"\xdc\x01\n\x10\x41uthorizeRequest\x12\x1e\n\ncredential\x18\x01 \x01(\tR\ncredential\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12%\n\x0ereserve_tokens\x18\x03 \x01(\x03R\rreserveTokens\x12#\n\rcontent_bytes\x18\x05 \x01(\x03R\x0c\x63ontentBytes\x12\x46\n\x0bsettlements\x18\x06 \x03(\x0b\x32$.headrace.auth.v1.RecordUsageRequestR\x0bsettlements\"\x82\x01\n\x11\x41uthorizeResponse\x12\x18\n\x07subject\x18\x01 \x01(\tR\x07subject\x12\x16\n\x06scopes\x18\x02 \x03(\tR\x06scopes\x12\x12\n\x04tier\x18\x03 \x01(\tR\x04tier\x12\'\n\x0freserved_tokens\x18\x04 \x01(\x03R\x0ereservedTokens\"\xb1\x01\n\x12RecordUsageRequest\x12\x18\n\x07subject\x18\x01 \x01(\tR\x07subject\x12\x12\n\x04tier\x18\x02 \x01(\tR\x04tier\x12\'\n\x0freserved_tokens\x18\x03 \x01(\x03R\x0ereservedTokens\x12\x1f\n\x0bused_tokens\x18\x04 \x01(\x03R\nusedTokens\x12#\n\rsettlement_id\x18\x05 \x01(\tR\x0csettlementId\"\x15\n\x13RecordUsageResponse\"\x10\n\x0eGetJwksRequest\".\n\x0fGetJwksResponse\x12\x1b\n\tjwks_json\x18\x01 \x01(\tR\x08jwksJson\"+\n\x0fGetUsageRequest\x12\x18\n\x07subject\x18\x01 \x01(\tR\x07subject\"\x8f\x02\n\x10GetUsageResponse\x12\x18\n\x07subject\x18\x01 \x01(\tR\x07subject\x12\x12\n\x04tier\x18\x02 \x01(\tR\x04tier\x12.\n\x13requests_per_minute\x18\x03 \x01(\x03R\x11requestsPerMinute\x12!\n\x0ctokens_today\x18\x04 \x01(\x03R\x0btokensToday\x12$\n\x0etokens_per_day\x18\x05 \x01(\x03R\x0ctokensPerDay\x12*\n\x11tokens_this_month\x18\x06 \x01(\x03R\x0ftokensThisMonth\x12(\n\x10tokens_per_month\x18\x07 \x01(\x03R\x0etokensPerMonth\"\xb2\x01\n\x06\x41piKey\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x18\n\x07subject\x18\x02 \x01(\tR\x07subject\x12\x16\n\x06scopes\x18\x03 \x03(\tR\x06scopes\x12\x12\n\x04tier\x18\x04 \x01(\tR\x04tier\x12\x12\n\x04name\x18\x05 \x01(\tR\x04name\x12\x1d\n\ncreated_at\x18\x06 \x01(\x03R\tcreatedAt\x12\x18\n\x07revoked\x18\x07 \x01(\x08R\x07revoked\"o\n\x13\x43reateApiKeyRequest\x12\x18\n\x07subject\x18\x01 \x01(\tR\x07subject\x12\x16\n\x06scopes\x18\x02 \x03(\tR\x06scopes\x12\x12\n\x04tier\x18\x03 \x01(\tR\x04tier\x12\x12\n\x04name\x18\x04 \x01(\tR\x04name\"[\n\x14\x43reateApiKeyResponse\x12\x17\n\x07\x61pi_key\x18\x01 \x01(\tR\x06\x61piKey\x12*\n\x03key\x18\x02 \x01(\x0b\x32\x18.headrace.auth.v1.ApiKeyR\x03key\"\x14\n\x12ListApiKeysRequest\"C\n\x13ListApiKeysResponse\x12,\n\x04keys\x18\x01 \x03(\x0b\x32\x18.headrace.auth.v1.ApiKeyR\x04keys\",\n\x13RevokeApiKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\"\x16\n\x14RevokeApiKeyResponse2\xfc\x04\n\x0b\x41uthService\x12T\n\tAuthorize\x12\".headrace.auth.v1.AuthorizeRequest\x1a#.headrace.auth.v1.AuthorizeResponse\x12Z\n\x0bRecordUsage\x12$.headrace.auth.v1.RecordUsageRequest\x1a%.headrace.auth.v1.RecordUsageResponse\x12N\n\x07GetJwks\x12 .headrace.auth.v1.GetJwksRequest\x1a!.headrace.auth.v1.GetJwksResponse\x12Q\n\x08GetUsage\x12!.headrace.auth.v1.GetUsageRequest\x1a\".headrace.auth.v1.GetUsageResponse\x12]\n\x0c\x43reateApiKey\x12%.headrace.auth.v1.CreateApiKeyRequest\x1a&.headrace.auth.v1.CreateApiKeyResponse\x12Z\n\x0bListApiKeys\x12$.headrace.auth.v1.ListApiKeysRequest\x1a%.headrace.auth.v1.ListApiKeysResponse\x12]\n\x0cRevokeApiKey\x12%.headrace.auth.v1.RevokeApiKeyRequest\x1a&.headrace.auth.v1.RevokeApiKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,31 +36,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTHORIZERESPONSE']._serialized_start=273
   _globals['_AUTHORIZERESPONSE']._serialized_end=403
   _globals['_RECORDUSAGEREQUEST']._serialized_start=406
-  _globals['_RECORDUSAGEREQUEST']._serialized_end=546
-  _globals['_RECORDUSAGERESPONSE']._serialized_start=548
-  _globals['_RECORDUSAGERESPONSE']._serialized_end=569
-  _globals['_GETJWKSREQUEST']._serialized_start=571
-  _globals['_GETJWKSREQUEST']._serialized_end=587
-  _globals['_GETJWKSRESPONSE']._serialized_start=589
-  _globals['_GETJWKSRESPONSE']._serialized_end=635
-  _globals['_GETUSAGEREQUEST']._serialized_start=637
-  _globals['_GETUSAGEREQUEST']._serialized_end=680
-  _globals['_GETUSAGERESPONSE']._serialized_start=683
-  _globals['_GETUSAGERESPONSE']._serialized_end=954
-  _globals['_APIKEY']._serialized_start=957
-  _globals['_APIKEY']._serialized_end=1135
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1137
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1248
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1250
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1341
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1343
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1363
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1365
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1432
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1434
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1478
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1480
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1502
-  _globals['_AUTHSERVICE']._serialized_start=1505
-  _globals['_AUTHSERVICE']._serialized_end=2141
+  _globals['_RECORDUSAGEREQUEST']._serialized_end=583
+  _globals['_RECORDUSAGERESPONSE']._serialized_start=585
+  _globals['_RECORDUSAGERESPONSE']._serialized_end=606
+  _globals['_GETJWKSREQUEST']._serialized_start=608
+  _globals['_GETJWKSREQUEST']._serialized_end=624
+  _globals['_GETJWKSRESPONSE']._serialized_start=626
+  _globals['_GETJWKSRESPONSE']._serialized_end=672
+  _globals['_GETUSAGEREQUEST']._serialized_start=674
+  _globals['_GETUSAGEREQUEST']._serialized_end=717
+  _globals['_GETUSAGERESPONSE']._serialized_start=720
+  _globals['_GETUSAGERESPONSE']._serialized_end=991
+  _globals['_APIKEY']._serialized_start=994
+  _globals['_APIKEY']._serialized_end=1172
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1174
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1285
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1287
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1378
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1380
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1400
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1402
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1469
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1471
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1515
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1517
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1539
+  _globals['_AUTHSERVICE']._serialized_start=1542
+  _globals['_AUTHSERVICE']._serialized_end=2178
 # @@protoc_insertion_point(module_scope)

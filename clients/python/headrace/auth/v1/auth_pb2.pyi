@@ -33,16 +33,18 @@ class AuthorizeResponse(_message.Message):
     def __init__(self, subject: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., tier: _Optional[str] = ..., reserved_tokens: _Optional[int] = ...) -> None: ...
 
 class RecordUsageRequest(_message.Message):
-    __slots__ = ("subject", "tier", "reserved_tokens", "used_tokens")
+    __slots__ = ("subject", "tier", "reserved_tokens", "used_tokens", "settlement_id")
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     RESERVED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     USED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SETTLEMENT_ID_FIELD_NUMBER: _ClassVar[int]
     subject: str
     tier: str
     reserved_tokens: int
     used_tokens: int
-    def __init__(self, subject: _Optional[str] = ..., tier: _Optional[str] = ..., reserved_tokens: _Optional[int] = ..., used_tokens: _Optional[int] = ...) -> None: ...
+    settlement_id: str
+    def __init__(self, subject: _Optional[str] = ..., tier: _Optional[str] = ..., reserved_tokens: _Optional[int] = ..., used_tokens: _Optional[int] = ..., settlement_id: _Optional[str] = ...) -> None: ...
 
 class RecordUsageResponse(_message.Message):
     __slots__ = ()
