@@ -3,9 +3,11 @@
 admit  validate; route the task (its max_tokens sizes the quota reservation);
        for a credential admitted recently, a local model's prefill started
        (speculation.py: held in inference until the commit); auth.Authorize (who,
-       which tier, reserve tokens); sanitizer.CheckPrompt under auth's tier (the
-       content as it may go on); the tier's current output policy (refused when
-       the sanitizer's policy watch is lost)
+       which tier, reserve tokens, and earlier requests' settlements);
+       sanitizer.CheckPrompt under auth's tier (the content as it may go on; for a
+       recent credential started beside Authorize under its remembered tier); the
+       tier's current output policy (refused when the sanitizer's policy watch is
+       lost)
 plan   the A/B arm; sampling parameters with defaults; the models to try; whether
        the cache may answer
 serve  per model, until one answers: cache.Answer (a hit is replayed), else
