@@ -180,8 +180,12 @@ class Orchestrator:
                 ask.content, principal.tier, remaining
             )
         else:
-            record.speculation = self._speculate(ask, route, credential, remaining)
-            early = self._check_early(ask.content, credential, remaining)
+            # Admitted recently and not refused since (speculation.py's rule, for both
+            # the prefill and the early check): the tier auth gave it then, else None.
+            recent_tier = self.admissions.recent_tier(credential)
+            if recent_tier is not None:
+                record.speculation = self._speculate(ask, route, remaining)
+            early = self._check_early(ask.content, recent_tier, remaining)
             try:
                 record.principal = principal = await self.backends.auth.authorize(
                     credential,
@@ -215,27 +219,22 @@ class Orchestrator:
         return route
 
     def _check_early(
-        self, content: Content, credential: str, remaining: float | None
+        self, content: Content, tier: str | None, remaining: float | None
     ) -> EarlyCheck | None:
         """CheckPrompt started beside Authorize, under the tier auth gave this
-        credential last time, when it was admitted recently and not refused since
-        (the rule speculation follows: a refused client buys no sanitizer work)."""
-        if not self._settings.check_beside_authorize:
-            return None
-        tier = self.admissions.recent_tier(credential)
-        if tier is None:
+        credential last time (`tier`: None unless it was admitted recently and not
+        refused since, so a refused client buys no sanitizer work)."""
+        if not self._settings.check_beside_authorize or tier is None:
             return None
         check = asyncio.ensure_future(self.backends.sanitizer.check(content, tier, remaining))
         return EarlyCheck(tier, check)
 
-    def _speculate(
-        self, ask: Ask, route: Route, credential: str, remaining: float | None
-    ) -> Speculation | None:
-        """Start the likely model's prefill of the content as it came, when the rules
-        allow (speculation.py): speculation on, the credential admitted recently and
-        not refused since, the model known and local."""
+    def _speculate(self, ask: Ask, route: Route, remaining: float | None) -> Speculation | None:
+        """Start the likely model's prefill of the content as it came, for a credential
+        admitted recently and not refused since, when the other rules allow
+        (speculation.py): speculation on, the model known and local."""
         s = self._settings
-        if not s.speculate or not self.admissions.may_speculate(credential):
+        if not s.speculate:
             return None
         names = [ask.model] if ask.model else [*route.models, *s.fallback_models]
         model = self.catalog.known(names[0] if names else "")

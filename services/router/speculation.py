@@ -71,7 +71,7 @@ class AdmissionMemory:
             self._seen.popitem(last=False)
         return entry
 
-    def admitted(self, credential: str, tier: str = "") -> None:
+    def admitted(self, credential: str, tier: str) -> None:
         entry = self._entry(credential)
         entry.admitted = self._clock()
         entry.tier = tier
@@ -79,23 +79,16 @@ class AdmissionMemory:
     def refused(self, credential: str) -> None:
         self._entry(credential).refused = self._clock()
 
-    def may_speculate(self, credential: str) -> bool:
-        """Admitted within the window, and not refused within it."""
-        return self._recent(credential) is not None
-
     def recent_tier(self, credential: str) -> str | None:
-        """The tier of a credential that may speculate (None for any other)."""
-        entry = self._recent(credential)
-        return entry.tier if entry is not None else None
-
-    def _recent(self, credential: str) -> _Seen | None:
+        """The tier auth gave a credential admitted within the window and not refused
+        within it (one that may speculate); None for any other."""
         entry = self._seen.get(_key(credential))
         if entry is None or entry.admitted is None:
             return None
         now = self._clock()
         if entry.refused is not None and now - entry.refused <= self._window:
             return None
-        return entry if now - entry.admitted <= self._window else None
+        return entry.tier if now - entry.admitted <= self._window else None
 
 
 @dataclass

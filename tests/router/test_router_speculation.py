@@ -202,16 +202,16 @@ async def test_a_failed_speculation_is_generated_afresh(tmp_path: Path) -> None:
 def test_admission_memory_forgets_after_the_window() -> None:
     now = [0.0]
     memory = AdmissionMemory(60.0, clock=lambda: now[0])
-    assert not memory.may_speculate("k")
-    memory.admitted("k")
-    assert memory.may_speculate("k")
+    assert memory.recent_tier("k") is None
+    memory.admitted("k", "free")
+    assert memory.recent_tier("k") == "free"
     now[0] = 61.0
-    assert not memory.may_speculate("k"), "admitted too long ago"
-    memory.admitted("k")
+    assert memory.recent_tier("k") is None, "admitted too long ago"
+    memory.admitted("k", "free")
     memory.refused("k")
-    memory.admitted("k")
-    assert not memory.may_speculate("k"), "refused within the window"
+    memory.admitted("k", "free")
+    assert memory.recent_tier("k") is None, "refused within the window"
     now[0] = 122.0
-    memory.admitted("k")
-    assert memory.may_speculate("k"), "the refusal is older than the window"
+    memory.admitted("k", "pro")
+    assert memory.recent_tier("k") == "pro", "the refusal is older than the window"
     assert all(isinstance(key, bytes) for key in memory._seen), "no raw credential kept"
