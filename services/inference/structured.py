@@ -5,7 +5,8 @@ llama-cpp-python's JSON Schema converter silently drops keywords it does not han
 and `patternProperties` are ignored), so output would "obey" a schema it does not.
 Here a schema may use only the keywords on an explicit allow-list, each known to be
 enforced by the grammar; any other is INVALID_ARGUMENT naming the keyword and where it
-is (a JSON Pointer). A schema the converter still cannot handle (some regex patterns)
+is (a JSON Pointer). Bounds on integers are written into the grammar here
+(json_range.py); bounds on other numbers are INVALID_ARGUMENT. A schema the converter still cannot handle (some regex patterns)
 is INVALID_ARGUMENT too, never a crash.
 """
 
@@ -15,9 +16,10 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from llama_cpp.llama_grammar import JSON_GBNF, BuiltinRule, SchemaConverter
+from llama_cpp.llama_grammar import JSON_GBNF, RESERVED_NAMES, BuiltinRule, SchemaConverter
 
 from headrace.services.inference.json_pattern import JSON_STRING_CHAR, pattern_expression
+from headrace.services.inference.json_range import BOUNDS, integer_bounds, integer_expression
 from headrace.services.runtime.errors import InvalidArgument
 from headrace.types.v1 import types_pb2
 
@@ -43,9 +45,10 @@ ENFORCED = frozenset(
         "minLength",
         "maxLength",
         "format",
+        *BOUNDS,
     }
 )
-"""Keywords the grammar enforces."""
+"""Keywords the grammar enforces (the bounds on integers only)."""
 
 ANNOTATIONS = frozenset(
     {
@@ -101,6 +104,11 @@ class _Converter(SchemaConverter):
                     f"{', '.join(repr(k) for k in beside)}: the grammar can hold only one; "
                     "fold the length into the pattern (e.g. ^[a-z]{2,8}$)"
                 )
+        if isinstance(schema, dict) and schema.get("type") == "integer":
+            lo, hi = integer_bounds(schema, name or "root")  # checked in check_schema
+            if lo is not None or hi is not None:
+                rule_name = name + "-" if name in RESERVED_NAMES else name or "root"
+                return self._add_rule(rule_name, integer_expression(lo, hi) + " space")
         return super().visit(schema, name)
 
     def _add_primitive(self, name: str, rule: BuiltinRule) -> str:
@@ -140,7 +148,18 @@ def schema_grammar(text: str) -> str:
 
 def check_schema(schema: Any, pointer: str = "") -> None:
     """InvalidArgument naming the first keyword outside the allow-list and where it is."""
-    for where, keyword, value in _keywords(schema, pointer):
+    for where, keyword, value, holder in _keywords(schema, pointer):
+        if keyword in BOUNDS:
+            if holder.get("type") != "integer":
+                raise InvalidArgument(
+                    f'JSON Schema keyword {keyword!r} at {where or "/"} needs "type": '
+                    '"integer" beside it: the grammar holds bounds on integers only (for '
+                    "a decimal, bound a string with a pattern or an enum)"
+                )
+            try:
+                integer_bounds(holder, where or "/")
+            except ValueError as exc:
+                raise InvalidArgument(str(exc)) from None
         if keyword not in SUPPORTED:
             raise InvalidArgument(
                 f"unsupported JSON Schema keyword {keyword!r} at {where or '/'}: the output "
@@ -164,14 +183,15 @@ def check_schema(schema: Any, pointer: str = "") -> None:
             )
 
 
-def _keywords(schema: Any, pointer: str) -> Iterator[tuple[str, str, Any]]:
-    """(pointer of the schema, keyword, value) for every keyword of every subschema."""
+def _keywords(schema: Any, pointer: str) -> Iterator[tuple[str, str, Any, dict[str, Any]]]:
+    """(pointer of the schema, keyword, value, the schema) for every keyword of every
+    subschema."""
     if isinstance(schema, bool):
         return
     if not isinstance(schema, dict):
         raise InvalidArgument(f"the JSON Schema at {pointer or '/'} is not an object")
     for keyword, value in schema.items():
-        yield pointer, keyword, value
+        yield pointer, keyword, value, schema
         here = f"{pointer}/{_escape(keyword)}"
         if keyword in _SCHEMA_MAPS and isinstance(value, dict):
             for name, sub in value.items():

@@ -8,7 +8,6 @@ offered and the result does not depend on how a tokenizer splits it.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import random
 import re
@@ -21,6 +20,7 @@ from hypothesis import strategies as st
 
 from headrace.services.inference.structured import schema_grammar
 from headrace.services.runtime.errors import InvalidArgument
+from tests.support.grammar_judge import Judge, accepts_json
 from tests.support.tiny_model import EOS_ID, FIRST_BYTE_ID
 
 # ECMA 262 classes written out for Python's re, which checks what the grammar let through.
@@ -51,43 +51,13 @@ def engine(tiny_model: Path) -> Iterator[object]:
     engine.close()
 
 
-class Judge:
-    """llama.cpp's grammar sampler over byte tokens."""
-
-    def __init__(self, engine: object, pattern: str) -> None:
-        import llama_cpp
-
-        self._llama_cpp = llama_cpp
-        schema = {"type": "string", "pattern": pattern}
-        self._sampler = engine.grammar_sampler(schema_grammar(json.dumps(schema)))  # type: ignore[attr-defined]
-
-    def close(self) -> None:
-        self._llama_cpp.llama_sampler_free(self._sampler)
-
-    def allowed(self, tokens: list[int]) -> list[int]:
-        import numpy as np
-
-        from headrace.services.inference.engine import _TOKEN_DATA, _token_array
-
-        data = np.array([(t, 1.0, 0.0) for t in tokens], dtype=_TOKEN_DATA)
-        self._llama_cpp.llama_sampler_apply(self._sampler, ctypes.byref(_token_array(data)))
-        return [int(t) for t in data["id"][np.isfinite(data["logit"])]]
-
-    def accept(self, token: int) -> None:
-        self._llama_cpp.llama_sampler_accept(self._sampler, token)
+def pattern_schema(pattern: str) -> dict:
+    return {"type": "string", "pattern": pattern}
 
 
 def accepts(engine: object, pattern: str, text: str) -> bool:
     """Whether the grammar lets the model write exactly `text` (then stop)."""
-    judge = Judge(engine, pattern)
-    try:
-        for byte in text.encode():
-            if not judge.allowed([FIRST_BYTE_ID + byte]):
-                return False
-            judge.accept(FIRST_BYTE_ID + byte)
-        return bool(judge.allowed([EOS_ID]))
-    finally:
-        judge.close()
+    return accepts_json(engine, pattern_schema(pattern), text)
 
 
 # Bytes that can appear in UTF-8 (a grammar judges code points; byte tokens can spell
@@ -105,7 +75,7 @@ def _text(written: bytearray) -> str | None:
 def walk(engine: object, pattern: str, rng: random.Random, steps: int = 120) -> str | None:
     """A random text the grammar allows, byte by byte; None if it did not end in time
     (or spelled no UTF-8). Bytes the pattern spells are preferred, so walks end."""
-    judge = Judge(engine, pattern)
+    judge = Judge(engine, pattern_schema(pattern))
     spelled = {FIRST_BYTE_ID + b for b in (pattern + '"').encode()}
     written = bytearray()
     try:
