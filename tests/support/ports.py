@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
+from pathlib import Path
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -21,8 +22,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def free_port_block(size: int, low: int = 20000, high: int = 45000) -> int:
-    """The first port of `size` consecutive free ports (outside the ephemeral range)."""
+def ephemeral_low(default: int = 32768) -> int:
+    """The first port the kernel hands to outgoing connections (Linux: 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def free_port_block(size: int, low: int = 20000, high: int | None = None) -> int:
+    """The first port of `size` consecutive free ports, below the ephemeral range.
+
+    A port in the ephemeral range may be free when checked and taken a moment later by
+    an outgoing connection (a Redis client's, another test's) before the service binds
+    it: blocks drawn up to 45000 once failed a CI run with "Address already in use".
+    """
+    high = min(high or 45000, ephemeral_low())
+    if high - size <= low:
+        low = max(1024, high - 10 * size)
     for _ in range(500):
         base = random.randrange(low, high - size)
         if all(port_free(base + i) for i in range(size)):
