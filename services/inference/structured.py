@@ -67,6 +67,8 @@ ANNOTATIONS = frozenset(
 """Keywords that only describe; they constrain nothing, so they are accepted."""
 
 SUPPORTED = ENFORCED | ANNOTATIONS
+_BOUNDS_ALONE = frozenset({"enum", "const", "anyOf", "oneOf", "allOf", "$ref"})
+"""Keywords the converter would follow instead of an integer's bounds."""
 TYPES = frozenset({"string", "number", "integer", "boolean", "null", "object", "array"})
 FORMATS = frozenset({"date", "time", "date-time", "uuid"})
 
@@ -155,6 +157,14 @@ def check_schema(schema: Any, pointer: str = "") -> None:
                     f'JSON Schema keyword {keyword!r} at {where or "/"} needs "type": '
                     '"integer" beside it: the grammar holds bounds on integers only (for '
                     "a decimal, bound a string with a pattern or an enum)"
+                )
+            beside = sorted(_BOUNDS_ALONE & holder.keys())
+            if beside:
+                # The converter would take the enum or union and drop the bounds.
+                raise InvalidArgument(
+                    f"JSON Schema keyword {keyword!r} at {where or '/'} beside "
+                    f"{', '.join(repr(k) for k in beside)}: the grammar cannot hold both; "
+                    "list only the allowed values, or put the bounds inside each alternative"
                 )
             try:
                 integer_bounds(holder, where or "/")

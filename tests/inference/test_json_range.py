@@ -103,6 +103,8 @@ def test_bounds_become_an_inclusive_integer_range(schema: dict, bounds: tuple) -
         ({"type": "number", "maximum": 3}, '\'maximum\' at / needs "type": "integer"'),
         ({"maximum": 3}, 'needs "type": "integer"'),
         ({"type": ["integer", "null"], "minimum": 0}, 'needs "type": "integer"'),
+        ({"type": "integer", "maximum": 3, "enum": [1, 9]}, "'maximum' at / beside 'enum'"),
+        ({"type": "integer", "minimum": 0, "anyOf": [{"const": 1}]}, "beside 'anyOf'"),
     ],
 )
 def test_bounds_that_cannot_be_held_are_invalid_argument(schema: dict, says: str) -> None:
