@@ -102,6 +102,15 @@ def reduce(vectors: np.ndarray, dims: int) -> np.ndarray:
     return reduced * sif_weights(len(vectors))[:, None]
 
 
+def table_rows(vectors: np.ndarray, dims: int) -> np.ndarray:
+    """The float32 rows written: reduce()'s, rounded to a 1e-4 grid first.
+
+    The artefact's int8 steps are ~0.04, so the grid loses nothing it keeps; but the
+    last bits of float64 PCA differ by the CPU's BLAS kernels, and a float32 cast alone
+    passed a few of those differences through as one-ulp changes of the file."""
+    return np.round(reduce(vectors, dims), ROUND_DECIMALS).astype(np.float32)
+
+
 def sif_weights(n: int) -> np.ndarray:
     """SIF / (SIF + p) for words of Zipf probability p by rank 1..n (model2vec's weights):
     the vocabulary's first (most frequent) words weigh least."""
@@ -117,10 +126,7 @@ def distil(dims: int = DIMS) -> tuple[np.ndarray, np.ndarray, dict[str, object]]
     keys = np.array([word_hashes(w)[0] for w in words], dtype=np.uint64)
     if len(np.unique(keys)) != len(keys):
         raise SystemExit("two vocabulary words share a hash")
-    # Rounded to a 1e-4 grid before float32 (the artefact's int8 steps are ~0.04): the
-    # last bits of float64 PCA differ by the CPU's BLAS kernels, and a float32 cast
-    # alone passed a few of those differences through as one-ulp changes.
-    rows = np.round(reduce(encode(path, words), dims), ROUND_DECIMALS).astype(np.float32)
+    rows = table_rows(encode(path, words), dims)
     order = np.argsort(keys, kind="stable")
     meta = {
         "encoder": ENCODER,

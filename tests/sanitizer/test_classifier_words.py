@@ -20,7 +20,7 @@ from headrace.services.sanitizer.classifier import (
     WordVectors,
     word_hashes,
 )
-from scripts.distill_word_vectors import reduce, save, sif_weights
+from scripts.distill_word_vectors import reduce, save, sif_weights, table_rows
 from scripts.train_injection_classifier import (
     NORM_FLOOR,
     balanced,
@@ -258,3 +258,18 @@ def test_a_model_setting_that_does_not_load_names_its_path(tmp_path: Path) -> No
     for path in (tmp_path / "missing.npz", broken):
         with pytest.raises(ValueError, match=re.escape(f"injection_classifier_model '{path}'")):
             SanitizerSettings(injection_classifier_model=path).policies()
+
+
+def test_the_table_is_the_same_bytes_whatever_the_last_bits_of_the_encoder() -> None:
+    # float64 encoders on different kernels (oneDNN or not, AVX2 or AVX-512) differ in
+    # their last bits; the written rows must not. A float32 encoder's differences
+    # (~1e-5 here, 3.8e-5 measured between kernel paths) do change them.
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(3000, 64))
+    last_bits = vectors * (1 + rng.uniform(-1e-14, 1e-14, size=vectors.shape))
+    float32_kernels = vectors + rng.normal(scale=1e-5, size=vectors.shape)
+    rows = table_rows(vectors, 16)
+    assert rows.dtype == np.float32
+    assert table_rows(last_bits, 16).tobytes() == rows.tobytes()
+    assert table_rows(float32_kernels, 16).tobytes() != rows.tobytes()
+    assert np.abs(rows - reduce(vectors, 16)).max() <= 5e-5 + 1e-7
