@@ -31,8 +31,11 @@ TEMPLATE = (
 TEMPLATE_MARKERS = ("<start_of_turn>", "<end_of_turn>", "<bos>", "<s>", "</s>")
 SCHEMA = {
     "type": "object",
-    "properties": {"ok": {"type": "boolean"}},
-    "required": ["ok"],
+    "properties": {
+        "ok": {"type": "boolean"},
+        "stars": {"type": "integer", "minimum": 1, "maximum": 5},
+    },
+    "required": ["ok", "stars"],
     "additionalProperties": False,
 }
 
