@@ -6,8 +6,8 @@ and `patternProperties` are ignored), so output would "obey" a schema it does no
 Here a schema may use only the keywords on an explicit allow-list, each known to be
 enforced by the grammar; any other is INVALID_ARGUMENT naming the keyword and where it
 is (a JSON Pointer). Bounds on integers are written into the grammar here
-(json_range.py); bounds on other numbers are INVALID_ARGUMENT. A schema the converter still cannot handle (some regex patterns)
-is INVALID_ARGUMENT too, never a crash.
+(json_range.py); bounds on other numbers are INVALID_ARGUMENT. A schema the converter
+still cannot handle (some regex patterns) is INVALID_ARGUMENT too, never a crash.
 """
 
 from __future__ import annotations
