@@ -51,6 +51,32 @@ train-sanitizer's full options, evaluated once) is declared only if confirmed, Z
 held-out-template recall on the new sources' standalone attacks at 0.5% benign is not
 below X's (89.7%) by more than the spread, and the test ends before 00:55 UTC.
 
+Thirteenth round, construction ZY: Z combined with the tenth round's disjoint
+instructions. Ys's rows (rebuff + pallms; self-instruct benign rows S1 only; the new
+instructions from S2), but headrace.embedded draws from the construction's rows before
+the new sources join (the shipped rows with self-instruct restricted to S1), so ZY's
+embedded rows carry no new-source attack and no S2 task. ZY does not embed from the
+full `base` as Z does, because `base` holds all 175 self-instruct tasks: the S2 tasks
+would enter benign embedded rows (and embedded attacks) as tasks, and the new
+instructions would no longer be disjoint from the benign rows. `--kinds shipped,Z,Ys,ZY`
+runs it.
+
+Declared for ZY before its first run, with the eleventh round's figures. R is the recall
+on the shipped sources' attacks that are not embedded (the 885 rows) at 0.5% of pooled
+benign rows over ("at 0.5% benign"), averaged over the 3 draws; R_rule is the same set's
+recall at the rule's threshold ("rule"). T is the rule's threshold (the median of the
+draws' thresholds). The spread is the largest between-draw range (max - min) of R among
+the constructions run in the same job.
+- **Confirmed** (the threshold comes down when the override attacks' tasks are no benign
+  rows, without losing the shipped sources' attacks): R_rule(ZY) - R_rule(Z) > spread
+  and R(shipped) - R(ZY) <= spread.
+- **Refuted**: R_rule(ZY) - R_rule(Z) <= spread.
+- **Partly** otherwise.
+Reported for every construction run: T, and the held-out-template standalone recall
+("new sources, alone (held-out template)") at 0.5% benign and at the rule. No candidate
+model is trained in this round whatever the result; the result only says whether a later
+round should train one.
+
 Tenth round, declared before the first run: the test **favours** the disjoint construction if Ys,
 against Xs, catches more of the held-out-template attacks (alone and embedded) at the
 common operating point (0.5% of pooled benign rows over, per draw) by more than the
@@ -120,6 +146,9 @@ def construction(
         inside = [str(r["text"]).split("\n\n")[0] for r in selfi if r["text"] in s1]
         outside = [str(r["text"]).split("\n\n")[0] for r in selfi if r["text"] not in s1]
         tasks = inside if kind == "Xs" else outside
+    # ZY (thirteenth round) embeds from the rows before the new sources join: the
+    # shipped rows with self-instruct restricted to S1.
+    before_new = list(rows)
     groups: dict[str, str] = {}
     if kind != "shipped":
         for r, g in pallms_rows(m, tasks) + rebuff_rows(m, tasks):  # sanitizer_data's order
@@ -128,7 +157,14 @@ def construction(
     # Z (eleventh round): headrace.embedded draws its attacks from the shipped rows
     # only, so its rows are the shipped construction's exactly; the new sources add
     # their standalone rows and nothing else.
-    derived = data.embedded(list(base) if kind == "Z" else rows)
+    # ZY (thirteenth round): as Z, but on Ys's rows; its embedded rows draw from
+    # `before_new`, not `base`, so no S2 task enters a benign embedded row.
+    if kind == "Z":
+        derived = data.embedded(list(base))
+    elif kind == "ZY":
+        derived = data.embedded(before_new)
+    else:
+        derived = data.embedded(rows)
     train = data.dedupe(rows + derived)
     # An embedded attack carrying a new-source attack joins that attack's group.
     by_len = sorted(groups, key=len, reverse=True)
