@@ -86,7 +86,10 @@ def test_a_stream_nobody_reads_pauses_at_the_mark_and_completes_when_read(
     suite: RunningSuite,
 ) -> None:
     metadata = bearer(suite.token("slow-client"))
-    alone = min(quick_answer(suite, metadata) for _ in range(2))
+    # Minimums of three: on a loaded 2-core CI machine one answer took 0.9 s where the
+    # next took 0.1 s. The bound catches an engine held up by the unread stream (the
+    # answer would wait for it), not a few percent of speed.
+    alone = min(quick_answer(suite, metadata) for _ in range(3))
     # Through Envoy's internal listener, as the router calls inference.
     internal = f"127.0.0.1:{suite.env['HEADRACE_INTERNAL_PORT']}"
     with grpc.insecure_channel(internal, options=SLOW_READER) as channel:
@@ -97,7 +100,7 @@ def test_a_stream_nobody_reads_pauses_at_the_mark_and_completes_when_read(
         messages = [next(call)]
         until(lambda: gauge(suite, "paused_sequences") == 1, 15, "the slow stream pauses")
         # Bounded while nobody reads, and the others are served at full speed.
-        beside = min(quick_answer(suite, metadata) for _ in range(2))
+        beside = min(quick_answer(suite, metadata) for _ in range(3))
         samples = []
         for _ in range(5):
             samples.append(gauge(suite, "undelivered_deltas"))
@@ -105,7 +108,7 @@ def test_a_stream_nobody_reads_pauses_at_the_mark_and_completes_when_read(
         assert gauge(suite, "paused_sequences") == 1, "the slow stream ran on unread"
         assert max(samples) <= MARK, samples
         print(f"a 200-token answer took {alone:.3f} s alone, {beside:.3f} s beside the paused one")
-        assert beside < 3 * alone + 0.5, (alone, beside)
+        assert beside < 3 * alone + 1.0, (alone, beside)
 
         # The slow client reads on and gets the whole answer.
         messages += list(call)
