@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from headrace.services.inference.structured import schema_grammar
 from headrace.services.runtime.errors import InvalidArgument
-from tests.support.grammar_judge import Judge, accepts_json
+from tests.support.grammar_judge import Judge, accepts_json, grammar_engine
 from tests.support.tiny_model import EOS_ID, FIRST_BYTE_ID
 
 # ECMA 262 classes written out for Python's re, which checks what the grammar let through.
@@ -41,14 +41,8 @@ PATTERNS = [
 
 @pytest.fixture(scope="module")
 def engine(tiny_model: Path) -> Iterator[object]:
-    from headrace.services.inference.engine import LlamaEngine
-    from headrace.services.inference.settings import ModelSpec
-
-    engine = LlamaEngine(
-        ModelSpec(name="tiny-pattern", path=tiny_model), tiny_model, slots=1, queue_size=1
-    )
-    yield engine
-    engine.close()
+    with grammar_engine(tiny_model) as engine:
+        yield engine
 
 
 def pattern_schema(pattern: str) -> dict:

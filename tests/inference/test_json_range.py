@@ -21,7 +21,7 @@ from headrace.services.inference.json_range import (
 )
 from headrace.services.inference.structured import schema_grammar
 from headrace.services.runtime.errors import InvalidArgument
-from tests.support.grammar_judge import accepts_json
+from tests.support.grammar_judge import accepts_json, grammar_engine
 
 RANGES = [
     (0, 150),
@@ -120,14 +120,8 @@ def test_a_bound_in_a_nested_schema_is_named_by_its_pointer() -> None:
 
 @pytest.fixture(scope="module")
 def engine(tiny_model: Path) -> Iterator[object]:
-    from headrace.services.inference.engine import LlamaEngine
-    from headrace.services.inference.settings import ModelSpec
-
-    engine = LlamaEngine(
-        ModelSpec(name="tiny-range", path=tiny_model), tiny_model, slots=1, queue_size=1
-    )
-    yield engine
-    engine.close()
+    with grammar_engine(tiny_model) as engine:
+        yield engine
 
 
 PERSON = {

@@ -8,10 +8,26 @@ from __future__ import annotations
 
 import ctypes
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from headrace.services.inference.structured import schema_grammar
 from tests.support.tiny_model import EOS_ID, FIRST_BYTE_ID
+
+
+@contextmanager
+def grammar_engine(model: Path) -> Iterator[object]:
+    """A one-slot engine over the tiny model, whose grammar samplers judge."""
+    from headrace.services.inference.engine import LlamaEngine
+    from headrace.services.inference.settings import ModelSpec
+
+    engine = LlamaEngine(ModelSpec(name="tiny-judge", path=model), model, slots=1, queue_size=1)
+    try:
+        yield engine
+    finally:
+        engine.close()
 
 
 class Judge:
