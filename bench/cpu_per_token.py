@@ -30,6 +30,7 @@ from bench.user_view import (
     UNFILTERED_TIER,
     Prompts,
     Sample,
+    bench_subject,
     engine_direct,
     start_bench_suite,
     through_gateway,
@@ -133,8 +134,9 @@ def main() -> int:
     suite = start_bench_suite(home / "suite", model)
     try:
         prompts = Prompts()
-        token = suite.token("bench")
-        unfiltered = suite.token("bench", "--tier", UNFILTERED_TIER)
+        subject = bench_subject()
+        token = suite.token(subject)
+        unfiltered = suite.token(subject, "--tier", UNFILTERED_TIER)
         sides = {
             "gateway": through_gateway(suite.public, token),
             "gateway, no output rules": through_gateway(suite.public, unfiltered),

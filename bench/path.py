@@ -58,6 +58,7 @@ from bench.user_view import (
     UNFILTERED,
     UNFILTERED_TIER,
     Prompts,
+    bench_subject,
     in_process,
     own_prompt,
     start_bench_suite,
@@ -262,9 +263,10 @@ def main() -> int:
         },
     )
     try:
+        subject = bench_subject()
         tokens = {
-            DEFAULT: suite.token("bench"),
-            UNFILTERED: suite.token("bench", "--tier", UNFILTERED_TIER),
+            DEFAULT: suite.token(subject),
+            UNFILTERED: suite.token(subject, "--tier", UNFILTERED_TIER),
         }
         stub = router_pb2_grpc.RouterServiceStub(grpc.insecure_channel(suite.public))
         inference = f"127.0.0.1:{suite.service_ports['inference-0']}"

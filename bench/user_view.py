@@ -498,6 +498,13 @@ def _peers(model: Path, threads: int, home: Path, skip: bool) -> Iterator[dict[s
             peer.stop()
 
 
+def bench_subject() -> str:
+    """A subject of its own for each run: the suite's Redis (db 9) outlives it, so a
+    shared "bench" carried one run's requests and tokens into the next run's minute
+    and day (60 requests a minute and 200,000 tokens a day on the default tier)."""
+    return f"bench-{uuid.uuid4().hex[:8]}"
+
+
 def start_bench_suite(
     home: Path, model: Path, extra_env: dict[str, str] | None = None
 ) -> RunningSuite:
@@ -584,8 +591,9 @@ def main() -> int:
     llm = load_llama(model, n_ctx=N_CTX, n_threads=threads, n_threads_batch=threads, verbose=False)
     suite = start_bench_suite(home / "suite", model)
     try:
-        token = suite.token("bench")  # the default tier, its default policy
-        unfiltered_token = suite.token("bench", "--tier", UNFILTERED_TIER)
+        subject = bench_subject()
+        token = suite.token(subject)  # the default tier, its default policy
+        unfiltered_token = suite.token(subject, "--tier", UNFILTERED_TIER)
         inference = f"127.0.0.1:{suite.service_ports['inference-0']}"
         with _peers(model, threads, home, args.no_peers) as peers:
             sides: dict[str, Callable[[str, int], Sample]] = {
