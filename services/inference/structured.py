@@ -5,9 +5,9 @@ llama-cpp-python's JSON Schema converter silently drops keywords it does not han
 and `patternProperties` are ignored), so output would "obey" a schema it does not.
 Here a schema may use only the keywords on an explicit allow-list, each known to be
 enforced by the grammar; any other is INVALID_ARGUMENT naming the keyword and where it
-is (a JSON Pointer). Bounds on integers are written into the grammar here
-(json_range.py); bounds on other numbers are INVALID_ARGUMENT. A schema the converter
-still cannot handle (some regex patterns) is INVALID_ARGUMENT too, never a crash.
+is (a JSON Pointer). Bounds on integers and numbers are written into the grammar
+here (json_range.py). A schema the converter still cannot handle (some regex patterns)
+is INVALID_ARGUMENT too, never a crash.
 """
 
 from __future__ import annotations
@@ -19,7 +19,13 @@ from typing import Any
 from llama_cpp.llama_grammar import JSON_GBNF, RESERVED_NAMES, BuiltinRule, SchemaConverter
 
 from headrace.services.inference.json_pattern import JSON_STRING_CHAR, pattern_expression
-from headrace.services.inference.json_range import BOUNDS, integer_bounds, integer_expression
+from headrace.services.inference.json_range import (
+    BOUNDS,
+    integer_bounds,
+    integer_expression,
+    number_bounds,
+    number_expression,
+)
 from headrace.services.runtime.errors import InvalidArgument
 from headrace.types.v1 import types_pb2
 
@@ -48,7 +54,7 @@ ENFORCED = frozenset(
         *BOUNDS,
     }
 )
-"""Keywords the grammar enforces (the bounds on integers only)."""
+"""Keywords the grammar enforces (the bounds on integers and numbers only)."""
 
 ANNOTATIONS = frozenset(
     {
@@ -106,11 +112,13 @@ class _Converter(SchemaConverter):
                     f"{', '.join(repr(k) for k in beside)}: the grammar can hold only one; "
                     "fold the length into the pattern (e.g. ^[a-z]{2,8}$)"
                 )
-        if isinstance(schema, dict) and schema.get("type") == "integer":
-            lo, hi = integer_bounds(schema, name or "root")  # checked in check_schema
-            if lo is not None or hi is not None:
-                rule_name = name + "-" if name in RESERVED_NAMES else name or "root"
-                return self._add_rule(rule_name, integer_expression(lo, hi) + " space")
+        if isinstance(schema, dict) and BOUNDS & schema.keys():  # checked in check_schema
+            rule_name = name + "-" if name in RESERVED_NAMES else name or "root"
+            if schema.get("type") == "integer":
+                expression = integer_expression(*integer_bounds(schema, rule_name))
+            else:
+                expression = number_expression(*number_bounds(schema, rule_name))
+            return self._add_rule(rule_name, expression + " space")
         return super().visit(schema, name)
 
     def _add_primitive(self, name: str, rule: BuiltinRule) -> str:
@@ -152,11 +160,11 @@ def check_schema(schema: Any, pointer: str = "") -> None:
     """InvalidArgument naming the first keyword outside the allow-list and where it is."""
     for where, keyword, value, holder in _keywords(schema, pointer):
         if keyword in BOUNDS:
-            if holder.get("type") != "integer":
+            if holder.get("type") not in ("integer", "number"):
                 raise InvalidArgument(
                     f'JSON Schema keyword {keyword!r} at {where or "/"} needs "type": '
-                    '"integer" beside it: the grammar holds bounds on integers only (for '
-                    "a decimal, bound a string with a pattern or an enum)"
+                    '"integer" or "number" beside it: the grammar holds bounds on one '
+                    "numeric type only"
                 )
             beside = sorted(_BOUNDS_ALONE & holder.keys())
             if beside:
@@ -167,7 +175,10 @@ def check_schema(schema: Any, pointer: str = "") -> None:
                     "list only the allowed values, or put the bounds inside each alternative"
                 )
             try:
-                integer_bounds(holder, where or "/")
+                if holder["type"] == "integer":
+                    integer_bounds(holder, where or "/")
+                else:
+                    number_bounds(holder, where or "/")
             except ValueError as exc:
                 raise InvalidArgument(str(exc)) from None
         if keyword not in SUPPORTED:

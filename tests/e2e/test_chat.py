@@ -176,7 +176,7 @@ def test_replies_held_to_schema_patterns_are_json_that_matches(
 @pytest.mark.parametrize(
     ("keyword", "schema"),
     [
-        ("minimum", {"type": "number", "minimum": 0}),
+        ("minimum", {"type": "string", "minimum": 0}),
         ("multipleOf", {"type": "integer", "multipleOf": 5}),
         ("uniqueItems", {"type": "array", "uniqueItems": True}),
         ("not", {"not": {"type": "string"}}),

@@ -34,8 +34,9 @@ SCHEMA = {
     "properties": {
         "ok": {"type": "boolean"},
         "stars": {"type": "integer", "minimum": 1, "maximum": 5},
+        "confidence": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
     },
-    "required": ["ok", "stars"],
+    "required": ["ok", "stars", "confidence"],
     "additionalProperties": False,
 }
 
@@ -125,7 +126,7 @@ def test_a_json_schema_response_validates(sdk: openai.OpenAI) -> None:
     completion = sdk.chat.completions.create(
         model="tiny",
         messages=[{"role": "user", "content": "Is water wet? Answer in JSON."}],
-        max_tokens=64,
+        max_tokens=128,
         temperature=0,
         response_format={
             "type": "json_schema",

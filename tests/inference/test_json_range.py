@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ from headrace.services.inference.json_range import (
     MAX_DIGITS,
     integer_alternatives,
     integer_bounds,
+    number_bounds,
+    number_expression,
 )
 from headrace.services.inference.structured import schema_grammar
 from headrace.services.runtime.errors import InvalidArgument
@@ -100,9 +103,12 @@ def test_bounds_become_an_inclusive_integer_range(schema: dict, bounds: tuple) -
         ({"type": "integer", "minimum": 10**17}, "allow no integer of at most 16 digits"),
         ({"type": "integer", "minimum": "5"}, "'minimum' at / is not a finite number"),
         ({"type": "integer", "maximum": True}, "'maximum' at / is not a finite number"),
-        ({"type": "number", "maximum": 3}, '\'maximum\' at / needs "type": "integer"'),
-        ({"maximum": 3}, 'needs "type": "integer"'),
-        ({"type": ["integer", "null"], "minimum": 0}, 'needs "type": "integer"'),
+        ({"type": "string", "maximum": 3}, '\'maximum\' at / needs "type": "integer" or "number"'),
+        ({"maximum": 3}, 'needs "type": "integer" or "number"'),
+        ({"type": ["integer", "null"], "minimum": 0}, 'needs "type": "integer" or "number"'),
+        ({"type": "number", "minimum": 2, "exclusiveMaximum": 2}, "allow no number (from 2 to 2)"),
+        ({"type": "number", "minimum": 1e17}, "allow no number of at most 16 digits"),
+        ({"type": "number", "maximum": float("nan")}, "is not a finite number"),
         ({"type": "integer", "maximum": 3, "enum": [1, 9]}, "'maximum' at / beside 'enum'"),
         ({"type": "integer", "minimum": 0, "anyOf": [{"const": 1}]}, "beside 'anyOf'"),
     ],
@@ -113,7 +119,7 @@ def test_bounds_that_cannot_be_held_are_invalid_argument(schema: dict, says: str
 
 
 def test_a_bound_in_a_nested_schema_is_named_by_its_pointer() -> None:
-    schema = {"type": "object", "properties": {"n": {"type": "number", "minimum": 0}}}
+    schema = {"type": "object", "properties": {"n": {"type": "string", "minimum": 0}}}
     with pytest.raises(InvalidArgument, match="'minimum' at /properties/n"):
         schema_grammar(json.dumps(schema))
 
@@ -164,3 +170,130 @@ def test_the_grammar_sampler_takes_each_integer_in_range_and_none_outside(
     for n in (*window, 10**15, -(10**15)):
         inside = (lo is None or n >= lo) and (hi is None or n <= hi)
         assert accepts_json(engine, schema, str(n)) is inside, (lo, hi, n)
+
+
+# --- numbers ---------------------------------------------------------------------------
+
+
+def gbnf_regex(expression: str) -> re.Pattern[str]:
+    """The GBNF subset number_expression writes ("lit", [class], ( | ), ?, {m,n}) as a
+    Python regex."""
+    out, i = [], 0
+    while i < len(expression):
+        ch = expression[i]
+        if ch == '"':
+            end = expression.index('"', i + 1)
+            out.append(re.escape(expression[i + 1 : end]))
+            i = end + 1
+            continue
+        if ch == "[":
+            end = expression.index("]", i)
+            out.append(expression[i : end + 1])
+            i = end + 1
+            continue
+        if ch == "(":
+            out.append("(?:")
+        elif ch != " ":
+            out.append(ch)
+        i += 1
+    return re.compile("".join(out))
+
+
+ENDS = [None, "-2.5", "-1", "-0.25", "0", "0.1", "0.25", "1", "1.5", "3", "10.75"]
+
+
+def number_ranges() -> Iterator[tuple[Decimal | None, bool, Decimal | None, bool]]:
+    for lo in ENDS:
+        for hi in ENDS:
+            for lo_open in (False, True):
+                for hi_open in (False, True):
+                    a = None if lo is None else Decimal(lo)
+                    b = None if hi is None else Decimal(hi)
+                    if (a is None and lo_open) or (b is None and hi_open):
+                        continue
+                    if (
+                        a is not None
+                        and b is not None
+                        and (a > b or (a == b and (lo_open or hi_open)))
+                    ):
+                        continue
+                    yield a, lo_open, b, hi_open
+
+
+def number_texts() -> Iterator[tuple[str, Decimal]]:
+    for hundredths in range(-1300, 1301, 5):
+        value = Decimal(hundredths) / 100
+        whole = value == value.to_integral_value()
+        forms = {f"{value:.2f}", f"{value:.3f}", f"{value:.1f}" if hundredths % 10 == 0 else None}
+        if whole:
+            forms.add(str(int(value)))
+        for text in forms - {None}:
+            if text.startswith("-") and Decimal(text) == 0:
+                continue  # minus zero: never written
+            yield text, Decimal(text)
+    for text in (
+        "0.2500000000000001",
+        "0.2499999999999999",
+        "0.1000000000000000",
+        "3.0000000000000001",
+    ):
+        yield text, Decimal(text)
+
+
+def test_number_alternatives_hold_exactly_the_numbers_in_range() -> None:
+    texts = list(number_texts())
+    checked = 0
+    for lo, lo_open, hi, hi_open in number_ranges():
+        pattern = gbnf_regex(number_expression(lo, lo_open, hi, hi_open))
+        for text, value in texts:
+            inside = (lo is None or value > lo or (value == lo and not lo_open)) and (
+                hi is None or value < hi or (value == hi and not hi_open)
+            )
+            assert bool(pattern.fullmatch(text)) == inside, (lo, lo_open, hi, hi_open, text)
+            checked += 1
+        # Never what JSON cannot read, nor an exponent, nor more than 16 decimals.
+        for text in ("01", "00.5", "1.", ".5", "+1", "-0", "1e2", "0.5.5", "0." + "1" * 17):
+            assert not pattern.fullmatch(text), (lo, lo_open, hi, hi_open, text)
+    assert checked > 200_000
+
+
+@pytest.mark.parametrize(
+    ("schema", "bounds"),
+    [
+        ({"minimum": 0, "maximum": 1}, (Decimal(0), False, Decimal(1), False)),
+        ({"exclusiveMinimum": 0}, (Decimal(0), True, None, False)),
+        ({"minimum": 0.1, "exclusiveMinimum": 0.1}, (Decimal("0.1"), True, None, False)),
+        ({"maximum": 2.5, "exclusiveMaximum": 3}, (None, False, Decimal("2.5"), False)),
+        ({"maximum": 1e-7}, (None, False, Decimal("1e-7"), False)),
+    ],
+)
+def test_number_bounds_keep_the_tighter_of_each_side(schema: dict, bounds: tuple) -> None:
+    assert number_bounds({"type": "number", **schema}, "/") == bounds
+
+
+SCORE = {
+    "type": "object",
+    "properties": {"score": {"type": "number", "minimum": 0, "exclusiveMaximum": 1}},
+    "required": ["score"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "allowed"),
+    [
+        ('{"score": 0}', True),
+        ('{"score": 0.5}', True),
+        ('{"score": 0.9999}', True),
+        ('{"score": 1}', False),
+        ('{"score": 1.0}', False),
+        ('{"score": 1.5}', False),
+        ('{"score": -0.1}', False),
+        ('{"score": 0.' + "3" * 17 + "}", False),
+        ('{"score": 5e-1}', False),
+    ],
+)
+def test_the_grammar_sampler_holds_a_number_to_its_bounds(
+    engine: object, text: str, allowed: bool
+) -> None:
+    assert accepts_json(engine, SCORE, text) is allowed
