@@ -130,12 +130,16 @@ def engine(tiny_model: Path) -> Iterator[object]:
         yield engine
 
 
-PERSON = {
-    "type": "object",
-    "properties": {"age": {"type": "integer", "minimum": 0, "maximum": 150}},
-    "required": ["age"],
-    "additionalProperties": False,
-}
+def one_field(name: str, schema: dict) -> dict:
+    return {
+        "type": "object",
+        "properties": {name: schema},
+        "required": [name],
+        "additionalProperties": False,
+    }
+
+
+PERSON = one_field("age", {"type": "integer", "minimum": 0, "maximum": 150})
 
 
 @pytest.mark.parametrize(
@@ -271,12 +275,7 @@ def test_number_bounds_keep_the_tighter_of_each_side(schema: dict, bounds: tuple
     assert number_bounds({"type": "number", **schema}, "/") == bounds
 
 
-SCORE = {
-    "type": "object",
-    "properties": {"score": {"type": "number", "minimum": 0, "exclusiveMaximum": 1}},
-    "required": ["score"],
-    "additionalProperties": False,
-}
+SCORE = one_field("score", {"type": "number", "minimum": 0, "exclusiveMaximum": 1})
 
 
 @pytest.mark.parametrize(
