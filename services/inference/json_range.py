@@ -257,8 +257,7 @@ def _fraction(lower: Pending, upper: Pending, left: int) -> tuple[bool, list[str
     if lower is None and upper == ("", False):  # only zeros (the bound itself)
         return empty, [f'"0"{{1,{left}}}']
     if lower == ("", True) and upper is None:  # anything with a digit that is not 0
-        # (up to 2 * left - 1 digits: still bounded, and one rule rather than `left`)
-        return empty, [f'"0"{{0,{left - 1}}} [1-9] [0-9]{{0,{left - 1}}}']
+        return empty, [_zeros_then_not_zero(zeros, left) for zeros in range(left)]
     groups: list[tuple[int, int, Pending, Pending]] = []
     for digit in range(10):
         after = _step(lower, upper, digit)
@@ -281,6 +280,15 @@ def _fraction(lower: Pending, upper: Pending, left: int) -> tuple[bool, list[str
         elif rest_empty:
             out.append(digits)
     return empty, out
+
+
+def _zeros_then_not_zero(zeros: int, left: int) -> str:
+    """`zeros` zeros, a digit that is not 0, then any digits up to `left` in all."""
+    parts = [f'"0"{{{zeros}}}'] if zeros else []
+    parts.append("[1-9]")
+    if left - zeros - 1:
+        parts.append(f"[0-9]{{0,{left - zeros - 1}}}")
+    return " ".join(parts)
 
 
 def _step(lower: Pending, upper: Pending, digit: int) -> tuple[Pending, Pending] | None:
