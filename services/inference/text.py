@@ -44,9 +44,15 @@ class TextAssembler:
         return text[: len(text) - keep]
 
     def finish(self) -> str:
-        """The text still held back, at the end of the sequence."""
+        """The text still held back, at the end of the sequence.
+
+        A character the last token left incomplete (the token budget ran out inside a
+        multi-byte character) is dropped, not sent as U+FFFD, as llama-cpp-python and
+        llama-server do: the reply ends at its last whole character. Invalid bytes
+        inside the text are still U+FFFD."""
         if self.stopped:
             return ""
-        text = self._pending + self._decoder.decode(b"", final=True)
+        text = self._pending + self._decoder.decode(b"", final=False)
+        self._decoder.reset()
         self._pending = ""
         return text

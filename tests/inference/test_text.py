@@ -53,3 +53,16 @@ def test_output_is_exactly_the_text_before_the_first_stop(
     expected = value[: value.find(stop)] if stop in value else value
     assert out == expected
     assert stop not in out
+
+
+def test_a_reply_cut_inside_a_character_ends_at_its_last_whole_one() -> None:
+    # max_tokens can end a reply after the first byte(s) of "日": no U+FFFD at the end.
+    text = TextAssembler()
+    assert text.feed("山".encode() + "日".encode()[:2]) == "山"
+    assert text.finish() == ""
+    held = TextAssembler(stop=["STOP"])
+    assert held.feed(b"ab" + "日".encode()[:1]) == ""
+    assert held.finish() == "ab"
+    # Bytes no UTF-8 decoder reads are still shown as U+FFFD where they stand.
+    bad = TextAssembler()
+    assert bad.feed(b"a\xffb") + bad.finish() == "a\ufffdb"
