@@ -47,8 +47,9 @@ class TextAssembler:
         """The text still held back, at the end of the sequence.
 
         A character the last token left incomplete (the token budget ran out inside a
-        multi-byte character) is dropped, not sent as U+FFFD, as llama-cpp-python and
-        llama-server do: the reply ends at its last whole character. Invalid bytes
+        multi-byte character) is dropped, not sent as U+FFFD, as llama-cpp-python's own
+        completions drop it (they decode with errors="ignore"): the reply ends at its
+        last whole character. Invalid bytes
         inside the text are still U+FFFD."""
         if self.stopped:
             return ""
