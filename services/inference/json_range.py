@@ -36,32 +36,11 @@ def integer_bounds(schema: Mapping[str, Any], where: str) -> tuple[int | None, i
     Raises ValueError naming the keyword for a bound that is not a number, and for a
     range no integer is in.
     """
-    lo: int | None = None
-    hi: int | None = None
-    for keyword in BOUNDS:
-        if keyword not in schema:
-            continue
-        value = schema[keyword]
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            raise ValueError(
-                f"JSON Schema keyword {keyword!r} at {where} is not a finite number: {value!r}"
-            )
-        if keyword == "minimum":
-            bound = math.ceil(value)
-        elif keyword == "exclusiveMinimum":
-            bound = math.floor(value) + 1
-        elif keyword == "maximum":
-            bound = math.floor(value)
-        else:
-            bound = math.ceil(value) - 1
-        if keyword.endswith("inimum"):
-            lo = bound if lo is None else max(lo, bound)
-        else:
-            hi = bound if hi is None else min(hi, bound)
+    low, low_open, high, high_open = _bounds(schema, where)
+    # The integers the tightest bound on each side allows: above 2.5 or from 2.5 is 3,
+    # above 3 is 4; below 2.5 or up to 2.5 is 2, below 3 is 2.
+    lo = None if low is None else (math.floor(low) + 1 if low_open else math.ceil(low))
+    hi = None if high is None else (math.ceil(high) - 1 if high_open else math.floor(high))
     limit = 10**MAX_DIGITS - 1
     if (lo is not None and lo > limit) or (hi is not None and hi < -limit):
         raise ValueError(
@@ -70,6 +49,37 @@ def integer_bounds(schema: Mapping[str, Any], where: str) -> tuple[int | None, i
     if lo is not None and hi is not None and lo > hi:
         raise ValueError(f"JSON Schema bounds at {where} allow no integer (from {lo} to {hi})")
     return lo, hi
+
+
+def _bounds(
+    schema: Mapping[str, Any], where: str
+) -> tuple[Decimal | None, bool, Decimal | None, bool]:
+    """The tightest bound on each side (None: open) and whether it is exclusive; at an
+    equal value an exclusive bound is the tighter. ValueError for a bound that is not a
+    finite number."""
+    lo: Decimal | None = None
+    hi: Decimal | None = None
+    lo_open = hi_open = False
+    for keyword in BOUNDS:
+        if keyword not in schema:
+            continue
+        value = _finite(schema[keyword], keyword, where)
+        exclusive = keyword.startswith("exclusive")
+        if keyword.endswith("inimum"):
+            if lo is None or value > lo or (value == lo and exclusive):
+                lo, lo_open = value, exclusive
+        elif hi is None or value < hi or (value == hi and exclusive):
+            hi, hi_open = value, exclusive
+    return lo, lo_open, hi, hi_open
+
+
+def _finite(value: Any, keyword: str, where: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(
+            f"JSON Schema keyword {keyword!r} at {where} is not a finite number: {value!r}"
+        )
+    # repr: the shortest decimal that reads back as the float (0.1, not 0.1000…0555).
+    return Decimal(value) if isinstance(value, int) else Decimal(repr(value))
 
 
 def integer_alternatives(lo: int | None, hi: int | None) -> list[tuple[str, Alternative]]:
@@ -160,19 +170,7 @@ def number_bounds(
 
     Raises ValueError for a bound that is not a finite number and for bounds no number
     of at most 16 integer digits meets."""
-    lo: Decimal | None = None
-    hi: Decimal | None = None
-    lo_open = hi_open = False
-    for keyword in BOUNDS:
-        if keyword not in schema:
-            continue
-        value = _finite(schema[keyword], keyword, where)
-        exclusive = keyword.startswith("exclusive")
-        if keyword.endswith("inimum"):
-            if lo is None or value > lo or (value == lo and exclusive):
-                lo, lo_open = value, exclusive
-        elif hi is None or value < hi or (value == hi and exclusive):
-            hi, hi_open = value, exclusive
+    lo, lo_open, hi, hi_open = _bounds(schema, where)
     limit = Decimal(10**MAX_DIGITS)
     if (lo is not None and lo >= limit) or (hi is not None and hi <= -limit):
         raise ValueError(
@@ -182,15 +180,6 @@ def number_bounds(
     if lo is not None and hi is not None and (lo > hi or (lo == hi and (lo_open or hi_open))):
         raise ValueError(f"JSON Schema bounds at {where} allow no number (from {lo} to {hi})")
     return lo, lo_open, hi, hi_open
-
-
-def _finite(value: Any, keyword: str, where: str) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(
-            f"JSON Schema keyword {keyword!r} at {where} is not a finite number: {value!r}"
-        )
-    # repr: the shortest decimal that reads back as the float (0.1, not 0.1000…0555).
-    return Decimal(value) if isinstance(value, int) else Decimal(repr(value))
 
 
 def number_expression(lo: Decimal | None, lo_open: bool, hi: Decimal | None, hi_open: bool) -> str:
