@@ -146,25 +146,19 @@ def construction(
         inside = [str(r["text"]).split("\n\n")[0] for r in selfi if r["text"] in s1]
         outside = [str(r["text"]).split("\n\n")[0] for r in selfi if r["text"] not in s1]
         tasks = inside if kind == "Xs" else outside
-    # ZY (thirteenth round) embeds from the rows before the new sources join: the
-    # shipped rows with self-instruct restricted to S1.
+    # The rows before the new sources join: Z (eleventh round) and ZY (thirteenth)
+    # embed from these (for Z the shipped rows, for ZY those with self-instruct
+    # restricted to S1, so no S2 task enters a benign embedded row).
     before_new = list(rows)
     groups: dict[str, str] = {}
     if kind != "shipped":
         for r, g in pallms_rows(m, tasks) + rebuff_rows(m, tasks):  # sanitizer_data's order
             rows.append(r)
             groups.setdefault(str(r["text"]), g)
-    # Z (eleventh round): headrace.embedded draws its attacks from the shipped rows
-    # only, so its rows are the shipped construction's exactly; the new sources add
-    # their standalone rows and nothing else.
-    # ZY (thirteenth round): as Z, but on Ys's rows; its embedded rows draw from
-    # `before_new`, not `base`, so no S2 task enters a benign embedded row.
-    if kind == "Z":
-        derived = data.embedded(list(base))
-    elif kind == "ZY":
-        derived = data.embedded(before_new)
-    else:
-        derived = data.embedded(rows)
+    # Z: headrace.embedded draws its attacks from the shipped rows only, so its rows
+    # are the shipped construction's exactly; the new sources add their standalone
+    # rows and nothing else. ZY: the same on Ys's rows.
+    derived = data.embedded(before_new if kind in ("Z", "ZY") else rows)
     train = data.dedupe(rows + derived)
     # An embedded attack carrying a new-source attack joins that attack's group.
     by_len = sorted(groups, key=len, reverse=True)

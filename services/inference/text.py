@@ -49,8 +49,7 @@ class TextAssembler:
         A character the last token left incomplete (the token budget ran out inside a
         multi-byte character) is dropped, not sent as U+FFFD, as llama-cpp-python's own
         completions drop it (they decode with errors="ignore"): the reply ends at its
-        last whole character. Invalid bytes
-        inside the text are still U+FFFD."""
+        last whole character. Invalid bytes inside the text are still U+FFFD."""
         if self.stopped:
             return ""
         text = self._pending + self._decoder.decode(b"", final=False)
